@@ -1,0 +1,149 @@
+"""Service runtime vs bare nats-py: events/s and publish->handle latency, side by side.
+
+    .venv/bin/python bench/bus_runtime.py [--events 20000] [--rounds 3]
+
+Both sides use the same embedded nats-server (JetStream, file storage), the same ~200-byte
+msgspec events published with ``publish_async``, and pull + decode + ack. The runtime side
+adds what a service gets for free: a durable consumer, bounded concurrency, per-message
+handler tasks with in-progress keep-alive, structured-log context. Prints one JSON line per
+measurement and the ratio (goal: runtime >= 0.8x bare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+import anyio
+import msgspec
+import nats.errors
+from nats.js import api
+
+from looptool import subjects
+from looptool.bus import Bus
+from looptool.logs import configure_logging
+from looptool.nats_server import NatsServer
+from looptool.runtime import Context, Service, run_service
+from looptool.schemas import ProbeResult, decode_event
+from looptool.settings import LogSettings, NatsSettings, RuntimeSettings, Settings
+
+
+def make_events(run: str, n: int) -> list[ProbeResult]:
+    # ``ppl`` carries the send time (perf_counter) so the receiver can measure latency.
+    return [ProbeResult(run=run, sample_id=f"s-{i:08d}", outcome="mastered", ppl=0.0, raw="x" * 90) for i in range(n)]
+
+
+async def publish_all(bus: Bus, events: list[ProbeResult]) -> None:
+    futures = []
+    for event in events:
+        event.ppl = time.perf_counter()
+        subject, data, headers = await bus._prepare(event, None)
+        futures.append(await bus.js.publish_async(subject, data, headers=headers))
+    for future in futures:
+        await future
+
+
+def summarise(kind: str, n: int, elapsed: float, latencies: list[float]) -> dict[str, float | str]:
+    latencies.sort()
+    return {
+        "kind": kind,
+        "events": n,
+        "events_per_s": round(n / elapsed, 1),
+        "p50_ms": round(1000 * latencies[len(latencies) // 2], 2),
+        "p99_ms": round(1000 * latencies[int(len(latencies) * 0.99)], 2),
+    }
+
+
+async def bare(url: str, n: int) -> dict[str, float | str]:
+    run = "bare" + uuid.uuid4().hex[:8]
+    bus = await Bus.connect(NatsSettings(url=url))
+    config = api.ConsumerConfig(durable_name=f"bare-{run}", ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=20000)
+    sub = await bus.js.pull_subscribe(subjects.run_filter(run), durable=f"bare-{run}", stream=subjects.STREAM, config=config)
+    latencies: list[float] = []
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(publish_all, bus, make_events(run, n))
+        while len(latencies) < n:
+            try:
+                batch = await sub.fetch(256, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in batch:
+                event = decode_event(msg.data)
+                latencies.append(time.perf_counter() - event.ppl)
+                await msg.ack()
+    elapsed = time.perf_counter() - start
+    await bus.close()
+    return summarise("bare nats-py", n, elapsed, latencies)
+
+
+async def runtime(url: str, n: int) -> dict[str, float | str]:
+    run = "rt" + uuid.uuid4().hex[:8]
+    service = Service("bench" + uuid.uuid4().hex[:6])
+    latencies: list[float] = []
+    done = anyio.Event()
+
+    @service.on(ProbeResult)
+    async def handle(ctx: Context, event: ProbeResult) -> None:
+        latencies.append(time.perf_counter() - event.ppl)
+        if len(latencies) >= n:
+            done.set()
+
+    settings = Settings(
+        nats=NatsSettings(url=url),
+        runtime=RuntimeSettings(concurrency=256, fetch_batch=256, heartbeat_interval=5.0),
+        log=LogSettings(level="warning"),
+    )
+    bus = await Bus.connect(settings.nats)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        ready = anyio.Event()
+        tg.start_soon(lambda: run_service(service, settings, replica="bench", stop=stop, ready=ready, handle_signals=False))
+        await ready.wait()
+        start = time.perf_counter()
+        tg.start_soon(publish_all, bus, make_events(run, n))
+        await done.wait()
+        elapsed = time.perf_counter() - start
+        stop.set()
+    await bus.close()
+    return summarise("looptool runtime", n, elapsed, latencies)
+
+
+async def purge(url: str) -> None:
+    bus = await Bus.connect(NatsSettings(url=url))
+    await bus.js.purge_stream(subjects.STREAM)
+    await bus.close()
+
+
+async def main(events: int, rounds: int) -> None:
+    configure_logging(LogSettings(level="warning"))
+    encoder = msgspec.json.Encoder()
+    with tempfile.TemporaryDirectory() as store, NatsServer(store) as server:
+        results: dict[str, list[dict[str, float | str]]] = {"bare": [], "runtime": []}
+        for _ in range(rounds):  # interleaved, so drift on the machine hits both sides alike
+            for name, fn in (("bare", bare), ("runtime", runtime)):
+                await purge(server.url)  # each side starts on an empty log
+                result = await fn(server.url, events)
+                results[name].append(result)
+                print(encoder.encode(result).decode(), flush=True)
+        best = {name: statistics.median(float(r["events_per_s"]) for r in rs) for name, rs in results.items()}
+        p99 = {name: statistics.median(float(r["p99_ms"]) for r in rs) for name, rs in results.items()}
+        print(encoder.encode({
+            "ratio_events_per_s": round(best["runtime"] / best["bare"], 3),
+            "median_events_per_s": best,
+            "median_p99_ms": p99,
+            "goal": ">= 0.8",
+        }).decode())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    anyio.run(main, args.events, args.rounds, backend="asyncio")
+    sys.exit(0)

@@ -1,0 +1,197 @@
+"""The ``looptool`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from . import schema_files, subjects
+from .bus import Bus
+from .logs import configure_logging
+from .schemas import DeadLetter, Event, event_tag
+from .settings import Settings, SettingsError, load_settings
+
+SERVICE_ENTRY_POINTS = "looptool.services"
+
+_json = msgspec.json.Encoder()
+
+
+class CliError(Exception):
+    """An error for the user: printed as one line, exit status 2."""
+
+
+def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
+    return anyio.run(fn, *args, backend="asyncio")  # nats-py is asyncio-only
+
+
+# --------------------------------------------------------------------------- services
+
+
+def resolve_service(spec: str) -> Any:
+    """A service by registered name (entry point group ``looptool.services``) or ``module:attr``."""
+    from .runtime import Service
+
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            service = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise CliError(f"cannot load service {spec!r}: {exc}") from None
+    else:
+        found = {ep.name: ep for ep in entry_points(group=SERVICE_ENTRY_POINTS)}
+        if spec not in found:
+            known = ", ".join(sorted(found)) or "none installed"
+            raise CliError(f"unknown service {spec!r} (known: {known}; or give module:attribute)")
+        service = found[spec].load()
+    if not isinstance(service, Service):
+        raise CliError(f"{spec!r} is a {type(service).__name__}, not a looptool Service")
+    return service
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from .runtime import run_service
+
+    service = resolve_service(args.service)
+    _run_async(lambda: run_service(service, settings, replica=args.replica))
+
+
+# --------------------------------------------------------------------------- the log
+
+
+async def _events(args: argparse.Namespace, settings: Settings) -> None:
+    bus = await Bus.connect(settings.nats, name="looptool-events")
+    filter_subject = f"{subjects.PREFIX}.{subjects.check_token('run', args.run)}.{args.type or '>'}"
+    try:
+        async for msg, item in bus.read(filter_subject, follow=args.follow):
+            line: dict[str, Any] = {"seq": msg.metadata.sequence.stream, "subject": msg.subject}
+            if isinstance(item, Event):
+                line["event"] = item
+            else:
+                line["undecodable"] = item.decode("utf-8", "replace")
+            sys.stdout.buffer.write(_json.encode(line) + b"\n")
+            sys.stdout.flush()
+    finally:
+        await bus.close()
+
+
+async def _dlq(args: argparse.Namespace, settings: Settings) -> None:
+    bus = await Bus.connect(settings.nats, name="looptool-dlq")
+    try:
+        letters = [item async for _, item in bus.read(subjects.dead_letters(subjects.check_token("run", args.run))) if isinstance(item, DeadLetter)]
+        for letter in letters:
+            summary = {
+                "seq": letter.stream_seq,
+                "service": letter.service,
+                "subject": letter.subject,
+                "attempts": letter.num_delivered,
+                "error": letter.error,
+            }
+            if args.replay:
+                # A fresh msg id: the original's id is still inside the duplicate window.
+                ack = await bus.publish_raw(letter.subject, letter.data, msg_id=f"replay:{letter.stream_seq}:{letter.msg_id}")
+                summary["replayed_as"] = ack.seq
+            sys.stdout.buffer.write(_json.encode(summary) + b"\n")
+        print(f"{len(letters)} dead letter(s) in run {args.run}" + (" replayed" if args.replay else ""), file=sys.stderr)
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> None:
+    directory = Path(args.out)
+    if args.check:
+        stale = schema_files.stale(directory)
+        if stale:
+            raise CliError(f"stale schema files in {directory}: {', '.join(stale)} (run `looptool schemas`)")
+        print(f"schemas in {directory} are up to date")
+        return
+    for path in schema_files.write(directory):
+        print(path)
+
+
+def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
+    import signal
+
+    from .nats_server import NatsServer
+
+    server = NatsServer(args.store_dir, port=args.port, host=args.host).start()
+    print(f"nats-server with JetStream at {server.url} (store {args.store_dir}); Ctrl-C stops it", file=sys.stderr)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
+    from .schemas import EVENT_TYPES
+
+    for event_type in EVENT_TYPES:
+        print(event_tag(event_type))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="looptool", description=__doc__)
+    parser.add_argument("--config", "-c", help="settings TOML file (default: $LOOPTOOL_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run one replica of a service")
+    serve.add_argument("service", help="a registered service name, or module:attribute")
+    serve.add_argument("--replica", help="replica id (default: host-pid)")
+    serve.set_defaults(func=cmd_serve)
+
+    schemas = commands.add_parser("schemas", help="write the JSON Schema files of the public types")
+    schemas.add_argument("--out", default="schemas")
+    schemas.add_argument("--check", action="store_true", help="fail if the files are stale")
+    schemas.set_defaults(func=cmd_schemas)
+
+    events = commands.add_parser("events", help="print a run's event log as JSON lines")
+    events.add_argument("run")
+    events.add_argument("--type", help="only this event type, e.g. probe.result")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.set_defaults(func=lambda a, s: _run_async(_events, a, s))
+
+    dlq = commands.add_parser("dlq", help="list (and optionally replay) a run's dead letters")
+    dlq.add_argument("run")
+    dlq.add_argument("--replay", action="store_true", help="republish each dead letter to its subject")
+    dlq.set_defaults(func=lambda a, s: _run_async(_dlq, a, s))
+
+    nats = commands.add_parser("nats", help="run an embedded nats-server with JetStream")
+    nats.add_argument("--port", type=int, default=4222)
+    nats.add_argument("--host", default="127.0.0.1")
+    nats.add_argument("--store-dir", default=".looptool/nats")
+    nats.set_defaults(func=cmd_nats)
+
+    types = commands.add_parser("event-types", help="list the event types (subject suffixes)")
+    types.set_defaults(func=cmd_event_types)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log)
+        args.func(args, settings)
+    except (CliError, SettingsError, subjects.InvalidName, ConnectionError) as exc:
+        print(f"looptool: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install LoopTool into ./.venv with everything the test suite needs.
+# Usage: bash scripts/install.sh        (idempotent; re-run after pulling)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+echo "LoopTool installed in .venv ($(.venv/bin/looptool --help >/dev/null && echo ok))"

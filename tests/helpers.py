@@ -1,0 +1,28 @@
+"""Small helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from looptool import subjects
+from looptool.bus import Bus
+from looptool.settings import NatsSettings, RuntimeSettings, Settings
+
+
+def make_settings(url: str, **runtime: object) -> Settings:
+    fast = dict(ack_wait=2.0, max_deliver=3, backoff=[0.05, 0.1], heartbeat_interval=0.5, drain_timeout=5.0)
+    fast.update(runtime)
+    return Settings(nats=NatsSettings(url=url, reconnect_wait=0.2), runtime=RuntimeSettings(**fast))
+
+
+async def read_all(bus: Bus, run: str, event_type: type) -> list:
+    """Every stored event of one type in one run, in log order."""
+    return [item async for _, item in bus.read(subjects.for_type(event_type, run)) if isinstance(item, event_type)]
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, interval: float = 0.1) -> None:
+    with anyio.fail_after(timeout):
+        while not await predicate():
+            await anyio.sleep(interval)

@@ -1,0 +1,266 @@
+"""The service runtime against a real nats-server: sharing, retries, dead letters, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+import toy_service
+from looptool import subjects
+from looptool.bus import Bus
+from looptool.runtime import run_service
+from looptool.schemas import DeadLetter, ExpandResult, Message, ProbeResult, ProbeTask, Sample, ServiceError
+from helpers import make_settings, read_all, wait_for
+
+TESTS = Path(__file__).resolve().parent
+
+
+def tasks(run: str, n: int, **meta: object) -> list[ProbeTask]:
+    return [
+        ProbeTask(run=run, sample=Sample(id=f"s-{i:05d}", tools=[], messages=[Message(role="user", content=str(i))], meta=dict(meta)), model="m")
+        for i in range(n)
+    ]
+
+
+def test_two_replicas_share_the_work_exactly_once(settings, run_id: str) -> None:
+    toy_service.handled.clear()
+    n = 1000
+
+    async def main() -> list[ProbeResult]:
+        bus = await Bus.connect(settings.nats)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            for replica in ("a", "b"):
+                ready = anyio.Event()
+                tg.start_soon(lambda r=replica, e=ready: run_service(toy_service.echo, settings, replica=r, stop=stop, ready=e, handle_signals=False))
+                await ready.wait()
+            await bus.publish_many(tasks(run_id, n))
+            await wait_for(lambda: _count(len(toy_service.handled) >= n))
+            await anyio.sleep(0.5)  # let any stray duplicate show itself
+            stop.set()
+        results = await read_all(bus, run_id, ProbeResult)
+        await bus.close()
+        return results
+
+    results = anyio.run(main)
+    per_sample = Counter(sample for _, sample in toy_service.handled)
+    assert len(per_sample) == n and set(per_sample.values()) == {1}
+    per_replica = Counter(replica for replica, _ in toy_service.handled)
+    assert per_replica["a"] > 0 and per_replica["b"] > 0, per_replica
+    assert len(results) == n and len({r.sample_id for r in results}) == n
+
+
+async def _count(value: bool) -> bool:
+    return value
+
+
+def test_failing_message_is_retried_then_dead_lettered_and_listed(settings, run_id: str) -> None:
+    toy_service.handled.clear()
+    good = tasks(run_id, 20)
+    bad = ProbeTask(run=run_id, sample=Sample(id="s-poisoned", tools=[], messages=[], meta={"fail": True}), model="m")
+
+    async def main() -> tuple[list[DeadLetter], list[ServiceError], list[ProbeResult]]:
+        bus = await Bus.connect(settings.nats)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False))
+            await ready.wait()
+            await bus.publish_many([*good[:10], bad, *good[10:]])
+            await wait_for(lambda: _has(bus, run_id, DeadLetter))
+            await wait_for(lambda: _count(len(toy_service.handled) >= 20))
+            stop.set()
+        out = (await read_all(bus, run_id, DeadLetter), await read_all(bus, run_id, ServiceError), await read_all(bus, run_id, ProbeResult))
+        await bus.close()
+        return out
+
+    letters, errors, results = anyio.run(main)
+    assert len(results) == 20 and "s-poisoned" not in {r.sample_id for r in results}
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter.num_delivered == settings.runtime.max_deliver
+    assert "refusing sample s-poisoned" in letter.error
+    assert msgspec.json.decode(letter.data)["sample"]["id"] == "s-poisoned"
+    assert len(errors) == settings.runtime.max_deliver  # one error event per attempt
+
+    listed = _cli(settings, "dlq", run_id)
+    assert listed.returncode == 0, listed.stderr
+    rows = [msgspec.json.decode(line) for line in listed.stdout.splitlines()]
+    assert [(row["service"], row["attempts"]) for row in rows] == [("echo", settings.runtime.max_deliver)]
+    assert "1 dead letter(s)" in listed.stderr
+
+
+async def _has(bus: Bus, run: str, event_type: type) -> bool:
+    return bool(await read_all(bus, run, event_type))
+
+
+def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> None:
+    async def main() -> tuple[list[DeadLetter], list[ProbeResult]]:
+        bus = await Bus.connect(settings.nats)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False))
+            await ready.wait()
+            await bus.publish_raw(subjects.for_type(ProbeTask, run_id), b"{not json")
+            await bus.publish_many(tasks(run_id, 3))
+            await wait_for(lambda: _has(bus, run_id, DeadLetter))
+            await wait_for(lambda: _count_results(bus, run_id, 3))
+            stop.set()
+        out = await read_all(bus, run_id, DeadLetter), await read_all(bus, run_id, ProbeResult)
+        await bus.close()
+        return out
+
+    letters, results = anyio.run(main)
+    assert len(results) == 3
+    assert len(letters) == 1 and letters[0].num_delivered == 1 and letters[0].data == b"{not json"
+    assert "undecodable" in letters[0].error
+
+
+async def _count_results(bus: Bus, run: str, n: int) -> bool:
+    return len(await read_all(bus, run, ProbeResult)) >= n
+
+
+def test_dead_letters_can_be_replayed(settings, run_id: str) -> None:
+    async def main() -> None:
+        bus = await Bus.connect(settings.nats)
+        original = tasks(run_id, 1)[0]
+        await bus.publish(DeadLetter(run=run_id, service="echo", subject=subjects.for_event(original), stream_seq=1, num_delivered=3, error="x", data=msgspec.json.encode(original)))
+        await bus.close()
+
+    anyio.run(main)
+    replay = _cli(settings, "dlq", run_id, "--replay")
+    assert replay.returncode == 0, replay.stderr
+
+    async def replayed() -> list[ProbeTask]:
+        bus = await Bus.connect(settings.nats)
+        try:
+            return await read_all(bus, run_id, ProbeTask)
+        finally:
+            await bus.close()
+
+    assert [t.sample.id for t in anyio.run(replayed)] == ["s-00000"]
+
+
+def _serve(env: dict[str, str], replica: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "looptool", "serve", "toy_service:echo", "--replica", replica], env=env, stderr=open(log, "wb")
+    )
+
+
+def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LOOPTOOL_NATS__URL": settings.nats.url}
+    return subprocess.run([sys.executable, "-m", "looptool", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+async def _consumer_info(bus: Bus):
+    return await bus.js.consumer_info(subjects.STREAM, subjects.consumer_name("echo", ProbeTask))
+
+
+def test_killed_replica_work_is_redelivered_to_the_survivor(nats_server, run_id: str, tmp_path: Path) -> None:
+    settings = make_settings(nats_server.url)
+    n = 12
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "LOOPTOOL_NATS__URL": nats_server.url,
+        "LOOPTOOL_RUNTIME__ACK_WAIT": "2",
+        "LOOPTOOL_RUNTIME__CONCURRENCY": "64",
+    }
+
+    async def main() -> tuple[list[ProbeResult], int]:
+        bus = await Bus.connect(settings.nats)
+        doomed = _serve(env, "doomed", tmp_path / "doomed.log")
+        try:
+            await wait_for(lambda: _waiting(bus), timeout=60)
+            # 3 s of work each, longer than ack_wait: the doomed replica pulls all of it and
+            # holds it unacked (its in-progress pings keep it from being redelivered)...
+            await bus.publish_many(tasks(run_id, n, sleep=3))
+            await wait_for(lambda: _ack_pending(bus, n), timeout=20)
+        finally:
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+        # ... until it dies holding it. The survivor must get every task.
+        survivor = _serve(env, "survivor", tmp_path / "survivor.log")
+        try:
+            await wait_for(lambda: _count_results(bus, run_id, n), timeout=90)
+        finally:
+            survivor.send_signal(signal.SIGTERM)
+            assert survivor.wait(30) == 0, (tmp_path / "survivor.log").read_text()[-2000:]
+        results = await read_all(bus, run_id, ProbeResult)
+        await bus.close()
+        return results, survivor.pid
+
+    results, survivor_pid = anyio.run(main)
+    assert len(results) == n and len({r.sample_id for r in results}) == n
+    assert {r.raw for r in results} == {f"pid={survivor_pid}"}
+
+
+async def _waiting(bus: Bus) -> bool:
+    try:
+        return (await _consumer_info(bus)).num_waiting > 0
+    except Exception:
+        return False
+
+
+async def _ack_pending(bus: Bus, n: int) -> bool:
+    return (await _consumer_info(bus)).num_ack_pending >= n
+
+
+def test_service_survives_a_nats_restart(own_nats, run_id: str) -> None:
+    settings = make_settings(own_nats.url)
+    toy_service.handled.clear()
+
+    async def main() -> list[ProbeResult]:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="r", stop=stop, ready=ready, handle_signals=False))
+            await ready.wait()
+            bus = await Bus.connect(settings.nats)
+            await bus.publish_many(tasks(run_id, 50)[:25])
+            await wait_for(lambda: _count_results(bus, run_id, 25))
+            await bus.close()
+            own_nats.stop()
+            await anyio.sleep(1.0)
+            await anyio.to_thread.run_sync(own_nats.start)
+            bus = await Bus.connect(settings.nats)
+            await bus.publish_many(tasks(run_id, 50)[25:])
+            await wait_for(lambda: _count_results(bus, run_id, 50), timeout=60)
+            stop.set()
+        results = await read_all(bus, run_id, ProbeResult)
+        await bus.close()
+        return results
+
+    results = anyio.run(main)
+    assert sorted(r.sample_id for r in results) == [f"s-{i:05d}" for i in range(50)]
+
+
+def test_oversized_events_travel_by_claim_check(settings, run_id: str) -> None:
+    big = Sample(id="s-big", tools=[], messages=[Message(role="user", content="x" * 1000)] * 3000)
+
+    async def main() -> tuple[int, list[ExpandResult], list[int]]:
+        bus = await Bus.connect(settings.nats)
+        event = ExpandResult(run=run_id, seed_id="s-seed", samples=[big])
+        await bus.publish(event)
+        stored = []
+        async for msg, item in bus.read(subjects.run_filter(run_id)):
+            stored.append(len(msg.data))
+        got = await read_all(bus, run_id, ExpandResult)
+        limit = bus.max_payload
+        await bus.close()
+        return limit, got, stored
+
+    limit, got, stored = anyio.run(main)
+    assert len(msgspec.json.encode(got[0])) > limit  # it really was too big for one message
+    assert got[0].samples[0] == big
+    assert stored == [0]  # what went over the wire was only the claim
