@@ -132,6 +132,58 @@ def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
         server.stop()
 
 
+def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .formats.bfcl import answer_path
+    from .scoring import PredictionFileError, accuracy_table, score
+
+    answers = args.answers or answer_path(args.questions)
+    try:
+        report, items = score(args.questions, answers if Path(answers).exists() else None, args.predictions)
+        scored = []
+        for item in items:
+            scored.append(item)
+            sys.stdout.buffer.write(_json.encode({"id": item.id, "valid": item.valid, "error_type": item.error_type, "error": item.error}) + b"\n")
+    except (PredictionFileError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    console = Console(stderr=True)
+    for error in report.errors:
+        console.print(f"[yellow]rejected[/] {error}")
+    table = Table(title=f"{args.questions} ({report.summary()})")
+    for column in ("category", "correct", "total", "accuracy"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for category, ok, total, accuracy in accuracy_table(scored):
+        table.add_row(category, str(ok), str(total), f"{accuracy:.2%}")
+    console.print(table)
+
+
+def cmd_world(args: argparse.Namespace, settings: Settings) -> None:
+    from .worlds.synthetic import build, write
+
+    data = build(args.train, args.test, seed=args.seed, noise_rate=args.noise)
+    for name, path in write(data, args.out).items():
+        print(f"{name}: {path}")
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
+    from .formats import import_file, write_samples
+
+    try:
+        report = import_file(args.path, args.format, args.answers)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    write_samples(report.samples, args.out)
+    if report.errors:
+        rejects = Path(args.out).with_suffix(".rejects.jsonl")
+        report.write_rejects(rejects)
+        for error in report.errors[:20]:
+            print(f"rejected {error}", file=sys.stderr)
+        print(f"rejected rows written to {rejects}", file=sys.stderr)
+    print(report.summary(), file=sys.stderr)
+
+
 def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
     from .schemas import EVENT_TYPES
 
@@ -173,6 +225,27 @@ def build_parser() -> argparse.ArgumentParser:
     nats.add_argument("--host", default="127.0.0.1")
     nats.add_argument("--store-dir", default=".looptool/nats")
     nats.set_defaults(func=cmd_nats)
+
+    score = commands.add_parser("score", help="score predictions on BFCL-format questions with the AST checker")
+    score.add_argument("--questions", required=True, help="BFCL question file (JSONL)")
+    score.add_argument("--answers", help="possible-answer file (default: possible_answer/<name> beside the questions)")
+    score.add_argument("--predictions", required=True, help='JSONL: {"id", "calls": [{"name", "arguments"}]} or {"id", "text"}')
+    score.set_defaults(func=cmd_score)
+
+    world = commands.add_parser("world", help="write a synthetic tool world: train.jsonl and a BFCL-format test split")
+    world.add_argument("--out", required=True)
+    world.add_argument("--train", type=int, default=1000)
+    world.add_argument("--test", type=int, default=200)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--noise", type=float, default=0.1, help="fraction of train labels corrupted")
+    world.set_defaults(func=cmd_world)
+
+    imp = commands.add_parser("import", help="import a dataset into LoopTool samples (JSONL)")
+    imp.add_argument("path")
+    imp.add_argument("--format", required=True, choices=["openai", "xlam", "hermes", "looptool23k", "toolace", "bfcl"])
+    imp.add_argument("--answers", help="BFCL possible-answer file")
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=cmd_import)
 
     types = commands.add_parser("event-types", help="list the event types (subject suffixes)")
     types.set_defaults(func=cmd_event_types)
