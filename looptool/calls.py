@@ -23,6 +23,7 @@ from .schemas import ToolCall
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _UNCLOSED_THINK = re.compile(r"^\s*<think>(.*)$", re.DOTALL)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_LOOKS_LIKE_PYTHON_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
 _FENCE = re.compile(r"```(?:json|python|tool_call)?\s*\n?(.*?)```", re.DOTALL)
 
 
@@ -169,20 +170,18 @@ def parse_calls(text: str) -> list[ToolCall]:
         for block in blocks:
             calls.extend(calls_from_json(_decode_json(block.strip())))
         return calls
-    fenced = _FENCE.findall(body)
-    candidates = [block.strip() for block in fenced] if fenced else [body]
+    # The whole reply first (a fence may sit inside a string argument), then fenced blocks.
+    candidates = [body] + [block.strip() for block in _FENCE.findall(body)]
     errors = []
     for candidate in candidates:
-        if candidate[:1] in "[{":
-            try:
-                return calls_from_json(_decode_json(candidate))
-            except CallParseError as exc:
-                errors.append(exc.reason)
         try:
-            return parse_python_calls(candidate)
+            if _LOOKS_LIKE_PYTHON_CALL.match(candidate) or candidate[:1] not in "[{":
+                return parse_python_calls(candidate)
+            return calls_from_json(_decode_json(candidate))
         except CallParseError as exc:
             errors.append(exc.reason)
-    raise CallParseError("; ".join(errors) or "no tool call found", text)
+    # Report why the most specific candidate (the last fenced block, else the reply) failed.
+    raise CallParseError(errors[-1] if errors else "no tool call found", text)
 
 
 def format_tool_call_blocks(calls: list[ToolCall]) -> str:
@@ -193,8 +192,6 @@ def format_tool_call_blocks(calls: list[ToolCall]) -> str:
     )
 
 
-_LOOKS_LIKE_PYTHON_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
-
 
 def extract_calls(text: str) -> list[ToolCall]:
     """Calls from a model reply that may legitimately be plain text (no call: ``[]``).
@@ -203,6 +200,8 @@ def extract_calls(text: str) -> list[ToolCall]:
     leading ``name(`` — must parse, or :class:`CallParseError` is raised.
     """
     _, body = split_reasoning(text)
-    if "<tool_call>" in body or body[:1] in "[{" or "```" in body or _LOOKS_LIKE_PYTHON_CALL.match(body):
+    if not body:
+        return []
+    if "<tool_call>" in body or body[0] in "[{" or "```" in body or _LOOKS_LIKE_PYTHON_CALL.match(body):
         return parse_calls(body)
     return []

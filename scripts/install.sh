@@ -10,4 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
+# BFCL's data files and reference checker. --no-deps: it pins numpy 1.26 and dozens of model
+# SDKs that LoopTool never imports (see looptool/bfcl_reference.py).
+.venv/bin/python -m pip install --quiet --no-deps "bfcl-eval==2026.3.23"
 echo "LoopTool installed in .venv ($(.venv/bin/looptool --help >/dev/null && echo ok))"

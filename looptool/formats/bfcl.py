@@ -47,9 +47,24 @@ def label_from_answer(answer: list[dict[str, dict[str, list[Any]]]]) -> list[Too
         for param, options in params.items():
             chosen = next((option for option in options if option != ""), None)
             if chosen is not None:
-                arguments[param] = chosen
+                arguments[param] = _concrete(chosen)
         calls.append(ToolCall(name=name, arguments=arguments))
     return calls
+
+
+def _concrete(option: Any) -> Any:
+    # Acceptable dictionaries are written {key: [acceptable values]}: take the first of each.
+    if isinstance(option, dict):
+        concrete = {}
+        for key, values in option.items():
+            if not isinstance(values, list):  # a few live entries write the value itself
+                concrete[key] = values
+            elif values and values[0] != "":
+                concrete[key] = _concrete(values[0])
+        return concrete
+    if isinstance(option, list) and option and all(isinstance(item, dict) for item in option):
+        return [_concrete(item) for item in option]
+    return option
 
 
 def answer_path(questions: str | Path) -> Path:

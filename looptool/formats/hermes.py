@@ -23,10 +23,10 @@ _encoder = msgspec.json.Encoder()
 
 def tools_in_text(text: str, field: str) -> list[Any]:
     """Tool specs written inside ``<tools>…</tools>``: a JSON list, or one JSON object a line."""
-    match = _TOOLS_BLOCK.search(text)
-    if not match:
+    # Prompts often *mention* "<tools></tools>" before the real block: take the first non-empty one.
+    body = next((block.strip() for block in _TOOLS_BLOCK.findall(text) if block.strip()), None)
+    if body is None:
         raise RowRejected(field, "no <tools>…</tools> block")
-    body = match.group(1).strip()
     try:
         if body.startswith("["):
             return msgspec.json.decode(body)

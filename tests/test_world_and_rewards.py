@@ -1,0 +1,147 @@
+"""The synthetic world, the GRPO reward functions, and `looptool score` end to end."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from looptool.checker import check_sample
+from looptool.formats import import_file, read_samples
+from looptool.formats.bfcl import answer_path
+from looptool.rewards import correctness_reward, format_reward, grpo_row
+from looptool.schemas import ToolCall
+from looptool.worlds.noise import LABEL_NOISE
+from looptool.worlds.synthetic import CATEGORIES, World, build, write
+
+
+def test_world_is_seeded_and_covers_every_category() -> None:
+    first, again, other = build(400, 100, seed=5), build(400, 100, seed=5), build(400, 100, seed=6)
+    assert first == again
+    assert [s.id for s in first.train] != [s.id for s in other.train]
+    assert set(Counter(s.category for s in first.train)) == set(CATEGORIES)
+    assert not {s.id for s in first.train} & {s.id for s in first.test}
+    assert len({s.id for s in first.train}) == 400
+
+
+def test_world_scales_to_tens_of_thousands() -> None:
+    data = build(20000, 2000, seed=1)
+    assert len(data.train) == 20000 and len(data.test) == 2000
+
+
+def test_clean_world_labels_pass_the_checker_and_are_grounded() -> None:
+    data = build(500, 200, seed=2)
+    for sample in data.train + data.test:
+        assert check_sample(sample, sample.label).valid, sample
+        request = " ".join(m.content or "" for m in sample.messages)
+        for call in sample.label:
+            for value in call.arguments.values():
+                if isinstance(value, str):
+                    assert value in request, (value, request)
+
+
+def test_world_tools_use_every_parameter_shape() -> None:
+    schemas = [p for t in World().tools for p in t.spec().function.parameters["properties"].values()]
+    kinds = {s["type"] for s in schemas}
+    assert {"string", "integer", "number", "boolean", "array", "object"} <= kinds
+    assert any("enum" in s for s in schemas)
+    assert any(p for t in World().tools for p in t.params if not p.required)
+
+
+def test_label_noise_is_controlled_and_recorded() -> None:
+    data = build(2000, 0, seed=3, noise_rate=0.3)
+    noisy = [s for s in data.train if "noise" in s.meta]
+    assert 0.2 < len(noisy) / len(data.train) < 0.35
+    assert set(Counter(s.meta["noise"] for s in noisy)) == set(LABEL_NOISE)
+    for sample in noisy:
+        clean = msgspec.convert(sample.meta["clean_label"], list[ToolCall])
+        assert clean != sample.label
+        assert check_sample(sample, clean).valid is False or sample.meta["noise"] == "wrong_value"
+
+
+def test_similar_samples_keep_the_capability() -> None:
+    world = World(0)
+    rng = random.Random(0)
+    for seed in build(50, 0, seed=4).train:
+        for new in world.similar(seed, 3, rng):
+            assert new.category == seed.category
+            if seed.label:
+                assert seed.label[0].name in {c.name for c in new.label}
+
+
+def test_written_world_reads_back(tmp_path: Path) -> None:
+    data = build(100, 60, seed=9)
+    paths = write(data, tmp_path)
+    assert read_samples(paths["train"]) == data.train
+    total = 0
+    for category in CATEGORIES:
+        if category in paths:
+            report = import_file(paths[category], "bfcl", answer_path(paths[category]))
+            assert report.errors == [] and {s.category for s in report.samples} == {category}
+            total += len(report.samples)
+    assert total == 60
+
+
+def test_grpo_rewards_with_trl_calling_convention() -> None:
+    sample = next(s for s in build(50, 0, seed=1).train if s.category == "parallel")
+    row = grpo_row(sample)
+    right = "\n".join(
+        f'<tool_call>{msgspec.json.encode({"name": c.name, "arguments": c.arguments}).decode()}</tool_call>' for c in reversed(sample.label)
+    )
+    wrong = right.replace(sample.label[0].name, "nope")
+    completions = [[{"role": "assistant", "content": right}], [{"role": "assistant", "content": wrong}], [{"role": "assistant", "content": "<tool_call>{oops"}], [{"role": "assistant", "content": "no call"}]]
+    columns = {key: [row[key]] * 4 for key in ("tools", "answer", "category")}
+    prompts = [row["prompt"]] * 4
+    assert correctness_reward(prompts=prompts, completions=completions, **columns) == [1.0, 0.0, 0.0, 0.0]
+    assert format_reward(prompts=prompts, completions=completions, **columns) == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_no_call_label_is_rewarded_for_a_reply_without_calls() -> None:
+    sample = next(s for s in build(200, 0, seed=1).train if s.category == "irrelevance")
+    row = grpo_row(sample)
+    columns = {key: [row[key]] * 2 for key in ("tools", "answer", "category")}
+    call = f'<tool_call>{{"name": "{sample.tools[0].function.name}", "arguments": {{}}}}</tool_call>'
+    assert correctness_reward(completions=["I cannot help with that using these tools.", call], **columns) == [1.0, 0.0]
+
+
+def test_score_command_prints_items_and_a_table(tmp_path: Path) -> None:
+    data = build(0, 40, seed=11)
+    paths = write(data, tmp_path)
+    questions = paths["parallel"]
+    report = import_file(questions, "bfcl", answer_path(questions))
+    lines = []
+    for index, sample in enumerate(report.samples):
+        if index == 0:
+            lines.append({"id": sample.meta["bfcl_id"], "text": "<tool_call>{broken"})
+        elif index == 1:
+            continue  # no prediction at all
+        else:
+            lines.append({"id": sample.meta["bfcl_id"], "calls": [{"name": c.name, "arguments": c.arguments} for c in sample.label]})
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_bytes(b"\n".join(msgspec.json.encode(line) for line in lines))
+    result = subprocess.run(
+        [sys.executable, "-m", "looptool", "score", "--questions", str(questions), "--predictions", str(predictions)],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    items = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
+    assert len(items) == len(report.samples)
+    assert items[0]["error_type"] == "parse" and items[1]["error_type"] == "no_prediction"
+    assert all(item["valid"] for item in items[2:])
+    n = len(report.samples)
+    assert f"{n - 2}" in result.stderr and "overall" in result.stderr
+
+
+def test_score_command_names_a_bad_prediction_line(tmp_path: Path) -> None:
+    paths = write(build(0, 20, seed=11), tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "simple_0", "calls": []}\n{"id": 7}\n')
+    result = subprocess.run([sys.executable, "-m", "looptool", "score", "--questions", str(paths["simple"]), "--predictions", str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{bad}:2: id: expected a string id" in result.stderr
