@@ -36,7 +36,9 @@ from nats.aio.msg import Msg
 
 from . import subjects
 from .bus import Bus
+from .errors import PermanentError
 from .logs import get_logger
+from .models import ModelClient
 from .schemas import DeadLetter, Event, ServiceError, ServiceHeartbeat, encode_event, event_tag
 from .settings import Settings
 
@@ -65,7 +67,8 @@ class Service:
 
 
 class Context:
-    """What a handler may use: the bus, the settings, a bound logger, publishing."""
+    """What a handler may use: the bus, the settings, a bound logger, publishing, the model
+    client (created on first use, closed with the service)."""
 
     def __init__(self, bus: Bus, settings: Settings, service: str, replica: str, log: Any) -> None:
         self.bus = bus
@@ -73,6 +76,17 @@ class Context:
         self.service = service
         self.replica = replica
         self.log = log
+        self._models: ModelClient | None = None
+
+    @property
+    def models(self) -> ModelClient:
+        if self._models is None:
+            self._models = ModelClient(self.settings.model)
+        return self._models
+
+    async def close(self) -> None:
+        if self._models is not None:
+            await self._models.close()
 
     async def publish(self, event: Event) -> None:
         await self.bus.publish(event)
@@ -128,6 +142,7 @@ async def run_service(
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            await ctx.close()
             await bus.close()
         log.info("service stopped", handled=stats.handled, failed=stats.failed, dead_lettered=stats.dead)
 
@@ -274,7 +289,7 @@ class _Consumer:
             error = "".join(traceback.format_exception_only(exc)).strip()
             self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
             await self._report_error(event, msg.subject, error)
-            if meta.num_delivered >= self.runtime.max_deliver:
+            if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
                 await self._dead_letter(msg, error, run=event.run, round=event.round)
             else:
                 backoff = self.runtime.backoff

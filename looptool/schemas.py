@@ -118,6 +118,7 @@ class ModelReady(Event, tag="model.ready"):
     model: str  # the name the serving endpoint answers to
     adapter: ArtifactRef | None = None
     base_model: str = ""
+    dataset: ArtifactRef | None = None  # the round's dataset, which the probe fans out
 
 
 class ProbeTask(Event, tag="probe.task"):
@@ -134,7 +135,7 @@ Outcome: TypeAlias = Literal["mastered", "failed"]
 class ProbeResult(Event, tag="probe.result"):
     sample_id: str
     outcome: Outcome
-    ppl: float
+    ppl: float | None  # None when no token was scored
     prediction: list[ToolCall] = msgspec.field(default_factory=list)
     raw: str = ""
     error_type: str | None = None

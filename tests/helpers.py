@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 
 from looptool import subjects
 from looptool.bus import Bus
+from looptool.runtime import Service, run_service
 from looptool.settings import NatsSettings, RuntimeSettings, Settings
 
 
@@ -26,3 +28,23 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30
     with anyio.fail_after(timeout):
         while not await predicate():
             await anyio.sleep(interval)
+
+
+@asynccontextmanager
+async def running(service: Service, settings: Settings, replicas: int = 1) -> AsyncIterator[list[str]]:
+    """Run ``replicas`` in-process replicas of ``service`` (ready on entry, drained on exit)."""
+    stop = anyio.Event()
+    names = [f"{service.name}-{i}" for i in range(replicas)]
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            ready = anyio.Event()
+            tg.start_soon(lambda n=name, r=ready: run_service(service, settings, replica=n, stop=stop, ready=r, handle_signals=False))
+            await ready.wait()
+        try:
+            yield names
+        finally:
+            stop.set()
+
+
+async def count(bus: Bus, run: str, event_type: type) -> int:
+    return len(await read_all(bus, run, event_type))
