@@ -12,9 +12,10 @@ from helpers import make_settings
 from looptool.settings import Settings
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    """One real nats-server (JetStream, file store) for the session; tests use unique run names."""
+    """A real nats-server (JetStream, file store) per test module, so that one module's durable
+    consumers never see another's events; tests within a module use unique run names."""
     with NatsServer(tmp_path_factory.mktemp("nats")) as server:
         yield server
 
