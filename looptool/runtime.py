@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 import anyio
 import msgspec
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
 
@@ -40,7 +39,7 @@ from .errors import PermanentError
 from .logs import get_logger
 from .models import ModelClient
 from .schemas import DeadLetter, Event, ServiceError, ServiceHeartbeat, encode_event, event_tag
-from .settings import Settings
+from .settings import ModelSettings, Settings
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[["Context", Any], Awaitable[None]]
@@ -76,17 +75,23 @@ class Context:
         self.service = service
         self.replica = replica
         self.log = log
-        self._models: ModelClient | None = None
+        self._clients: dict[str, ModelClient] = {}
 
     @property
     def models(self) -> ModelClient:
-        if self._models is None:
-            self._models = ModelClient(self.settings.model)
-        return self._models
+        """The policy's endpoint (``settings.model``)."""
+        return self.client_for(self.settings.model)
+
+    def client_for(self, endpoint: ModelSettings) -> ModelClient:
+        """One client per endpoint (judge, generator, policy), reused across handlers."""
+        key = msgspec.json.encode(endpoint).decode()
+        if key not in self._clients:
+            self._clients[key] = ModelClient(endpoint)
+        return self._clients[key]
 
     async def close(self) -> None:
-        if self._models is not None:
-            await self._models.close()
+        for client in self._clients.values():
+            await client.close()
 
     async def publish(self, event: Event) -> None:
         await self.bus.publish(event)
@@ -124,13 +129,17 @@ async def run_service(
     bus = await Bus.connect(settings.nats, name=f"{service.name}:{replica}")
     ctx = Context(bus, settings, service.name, replica, log)
     stats = _Stats()
-    slots = anyio.Semaphore(settings.runtime.concurrency)
     try:
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_stop_on_signal, stop)
             tg.start_soon(_heartbeat, ctx, stats, stop)
-            consumers = [_Consumer(ctx, event_type, handler, slots, stats, stop) for event_type, handler in service.handlers.items()]
+            # Each consumer has its own slots: a consumer idling in a long-poll must not hold
+            # capacity that another event type's work could use.
+            consumers = [
+                _Consumer(ctx, event_type, handler, anyio.Semaphore(settings.runtime.concurrency), stats, stop)
+                for event_type, handler in service.handlers.items()
+            ]
             for consumer in consumers:
                 await consumer.subscribe()
             log.info("service ready", consumers=[c.name for c in consumers])
@@ -236,7 +245,7 @@ class _Consumer:
                     wanted += 1
                 try:
                     batch = await self.sub.fetch(wanted, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises both its own and asyncio's: no work now
                     batch = []
                 except Exception as exc:
                     batch = []

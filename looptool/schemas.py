@@ -141,6 +141,7 @@ class ProbeResult(Event, tag="probe.result"):
     error_type: str | None = None
     error: str | None = None
     reasoning: str | None = None
+    sample: Sample | None = None  # the probed sample, so that the judge needs no dataset lookup
 
     def dedup_key(self) -> str:
         return f"{super().dedup_key()}:{self.sample_id}"
@@ -158,7 +159,11 @@ class JudgeVerdict(Event, tag="judge.verdict"):
     approach: str = ""
     corrected_label: list[ToolCall] | None = None
     tier: Literal["rules", "llm", "match"] = "rules"
-    votes: list[Verdict] = msgspec.field(default_factory=list)
+    votes: list[Verdict | None] = msgspec.field(default_factory=list)  # None: a reply that did not parse
+    llm_calls: int = 0
+    invalid_replies: list[str] = msgspec.field(default_factory=list)  # raw, for audit
+    sample: Sample | None = None  # the sample as it goes on (label replaced when fixed)
+    prediction: list[ToolCall] = msgspec.field(default_factory=list)  # the policy's calls, for the expander
 
     def dedup_key(self) -> str:
         return f"{super().dedup_key()}:{self.sample_id}"

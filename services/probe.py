@@ -54,5 +54,6 @@ async def probe(ctx: Context, task: ProbeTask) -> None:
             error_type=error_type,
             error=error,
             reasoning=prediction.reasoning,
+            sample=task.sample,
         )
     )
