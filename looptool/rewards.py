@@ -55,6 +55,8 @@ def correctness_reward(completions: list[Any], tools: list[Any], answer: list[st
         except CallParseError:
             rewards.append(0.0)
             continue
+        if isinstance(offered, str):  # datasets keep tools as a JSON string column
+            offered = _answer_decoder.decode(offered)
         functions = [tool.get("function", tool) for tool in offered]
         result = check(functions, calls, _answer_decoder.decode(raw_answer), kind)
         rewards.append(1.0 if result.valid else 0.0)

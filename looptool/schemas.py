@@ -178,11 +178,26 @@ class ExpandResult(Event, tag="expand.result"):
         return f"{super().dedup_key()}:{self.seed_id}"
 
 
+class TrainProgress(Event, tag="train.progress"):
+    step: int
+    total_steps: int
+    loss: float
+    epoch: float = 0.0
+    learning_rate: float = 0.0
+
+    def dedup_key(self) -> str:
+        return f"{super().dedup_key()}:{self.step}"
+
+
 class EvalCompleted(Event, tag="eval.completed"):
     model: str
     metrics: dict[str, float]
     n_items: int
     details: ArtifactRef | None = None
+    eval_set: str = ""
+
+    def dedup_key(self) -> str:
+        return f"{super().dedup_key()}:{self.model}"
 
 
 class RunFinished(Event, tag="run.finished"):
@@ -234,6 +249,7 @@ AnyEvent: TypeAlias = Union[
     ProbeResult,
     JudgeVerdict,
     ExpandResult,
+    TrainProgress,
     EvalCompleted,
     RunFinished,
     ServiceHeartbeat,

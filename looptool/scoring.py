@@ -60,12 +60,12 @@ def score(questions: str | Path, answers: str | Path | None, predictions: str | 
 
     def items() -> Iterator[ScoredItem]:
         for sample in report.samples:
-            yield _score_one(sample, predicted.get(sample.meta["bfcl_id"]))
+            yield score_item(sample, predicted.get(sample.meta["bfcl_id"]))
 
     return report, items()
 
 
-def _score_one(sample: Sample, prediction: list[ToolCall] | CheckResult | None) -> ScoredItem:
+def score_item(sample: Sample, prediction: list[ToolCall] | CheckResult | None) -> ScoredItem:
     item_id = sample.meta["bfcl_id"]
     if prediction is None:
         result = CheckResult(False, "no_prediction", "no prediction for this id")

@@ -98,6 +98,40 @@ class ExpanderSettings(_Section):
     extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class TrainerSettings(_Section):
+    base_model: str = "policy-base"  # a local directory (or hub id where the hub is reachable)
+    method: Literal["sft", "grpo"] = "sft"
+    continue_from_previous: bool = True  # round r starts from round r-1's adapter (fresh optimizer)
+    lora_rank: int = 8  # must be <= the server's --max-lora-rank
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = msgspec.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 2048
+    assistant_only_loss: bool = True
+    logging_steps: int = 5
+    seed: int = 0
+    use_cpu: bool = False
+    grpo_generations: int = 4  # the paper: 16 rollouts
+    grpo_max_completion_length: int = 256
+    grpo_temperature: float = 1.0
+    grpo_beta: float = 0.0  # the paper: no KL term
+    grpo_clip_low: float = 0.2
+    grpo_clip_high: float = 0.28
+
+
+class EvaluatorSettings(_Section):
+    # BFCL-format question files (answers at possible_answer/<name> beside them), or
+    # "bfcl:<category>" for BFCL's own data from the bfcl-eval package.
+    sets: list[str] = msgspec.field(default_factory=list)
+    max_tokens: int = 256
+    evaluate_base: bool = True  # at round 0, also score the base model
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
@@ -113,6 +147,8 @@ class Settings(_Section):
     judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)
     generator_model: ModelSettings = msgspec.field(default_factory=lambda: ModelSettings(model="generator"))
     expander: ExpanderSettings = msgspec.field(default_factory=ExpanderSettings)
+    trainer: TrainerSettings = msgspec.field(default_factory=TrainerSettings)
+    evaluator: EvaluatorSettings = msgspec.field(default_factory=EvaluatorSettings)
     artifact_dir: str = ".looptool/artifacts"
 
 

