@@ -234,7 +234,7 @@ class Bus:
             while follow or remaining > 0:
                 try:
                     batch = await sub.fetch(256, timeout=idle_timeout)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass and plain asyncio ones
                     continue
                 for msg in batch:
                     remaining -= 1

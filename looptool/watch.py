@@ -65,6 +65,8 @@ def render(ledger: RunLedger) -> Group:
 
 async def watch(bus: Bus, run: str, console: Console | None = None, until_finished: bool = True) -> RunLedger:
     console = console or Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # logs and CI: no terminal, room for the table
     ledger = RunLedger(run)
     with Live(render(ledger), console=console, refresh_per_second=4, transient=False) as live:
         async for _, event in bus.read(subjects.run_filter(run), follow=True):

@@ -90,21 +90,45 @@ def _stop_reason(ledger: RunLedger, config: RunConfig, round: int) -> str | None
 async def _next_round(ctx: Context, ledger: RunLedger, config: RunConfig, round: int) -> None:
     current = ledger.round(round)
     cut = config.ppl_cut
+    outcomes = current.outcomes(cut)
     carried = current.carried(cut)
+    errors = [s for s in carried if outcomes[s.id] in ("hard", "corrected")]  # the error seeds
+    mastered = [s for s in carried if outcomes[s.id] == "kept"]
     seen = {s.id for s in carried}
     expanded = [s for s in current.expanded() if not (s.id in seen or seen.add(s.id))]
-    composition = current.composition(cut)
-    composition["expanded"] = len(expanded)
+    if config.round_size > 0:
+        # Every round has the same size (as in the paper): error seeds first, then their
+        # expansions, then high-perplexity mastered samples; fresh seed data fills what is left.
+        rng = random.Random(f"{config.seed}:{round}")
+        budget = config.round_size
+        errors = _take(errors, budget, rng)
+        expanded = _take(expanded, budget - len(errors), rng)
+        mastered = _take(mastered, budget - len(errors) - len(expanded), rng)
+    composition = {key: value for key, value in current.composition(cut).items() if key in ("dropped", "discarded")}
+    composition |= {
+        "hard": sum(outcomes[s.id] == "hard" for s in errors),
+        "corrected": sum(outcomes[s.id] == "corrected" for s in errors),
+        "kept": len(mastered),
+        "expanded": len(expanded),
+    }
     fresh: list[Sample] = []
     if config.round_size > 0:
         used = sum(ledger.round(r).dataset.composition.get("fresh", 0) for r in range(round + 1) if ledger.round(r).dataset)
         pool = await _seed_pool(ctx, config)
-        need = max(0, config.round_size - len(carried) - len(expanded))
+        need = max(0, config.round_size - len(errors) - len(expanded) - len(mastered))
         fresh = [s for s in pool[used : used + need] if s.id not in seen]
     composition["fresh"] = len(fresh)
-    samples = carried + expanded + [msgspec.structs.replace(s, lineage=Lineage(origin="seed", round=round + 1, source=s.lineage.source)) for s in fresh]
+    samples = errors + expanded + mastered + [msgspec.structs.replace(s, lineage=Lineage(origin="seed", round=round + 1, source=s.lineage.source)) for s in fresh]
     ctx.log.info("round closed", closed=round, next_size=len(samples), composition=composition)
     await _publish_dataset(ctx, config, round + 1, samples, composition)
+
+
+def _take(samples: list[Sample], n: int, rng: random.Random) -> list[Sample]:
+    if n <= 0:
+        return []
+    if len(samples) <= n:
+        return samples
+    return [samples[i] for i in sorted(rng.sample(range(len(samples)), n))]
 
 
 async def _publish_dataset(ctx: Context, config: RunConfig, round: int, samples: list[Sample], composition: dict[str, int]) -> None:

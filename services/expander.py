@@ -37,7 +37,7 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
         raise PermanentError(f"judge.verdict for {verdict.sample_id} carries no sample")
     settings = ctx.settings.expander
     seed = verdict.sample
-    rng = seed_rng(settings.seed, verdict.run, verdict.round, seed.id)
+    rng = seed_rng(settings.seed, verdict.round, seed.id)  # not the run: same seed, same expansions
     index = await _dataset_index(ctx, verdict.run, verdict.round)
     ours = NearDuplicateIndex(settings.near_duplicate)  # this seed's own, until they are published
     accepted: list[Sample] = []
