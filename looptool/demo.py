@@ -30,7 +30,9 @@ def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: flo
     return {
         "LOOPTOOL_TRAINER__BASE_MODEL": str(model_dir),
         "LOOPTOOL_TRAINER__USE_CPU": "true",
-        "LOOPTOOL_TRAINER__LEARNING_RATE": "0.005",
+        "LOOPTOOL_TRAINER__LEARNING_RATE": "0.01",
+        "LOOPTOOL_TRAINER__LORA_RANK": "16",
+        "LOOPTOOL_TRAINER__LORA_ALPHA": "32",
         "LOOPTOOL_TRAINER__EPOCHS": str(epochs),
         "LOOPTOOL_TRAINER__MAX_LENGTH": "1024",
         "LOOPTOOL_TRAINER__LOGGING_STEPS": "5",

@@ -119,6 +119,8 @@ class ModelReady(Event, tag="model.ready"):
     adapter: ArtifactRef | None = None
     base_model: str = ""
     dataset: ArtifactRef | None = None  # the round's dataset, which the probe fans out
+    train_tokens: int = 0  # tokens trained on this round (0 when training was skipped)
+    train_seconds: float = 0.0
 
 
 class ProbeTask(Event, tag="probe.task"):

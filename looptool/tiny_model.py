@@ -121,6 +121,10 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 10
         num_key_value_heads=2,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
+        # LoRA cannot rescale the (tied) embeddings or the final norm, so the initial weight scale
+        # bounds how confident the model can ever get; at the usual 0.02 a trained adapter stays
+        # stuck near the uniform loss (~6.9 nats), at 0.3 it reaches ~1.8 on the same data.
+        initializer_range=0.3,
         bos_token_id=None,
         eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=fast.convert_tokens_to_ids("<|endoftext|>"),

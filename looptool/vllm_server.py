@@ -28,7 +28,7 @@ class VllmServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         max_loras: int = 4,
-        max_lora_rank: int = 8,
+        max_lora_rank: int = 16,
         max_model_len: int = 2048,
         log_file: str | os.PathLike[str] | None = None,
         extra_args: list[str] | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import anyio
+import msgspec
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -12,9 +14,7 @@ from . import subjects
 from .bus import Bus
 from .ledger import PplCut, RoundLedger, RunLedger
 from .runconfig import RunConfig
-from .schemas import Event, RunFinished
-
-import msgspec
+from .schemas import DatasetReady, Event, RunFinished
 
 
 def _bar(done: int, total: int) -> Group | str:
@@ -63,16 +63,44 @@ def render(ledger: RunLedger) -> Group:
     return Group(table, footer)
 
 
-async def watch(bus: Bus, run: str, console: Console | None = None, until_finished: bool = True) -> RunLedger:
+def status_line(ledger: RunLedger) -> str:
+    """One line of progress, for logs and terminals that cannot redraw."""
+    if not ledger.rounds:
+        return f"{ledger.run}: waiting for round 0"
+    r = max(ledger.rounds)
+    rl = ledger.rounds[r]
+    loss = f" loss {rl.losses[-1][1]:.3f} ({rl.losses[-1][0]}/{rl.total_steps})" if rl.losses else ""
+    overall = ledger.overall(r)
+    waiting = ", ".join(f"{stage} {n}" for stage, n in rl.missing().items()) or "complete"
+    return f"{ledger.run} r{r}: dataset {rl.size}{loss}, probed {len(rl.probes)}, judged {len(rl.verdicts)}, expanded {len(rl.expansions)}, eval {overall if overall is None else round(overall, 3)} — waiting: {waiting}"
+
+
+async def watch(bus: Bus, run: str, console: Console | None = None, until_finished: bool = True, interval: float = 5.0) -> RunLedger:
+    """Follow a run until it finishes: a live table on a terminal, a status line every
+    ``interval`` seconds (and at each round's end) elsewhere."""
     console = console or Console()
-    if not console.is_terminal:
-        console.width = max(console.width, 160)  # logs and CI: no terminal, room for the table
     ledger = RunLedger(run)
-    with Live(render(ledger), console=console, refresh_per_second=4, transient=False) as live:
-        async for _, event in bus.read(subjects.run_filter(run), follow=True):
-            if isinstance(event, Event):
-                ledger.apply(event)
-                live.update(render(ledger))
-                if until_finished and isinstance(event, RunFinished):
-                    break
+    events = bus.read(subjects.run_filter(run), follow=True)
+    if console.is_terminal:
+        with Live(render(ledger), console=console, refresh_per_second=4) as live:
+            async for _, event in events:
+                if isinstance(event, Event):
+                    ledger.apply(event)
+                    live.update(render(ledger))
+                    if until_finished and isinstance(event, RunFinished):
+                        break
+        return ledger
+    console.width = max(console.width, 160)
+    last = 0.0
+    async for _, event in events:
+        if not isinstance(event, Event):
+            continue
+        ledger.apply(event)
+        now = anyio.current_time()
+        if now - last >= interval or isinstance(event, (DatasetReady, RunFinished)):
+            console.print(status_line(ledger), highlight=False)
+            last = now
+        if until_finished and isinstance(event, RunFinished):
+            break
+    console.print(render(ledger))
     return ledger

@@ -44,6 +44,7 @@ async def train(ctx: Context, event: DatasetReady) -> None:
         ctx.log.info("round already announced; nothing to do", adapter=name)
         return
     out = adapter_dir(ctx.settings.artifact_dir, event.run, event.round)
+    tokens, seconds = 0, 0.0
     if not (out / "adapter_config.json").exists():  # a finished adapter survives a crash; a partial one never lands here
         samples = decode_samples(await ctx.bus.get_artifact(event.dataset), event.dataset.name)
         previous = adapter_dir(ctx.settings.artifact_dir, event.run, event.round - 1) if event.round > 0 and settings.continue_from_previous else None
@@ -54,9 +55,11 @@ async def train(ctx: Context, event: DatasetReady) -> None:
         ctx.log.info("training", samples=len(samples), method=settings.method, previous=str(previous) if previous else None)
         outcome = await anyio.to_thread.run_sync(lambda: train_round(samples, settings, out, str(previous) if previous else None, report))
         ctx.log.info("trained", steps=outcome.steps, tokens_per_s=round(outcome.tokens_per_s, 1), first_loss=outcome.losses[:1], last_loss=outcome.losses[-1:])
+        tokens, seconds = outcome.tokens, outcome.seconds
     archive = await ctx.bus.put_artifact(f"{event.run}/r{event.round}/adapter.tar", _tar(out))
     await load_adapter(ctx.settings.model, name, out)
-    await ctx.publish(ModelReady(run=event.run, round=event.round, model=name, adapter=archive, base_model=settings.base_model, dataset=event.dataset))
+    ready = ModelReady(run=event.run, round=event.round, model=name, adapter=archive, base_model=settings.base_model, dataset=event.dataset, train_tokens=tokens, train_seconds=seconds)
+    await ctx.publish(ready)
     await ctx.bus.state.put(announced, b"1")
 
 

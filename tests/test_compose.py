@@ -1,0 +1,78 @@
+"""compose.yaml is checked structurally (no Docker engine here): every service present, each
+command a real CLI entry point, every LOOPTOOL_* variable a real, valid setting."""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+import yaml
+
+from looptool.cli import build_parser
+from looptool.settings import load_settings
+from looptool.up import SERVICES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((REPO / "compose.yaml").read_text())
+
+
+def _interpolate(value: str) -> str:
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)  # ${VAR:-default} -> default
+
+
+def test_every_service_is_a_container(compose) -> None:
+    assert set(SERVICES) | {"nats", "vllm", "vllm-cpu"} <= set(compose["services"])
+    registered = {ep.name for ep in entry_points(group="looptool.services")}
+    assert set(SERVICES) <= registered
+
+
+def test_service_commands_resolve_to_cli_entry_points(compose) -> None:
+    parser = build_parser()
+    registered = {ep.name for ep in entry_points(group="looptool.services")}
+    for name in SERVICES:
+        command = compose["services"][name]["command"]
+        assert command[:2] == ["looptool", "serve"], name
+        args = parser.parse_args(command[1:])
+        assert args.service in registered and args.service == name
+        # Scalable: no fixed container name or host port that two replicas would fight over.
+        assert "container_name" not in compose["services"][name] and "ports" not in compose["services"][name]
+
+
+def test_environment_decodes_as_settings(compose) -> None:
+    for name in SERVICES:
+        env = {key: _interpolate(str(value)) for key, value in compose["services"][name]["environment"].items()}
+        settings = load_settings(environ=env)
+        assert settings.nats.url == "nats://nats:4222"
+        assert settings.artifact_dir == "/artifacts"
+
+
+def test_nats_is_jetstream_with_a_volume_and_health_check(compose) -> None:
+    nats = compose["services"]["nats"]
+    assert "-js" in nats["command"] and "/data" in nats["command"]
+    assert any(v.startswith("nats:") for v in nats["volumes"]) and "nats" in compose["volumes"]
+    assert "healthcheck" in nats
+
+
+def test_vllm_serves_runtime_lora_on_gpu_and_cpu(compose) -> None:
+    for name in ("vllm", "vllm-cpu"):
+        service = compose["services"][name]
+        command = " ".join(service["command"])
+        assert "--enable-lora" in command and "--tool-call-parser" in command
+        assert service["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+        assert "healthcheck" in service
+    assert compose["services"]["vllm"]["profiles"] == ["gpu"] and compose["services"]["vllm-cpu"]["profiles"] == ["cpu"]
+    assert compose["services"]["vllm-cpu"]["networks"]["default"]["aliases"] == ["vllm"]
+    # Adapters are loaded by path: the trainer writes where vLLM reads.
+    assert any("artifacts:/artifacts" in v for v in compose["services"]["vllm"]["volumes"])
+    assert any(v.startswith("artifacts:/artifacts") for v in compose["services"]["trainer"]["volumes"])
+
+
+def test_dockerfile_installs_the_project() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "pip install" in dockerfile and "COPY services" in dockerfile and "COPY looptool" in dockerfile
