@@ -28,7 +28,7 @@ from looptool.logs import configure_logging
 from looptool.models import ModelClient, perplexity
 from looptool.nats_server import NatsServer
 from looptool.runtime import run_service
-from looptool.schemas import ModelReady, ProbeResult, Sample
+from looptool.schemas import ModelReady, Sample
 from looptool.settings import LogSettings, ModelSettings, NatsSettings, ProbeSettings, RuntimeSettings, Settings
 from looptool.tiny_model import build_tiny_model
 from looptool.vllm_server import VllmServer

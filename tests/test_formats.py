@@ -29,7 +29,7 @@ def test_openai_rows_and_their_errors() -> None:
     assert chat.label == [] and chat.category == "irrelevance" and [m.role for m in chat.messages] == ["system", "user"]
     assert weather.lineage.source == f"{FIXTURES / 'openai.jsonl'}:1"
     errors = located(report)
-    assert errors[3].startswith("messages: the last message must be the assistant's")
+    assert errors[3].startswith("messages: the last turn must be the assistant's")
     assert errors[4].startswith("messages[1].tool_calls: arguments of 'get_weather' are not valid JSON")
     assert errors[5].startswith("(line): invalid JSON")
     assert errors[6] == "messages[1].tool_calls: calls 'fly', which is not among the tools ['get_weather']"

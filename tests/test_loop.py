@@ -20,7 +20,7 @@ from looptool.ledger import OUTCOMES, RunLedger
 from looptool.report import write_report
 from looptool.runconfig import RunConfig
 from looptool.runs import fold_run, submit_run
-from looptool.schemas import DatasetReady, EvalCompleted, Event, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RunFinished, TrainProgress
+from looptool.schemas import DatasetReady, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RunFinished, TrainProgress
 from looptool.settings import NatsSettings
 from looptool import subjects
 from looptool.up import Topology

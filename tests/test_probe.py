@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import anyio
-import msgspec
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer

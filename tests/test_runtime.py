@@ -6,13 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import anyio
 import msgspec
-import pytest
 
 import toy_service
 from looptool import subjects

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import pytest
 
 from helpers import count, make_settings, read_all, running, wait_for
 from looptool.bus import Bus

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from looptool.checker import check_sample
 from looptool.formats import import_file, read_samples

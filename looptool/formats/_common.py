@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from ..calls import CallParseError
+from ..calls import CallParseError, extract_calls
 from ..schemas import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
 
 
@@ -174,3 +174,18 @@ def make_sample(tools: list[ToolSpec], messages: list[Message], label: list[Tool
         category=category or category_of(label, tools),
         meta=meta or {},
     )
+
+
+def assistant_message(text: str, field: str) -> Message:
+    """An assistant turn written as text: its calls if it makes any, else its words."""
+    calls = calls_from(lambda: extract_calls(text), field)
+    return Message(role="assistant", content=None if calls else text, tool_calls=calls)
+
+
+def sample_from_conversation(tools: list[ToolSpec], messages: list[Message], field: str, label_field: str) -> Sample:
+    """The last turn, the assistant's, is the label; the turns before it are the context."""
+    if not messages or messages[-1].role != "assistant":
+        raise RowRejected(field, "the last turn must be the assistant's (the label)")
+    label = messages[-1].tool_calls
+    check_label_against_tools(label, tools, label_field)
+    return make_sample(tools, messages[:-1], label)

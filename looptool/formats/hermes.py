@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from ..calls import extract_calls, format_tool_call_blocks
+from ..calls import format_tool_call_blocks
 from ..schemas import Message, Sample
-from ._common import RowRejected, calls_from, check_label_against_tools, json_field, make_sample, need, tools_from
+from ._common import RowRejected, assistant_message, json_field, need, sample_from_conversation, tools_from
 
 _ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool", "function_response": "tool", "observation": "tool"}
 _TOOLS_BLOCK = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
@@ -52,18 +52,12 @@ def parse_row(row: dict[str, Any]) -> Sample:
                 raw_tools = tools_in_text(value, f"{field}.value")
             continue  # the system turn carried the tool prompt; its tools are in `tools`
         if role == "assistant":
-            calls = calls_from(lambda: extract_calls(value), f"{field}.value")
-            messages.append(Message(role="assistant", content=None if calls else value, tool_calls=calls))
+            messages.append(assistant_message(value, f"{field}.value"))
         else:
             messages.append(Message(role=role, content=value))
     if raw_tools is None:
         raise RowRejected("tools", "missing (no tools field and no system turn with <tools>)")
-    tools = tools_from(raw_tools, "tools")
-    if not messages or messages[-1].role != "assistant":
-        raise RowRejected("conversations", "the last turn must be the assistant's (the label)")
-    label = messages[-1].tool_calls
-    check_label_against_tools(label, tools, f"conversations[{len(turns) - 1}].value")
-    return make_sample(tools, messages[:-1], label)
+    return sample_from_conversation(tools_from(raw_tools, "tools"), messages, "conversations", f"conversations[{len(turns) - 1}].value")
 
 
 def export_row(sample: Sample) -> dict[str, Any]:

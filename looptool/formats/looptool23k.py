@@ -18,7 +18,7 @@ import msgspec
 
 from ..calls import extract_calls, format_tool_call_blocks
 from ..schemas import Message, Sample
-from ._common import RowRejected, calls_from, check_label_against_tools, make_sample, need, tools_from
+from ._common import RowRejected, assistant_message, calls_from, check_label_against_tools, make_sample, need, tools_from
 from .hermes import tools_in_text
 
 _MARKER = re.compile(r"^(user|assistant|tool|observation)\s*:\s?", re.IGNORECASE | re.MULTILINE)
@@ -44,8 +44,7 @@ def parse_dialogue(text: str, field: str) -> list[Message]:
         body = text[marker.end() : end].strip()
         role = marker.group(1).lower()
         if role == "assistant":
-            calls = calls_from(lambda: extract_calls(body), field)
-            messages.append(Message(role="assistant", content=None if calls else body, tool_calls=calls))
+            messages.append(assistant_message(body, field))
         else:
             messages.append(Message(role="tool" if role == "observation" else role, content=body))
     return messages

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..calls import call_from_json
 from ..schemas import Message, Sample, ToolCall
-from ._common import RowRejected, calls_from, check_label_against_tools, make_sample, need, tools_from
+from ._common import RowRejected, calls_from, need, sample_from_conversation, tools_from
 
 
 def parse_message(raw: Any, field: str) -> Message:
@@ -31,11 +31,7 @@ def parse_row(row: dict[str, Any]) -> Sample:
     raw_messages = need(row, "messages", list)
     tools = tools_from(row.get("tools", []), "tools")
     messages = [parse_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)]
-    if not messages or messages[-1].role != "assistant":
-        raise RowRejected("messages", "the last message must be the assistant's (the label)")
-    label = messages[-1].tool_calls
-    check_label_against_tools(label, tools, f"messages[{len(messages) - 1}].tool_calls")
-    return make_sample(tools, messages[:-1], label)
+    return sample_from_conversation(tools, messages, "messages", f"messages[{len(messages) - 1}].tool_calls")
 
 
 def message_dict(message: Message) -> dict[str, Any]:

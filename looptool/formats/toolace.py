@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from ..calls import extract_calls, format_python_calls
+from ..calls import format_python_calls
 from ..schemas import Message, Sample
-from ._common import RowRejected, calls_from, check_label_against_tools, make_sample, need, tools_from
+from ._common import RowRejected, assistant_message, need, sample_from_conversation, tools_from
 
 _encoder = msgspec.json.Encoder()
 PREAMBLE = "You are an expert in composing functions. Here is a list of functions in JSON format that you can invoke:\n"
@@ -62,15 +62,10 @@ def parse_row(row: dict[str, Any]) -> Sample:
             raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r}")
         value = turn["value"]
         if speaker == "assistant":
-            calls = calls_from(lambda: extract_calls(value), f"{field}.value")
-            messages.append(Message(role="assistant", content=None if calls else value, tool_calls=calls))
+            messages.append(assistant_message(value, f"{field}.value"))
         else:
             messages.append(Message(role=speaker, content=value))
-    if not messages or messages[-1].role != "assistant":
-        raise RowRejected("conversations", "the last turn must be the assistant's (the label)")
-    label = messages[-1].tool_calls
-    check_label_against_tools(label, tools, f"conversations[{len(turns) - 1}].value")
-    return make_sample(tools, messages[:-1], label)
+    return sample_from_conversation(tools, messages, "conversations", f"conversations[{len(turns) - 1}].value")
 
 
 def export_row(sample: Sample) -> dict[str, Any]:
