@@ -64,8 +64,9 @@ def main(n: int, epochs: float, workdir: Path) -> None:
     model_dir = build_tiny_model(workdir / "model")
     samples = build(n, 0, seed=5).train
     trainer_settings = TrainerSettings(base_model=str(model_dir), use_cpu=True, epochs=epochs, learning_rate=5e-3, max_length=1024, logging_steps=5)
-    bare = train_round(samples, trainer_settings, workdir / "bare-adapter")
     with NatsServer(workdir / "nats") as nats, VllmServer(model_dir, log_file=workdir / "vllm.log") as vllm:
+        # Both arms run with the same servers up, so that their background load hits both.
+        bare = train_round(samples, trainer_settings, workdir / "bare-adapter")
         settings = Settings(nats=NatsSettings(url=nats.url), model=ModelSettings(base_url=vllm.base_url), trainer=trainer_settings, log=LogSettings(level="warning"))
         settings.artifact_dir = str(workdir / "artifacts")
         ready, end_to_end = anyio.run(service_arm, settings, samples, backend="asyncio")
