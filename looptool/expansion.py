@@ -17,9 +17,11 @@ import msgspec
 
 from .calls import CallParseError, call_from_json
 from .judging import calls_json, data_block, load_prompt, tools_json
-from .rules import assess
-from .schemas import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
 from .formats._common import category_of
+from .models import ModelClient
+from .rules import assess
+from .schemas import JudgeVerdict, Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from .settings import ExpanderSettings
 
 VARIATIONS = [
     "a single-turn request",
@@ -117,6 +119,16 @@ def rejection_reason(sample: Sample) -> str | None:
     if issues:
         return f"label_{issues[0].kind}"
     return None
+
+
+async def generate_with_llm(client: ModelClient, model: str, settings: ExpanderSettings, verdict: JudgeVerdict, seed: Sample, rng: random.Random) -> tuple[list[Sample], dict[str, int]]:
+    """One generator call for ``settings.k`` samples around ``seed``; the candidates it wrote."""
+    prompt = generation_prompt(settings.prompt, seed, verdict.prediction, verdict.analysis, verdict.approach, settings.k, rng, label_known=verdict.verdict != "both_wrong")
+    request: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "temperature": settings.temperature, "max_tokens": settings.max_tokens, "seed": rng.randrange(2**31)}
+    if "structured_outputs" not in settings.extra_body:  # a caller's own constraint replaces the schema
+        request["response_format"] = reply_format()
+    response = await client.chat(model, **request, extra_body=settings.extra_body or None)
+    return parse_generated(response.choices[0].message.content or "")
 
 
 def as_expansion(sample: Sample, seed: Sample, round: int, generator: str, prompt: str) -> Sample:

@@ -17,7 +17,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from looptool import subjects
 from looptool.dedup import NearDuplicateIndex, exact_key
 from looptool.errors import PermanentError
-from looptool.expansion import as_expansion, generation_prompt, parse_generated, rejection_reason, reply_format, seed_rng
+from looptool.expansion import as_expansion, generate_with_llm, rejection_reason, seed_rng
 from looptool.formats import decode_samples
 from looptool.runtime import Context, Service
 from looptool.schemas import DatasetReady, ExpandResult, JudgeVerdict, Sample
@@ -45,16 +45,12 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
 
     for _attempt in range(1 + settings.retries):
         if settings.mode == "world":
-            candidates, unreadable, generator = World(settings.seed).similar(seed, settings.k, rng), {}, "world"
+            candidates, unreadable = World(settings.seed).similar(seed, settings.k, rng), {}
+            generator, prompt = "world", "world"
         else:
-            prompt = generation_prompt(settings.prompt, seed, verdict.prediction, verdict.analysis, verdict.approach, settings.k, rng, label_known=verdict.verdict != "both_wrong")
-            request = {"messages": [{"role": "user", "content": prompt}], "temperature": settings.temperature, "max_tokens": settings.max_tokens, "seed": rng.randrange(2**31)}
-            if "structured_outputs" not in settings.extra_body:
-                request["response_format"] = reply_format()
             endpoint = ctx.settings.generator_model
-            response = await ctx.client_for(endpoint).chat(endpoint.model, **request, extra_body=settings.extra_body or None)
-            candidates, unreadable = parse_generated(response.choices[0].message.content or "")
-            generator = endpoint.model
+            candidates, unreadable = await generate_with_llm(ctx.client_for(endpoint), endpoint.model, settings, verdict, seed, rng)
+            generator, prompt = endpoint.model, settings.prompt
         rejected.update(unreadable)
         for candidate in candidates:
             reason = rejection_reason(candidate) or await _duplicate(ctx, (index, ours), candidate, verdict)
@@ -62,7 +58,7 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
                 rejected[reason] += 1
                 continue
             ours.add(candidate)
-            accepted.append(as_expansion(candidate, seed, verdict.round, generator, settings.prompt if generator != "world" else "world"))
+            accepted.append(as_expansion(candidate, seed, verdict.round, generator, prompt))
             if len(accepted) == settings.k:
                 break
         if len(accepted) == settings.k:
