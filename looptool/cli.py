@@ -233,6 +233,7 @@ async def _report(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     import signal
+    import urllib.parse
 
     from .up import SERVICES, Topology
 
@@ -243,7 +244,9 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
             raise CliError(f"--scale {spec!r}: expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}")
         replicas[name] = int(count)
     nats_url = None if args.nats == "embedded" else args.nats
-    with Topology(args.workdir, replicas=replicas, model_dir=args.vllm_model, nats_url=nats_url):
+    # The embedded server listens where the settings say NATS is, so `looptool run` finds it.
+    port = urllib.parse.urlparse(settings.nats.url).port or 4222
+    with Topology(args.workdir, replicas=replicas, model_dir=args.vllm_model, nats_url=nats_url, nats_port=port):
         print("topology up; Ctrl-C stops it", file=sys.stderr)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
 

@@ -26,6 +26,7 @@ class Topology:
         model_dir: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         nats_url: str | None = None,
+        nats_port: int | None = None,
         max_loras: int = 8,
         quiet: bool = False,
     ) -> None:
@@ -35,6 +36,7 @@ class Topology:
         self.env = dict(env or {})
         self.nats: NatsServer | None = None
         self.nats_url = nats_url
+        self.nats_port = nats_port  # embedded server's port (None: a free one)
         self.vllm: VllmServer | None = None
         self.max_loras = max_loras
         self.quiet = quiet
@@ -51,7 +53,7 @@ class Topology:
     def start(self) -> Topology:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.nats_url is None:
-            self.nats = NatsServer(self.workdir / "nats").start()
+            self.nats = NatsServer(self.workdir / "nats", port=self.nats_port).start()
             self.nats_url = self.nats.url
             self._say("nats", f"JetStream at {self.nats_url}")
         if self.model_dir is not None:
