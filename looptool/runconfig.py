@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import msgspec
 
 from .ledger import PplCut
 from .schemas import ArtifactRef
+from .settings import read_toml
 from .subjects import check_token
 
 
@@ -37,12 +37,7 @@ class RunConfigError(ValueError):
 
 
 def load_run_config(path: str | Path) -> RunConfig:
-    try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise RunConfigError(f"{path}: run config not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RunConfigError(f"{path}: invalid TOML: {exc}") from None
+    raw = read_toml(path, "run config", RunConfigError)
     try:
         config = msgspec.convert(raw.get("run", raw), RunConfig)
     except (msgspec.ValidationError, ValueError) as exc:

@@ -198,18 +198,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def read_toml(path: str | os.PathLike[str], what: str, error: type[ValueError]) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file raises ``error`` naming the file."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: invalid TOML: {exc}") from None
+
+
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``path`` (or ``$LOOPTOOL_CONFIG``) and the environment."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_ENV)
-    from_file: dict[str, Any] = {}
-    if path:
-        try:
-            from_file = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise SettingsError(f"{path}: settings file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{path}: invalid TOML: {exc}") from None
+    from_file = read_toml(path, "settings file", SettingsError) if path else {}
     from_env, env_origin = _env_overrides(environ)
     try:
         return msgspec.convert(_merge(from_file, from_env), Settings, strict=False)
