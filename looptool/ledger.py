@@ -151,7 +151,9 @@ class RoundLedger:
         """The samples this round passes on (kept, hard, corrected), labels as verified."""
         outcomes = self.outcomes(cut)
         carried = []
-        for sid, outcome in outcomes.items():
+        # By id, not by arrival: the next round's dataset (and so its training order) must not
+        # depend on which replica answered first.
+        for sid, outcome in sorted(outcomes.items()):
             if outcome not in ("kept", "hard", "corrected"):
                 continue
             verdict = self.verdicts.get(sid)
