@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import keyword
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -70,21 +73,24 @@ def test_hermes_blocks_round_trip() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}(\.[A-Za-z_][A-Za-z0-9_]{0,8})?", fullmatch=True).filter(lambda n: n not in {"True", "False", "None"})
-keys = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(lambda k: k not in {"if", "in", "is", "or", "as", "and", "not", "for", "def", "del", "try", "with", "from", "else", "elif", "pass", "from", "while", "class", "break", "raise", "yield", "async", "await", "global", "lambda", "import", "return", "finally", "except", "assert", "continue", "nonlocal"})
+# Python keywords cannot name a function in call syntax (a name like `as` is not a call target).
+names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}(\.[A-Za-z_][A-Za-z0-9_]{0,8})?", fullmatch=True).filter(
+    lambda n: not any(keyword.iskeyword(part) or part in {"True", "False", "None"} for part in n.split("."))
+)
+keys = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(lambda k: not keyword.iskeyword(k))
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)), max_leaves=12)
 calls = st.lists(st.builds(ToolCall, name=names, arguments=st.dictionaries(keys, values, max_size=4)), min_size=1, max_size=4)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("LOOPTOOL_HYPOTHESIS_EXAMPLES", "300")), deadline=None)
 @given(calls)
 def test_python_call_syntax_round_trips(generated: list[ToolCall]) -> None:
     assert parse_python_calls(format_python_calls(generated)) == generated
     assert parse_calls(format_python_calls(generated)) == generated
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("LOOPTOOL_HYPOTHESIS_EXAMPLES", "300")), deadline=None)
 @given(st.text(max_size=60))
 def test_python_call_parser_never_crashes_on_junk(text: str) -> None:
     try:
@@ -117,7 +123,7 @@ def tool_and_label(draw):
     return tool, [ToolCall(name=tool.function.name, arguments=dict(arguments)) for _ in range(n)]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=int(os.environ.get("LOOPTOOL_HYPOTHESIS_EXAMPLES", "300")), deadline=None)
 @given(tool_and_label())
 def test_a_label_always_scores_valid_against_itself(case) -> None:
     tool, label = case
