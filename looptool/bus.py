@@ -142,6 +142,16 @@ class Bus:
         assert self._state is not None, "Bus.provision() has not run"
         return self._state
 
+    async def flag_set(self, key: str) -> bool:
+        """Whether a one-time marker (``mark``) is set in the state bucket."""
+        try:
+            return (await self.state.get(key)).value == b"1"
+        except nats.js.errors.KeyNotFoundError:
+            return False
+
+    async def mark(self, key: str) -> None:
+        await self.state.put(key, b"1")
+
     # ------------------------------------------------------------------ publishing
 
     async def publish(self, event: Event, *, msg_id: str | None = None) -> api.PubAck:

@@ -268,6 +268,8 @@ def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .formats import FORMATS
+
     parser = argparse.ArgumentParser(prog="looptool", description=__doc__)
     parser.add_argument("--config", "-c", help="settings TOML file (default: $LOOPTOOL_CONFIG)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -315,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser("import", help="import a dataset into LoopTool samples (JSONL)")
     imp.add_argument("path")
-    imp.add_argument("--format", required=True, choices=["openai", "xlam", "hermes", "looptool23k", "toolace", "bfcl"])
+    imp.add_argument("--format", required=True, choices=[*FORMATS, "bfcl"])
     imp.add_argument("--answers", help="BFCL possible-answer file")
     imp.add_argument("--out", required=True)
     imp.set_defaults(func=cmd_import)

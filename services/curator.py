@@ -18,7 +18,6 @@ from pathlib import Path
 
 import anyio
 import msgspec
-from nats.js.errors import KeyNotFoundError
 
 from looptool import subjects
 from looptool.errors import PermanentError
@@ -37,12 +36,12 @@ _locks: dict[str, anyio.Lock] = {}
 @service.on(RunRequested)
 async def start_run(ctx: Context, request: RunRequested) -> None:
     config = _config(request)
-    if await _marked(ctx, f"started.{request.run}"):
+    if await ctx.bus.flag_set(f"started.{request.run}"):
         return
     pool = await _seed_pool(ctx, config)
     first = pool[: config.initial_size or len(pool)]
     await _publish_dataset(ctx, config, 0, first, {"fresh": len(first)})
-    await ctx.bus.state.put(f"started.{request.run}", b"1")
+    await ctx.bus.mark(f"started.{request.run}")
 
 
 async def _track(ctx: Context, event: Event) -> None:
@@ -65,14 +64,14 @@ async def _maybe_close(ctx: Context, ledger: RunLedger, round: int) -> None:
         return
     async with _locks.setdefault(ledger.run, anyio.Lock()):
         closed = f"closed.{ledger.run}.r{round}"
-        if await _marked(ctx, closed):
+        if await ctx.bus.flag_set(closed):
             return
         reason = _stop_reason(ledger, config, round)
         if reason:
             await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
         else:
             await _next_round(ctx, ledger, config, round)
-        await ctx.bus.state.put(closed, b"1")
+        await ctx.bus.mark(closed)
 
 
 def _stop_reason(ledger: RunLedger, config: RunConfig, round: int) -> str | None:
@@ -165,10 +164,3 @@ def _config(request: RunRequested) -> RunConfig:
         return msgspec.convert(request.config, RunConfig)
     except (msgspec.ValidationError, ValueError) as exc:
         raise PermanentError(f"run {request.run}: invalid run config: {exc}") from None
-
-
-async def _marked(ctx: Context, key: str) -> bool:
-    try:
-        return (await ctx.bus.state.get(key)).value == b"1"
-    except KeyNotFoundError:
-        return False

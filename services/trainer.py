@@ -15,7 +15,6 @@ from pathlib import Path
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from nats.js.errors import KeyNotFoundError
 
 from looptool import subjects
 from looptool.formats import decode_samples
@@ -40,7 +39,7 @@ async def train(ctx: Context, event: DatasetReady) -> None:
     settings = ctx.settings.trainer
     name = adapter_name(event.run, event.round)
     announced = f"announced.{event.run}.r{event.round}"
-    if await _exists(ctx, announced):
+    if await ctx.bus.flag_set(announced):
         ctx.log.info("round already announced; nothing to do", adapter=name)
         return
     out = adapter_dir(ctx.settings.artifact_dir, event.run, event.round)
@@ -60,14 +59,7 @@ async def train(ctx: Context, event: DatasetReady) -> None:
     await load_adapter(ctx.settings.model, name, out)
     ready = ModelReady(run=event.run, round=event.round, model=name, adapter=archive, base_model=settings.base_model, dataset=event.dataset, train_tokens=tokens, train_seconds=seconds)
     await ctx.publish(ready)
-    await ctx.bus.state.put(announced, b"1")
-
-
-async def _exists(ctx: Context, key: str) -> bool:
-    try:
-        return (await ctx.bus.state.get(key)).value == b"1"
-    except KeyNotFoundError:
-        return False
+    await ctx.bus.mark(announced)
 
 
 def _tar(directory: Path) -> bytes:
