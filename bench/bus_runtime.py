@@ -23,13 +23,15 @@ import msgspec
 import nats.errors
 from nats.js import api
 
-from looptool import subjects
-from looptool.bus import Bus
-from looptool.logs import configure_logging
-from looptool.nats_server import NatsServer
-from looptool.runtime import Context, Service, run_service
-from looptool.schemas import ProbeResult, decode_event
-from looptool.settings import LogSettings, NatsSettings, RuntimeSettings, Settings
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.kernel.logs import configure_logging
+from looptool.kernel.nats_server import NatsServer
+from looptool.kernel.runtime import Context, Service, run_service
+from looptool.loop.events import ProbeResult
+from looptool.kernel.events import decode_event
+from looptool.kernel.settings import LogSettings, NatsSettings, RuntimeSettings
+from looptool.loop.settings import Settings
 
 
 def make_events(run: str, n: int) -> list[ProbeResult]:
@@ -62,7 +64,7 @@ async def bare(url: str, n: int) -> dict[str, float | str]:
     run = "bare" + uuid.uuid4().hex[:8]
     bus = await Bus.connect(NatsSettings(url=url))
     config = api.ConsumerConfig(durable_name=f"bare-{run}", ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=20000)
-    sub = await bus.js.pull_subscribe(subjects.run_filter(run), durable=f"bare-{run}", stream=subjects.STREAM, config=config)
+    sub = await bus.js.pull_subscribe(names.run_filter(run), durable=f"bare-{run}", stream=names.STREAM, config=config)
     latencies: list[float] = []
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
@@ -115,7 +117,7 @@ async def runtime(url: str, n: int) -> dict[str, float | str]:
 
 async def purge(url: str) -> None:
     bus = await Bus.connect(NatsSettings(url=url))
-    await bus.js.purge_stream(subjects.STREAM)
+    await bus.js.purge_stream(names.STREAM)
     await bus.close()
 
 

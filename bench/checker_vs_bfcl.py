@@ -16,10 +16,10 @@ import time
 
 import msgspec
 
-from looptool import bfcl_reference
-from looptool.checker import check
-from looptool.formats import import_file
-from looptool.worlds.noise import PREDICTION_ERRORS
+from looptool.data import bfcl_reference
+from looptool.data.checker import check
+from looptool.data.formats import import_file
+from looptool.data.worlds.noise import PREDICTION_ERRORS
 
 CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"]
 

@@ -21,19 +21,21 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.bus import Bus
-from looptool.demo import demo_env, prepare
-from looptool.evaluation import evaluate, load_eval_sets, metrics
-from looptool.formats import read_samples
-from looptool.ledger import PplCut
-from looptool.models import ModelClient
-from looptool.runconfig import RunConfig
-from looptool.runs import fold_run, submit_run
-from looptool.serving import load_adapter
-from looptool.settings import ModelSettings, NatsSettings, TrainerSettings
-from looptool.training import train_round
-from looptool.up import Topology
-from looptool.watch import watch
+from looptool.kernel.bus import Bus
+from looptool.app.demo import demo_env, prepare
+from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
+from looptool.data.formats import read_samples
+from looptool.loop.runconfig import PplCut
+from looptool.llm.client import ModelClient
+from looptool.loop.runconfig import RunConfig
+from looptool.app.runs import fold_run, submit_run
+from looptool.llm.serving import load_adapter
+from looptool.llm.client import ModelSettings
+from looptool.kernel.settings import NatsSettings
+from looptool.loop.settings import TrainerSettings
+from looptool.loop.training import train_round
+from looptool.app.up import Topology
+from looptool.app.watch import watch
 
 
 def trainer_settings(model_dir: Path) -> TrainerSettings:

@@ -21,18 +21,21 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.bus import Bus
-from looptool.checker import check_sample
-from looptool.formats import encode_samples
-from looptool.logs import configure_logging
-from looptool.models import ModelClient, perplexity
-from looptool.nats_server import NatsServer
-from looptool.runtime import run_service
-from looptool.schemas import ModelReady, Sample
-from looptool.settings import LogSettings, ModelSettings, NatsSettings, ProbeSettings, RuntimeSettings, Settings
-from looptool.tiny_model import build_tiny_model
-from looptool.vllm_server import VllmServer
-from looptool_services.probe import service as probe
+from looptool.kernel.bus import Bus
+from looptool.data.checker import check_sample
+from looptool.data.formats import encode_samples
+from looptool.kernel.logs import configure_logging
+from looptool.llm.client import ModelClient, perplexity
+from looptool.kernel.nats_server import NatsServer
+from looptool.kernel.runtime import run_service
+from looptool.loop.events import ModelReady
+from looptool.data.samples import Sample
+from looptool.kernel.settings import LogSettings, NatsSettings, RuntimeSettings
+from looptool.llm.client import ModelSettings
+from looptool.loop.settings import ProbeSettings, Settings
+from looptool.llm.tiny_model import build_tiny_model
+from looptool.llm.vllm_server import VllmServer
+from looptool.services.probe import service as probe
 
 MAX_TOKENS = 24
 
@@ -89,7 +92,7 @@ async def service(settings: Settings, samples: list[Sample]) -> float:
 
 async def main(n: int, concurrency: int, rounds: int, workdir: Path) -> None:
     configure_logging(LogSettings(level="warning"))
-    from looptool.worlds.synthetic import build
+    from looptool.data.worlds.synthetic import build
 
     samples = build(n, 0, seed=99).train
     model_dir = build_tiny_model(workdir / "model")

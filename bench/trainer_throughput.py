@@ -20,18 +20,20 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.bus import Bus
-from looptool.formats import encode_samples
-from looptool.logs import configure_logging
-from looptool.nats_server import NatsServer
-from looptool.runtime import run_service
-from looptool.schemas import DatasetReady, ModelReady
-from looptool.settings import LogSettings, ModelSettings, NatsSettings, Settings, TrainerSettings
-from looptool.tiny_model import build_tiny_model
-from looptool.training import train_round
-from looptool.vllm_server import VllmServer
-from looptool.worlds.synthetic import build
-from looptool_services.trainer import service as trainer
+from looptool.kernel.bus import Bus
+from looptool.data.formats import encode_samples
+from looptool.kernel.logs import configure_logging
+from looptool.kernel.nats_server import NatsServer
+from looptool.kernel.runtime import run_service
+from looptool.loop.events import DatasetReady, ModelReady
+from looptool.kernel.settings import LogSettings, NatsSettings
+from looptool.llm.client import ModelSettings
+from looptool.loop.settings import Settings, TrainerSettings
+from looptool.llm.tiny_model import build_tiny_model
+from looptool.loop.training import train_round
+from looptool.llm.vllm_server import VllmServer
+from looptool.data.worlds.synthetic import build
+from looptool.services.trainer import service as trainer
 
 
 async def service_arm(settings: Settings, samples: list) -> tuple[ModelReady, float]:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from looptool.nats_server import NatsServer
-from looptool.vllm_server import VllmServer
+from looptool.kernel.nats_server import NatsServer
+from looptool.llm.vllm_server import VllmServer
 from helpers import make_settings
-from looptool.settings import Settings
+from looptool.loop.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def run_id() -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 model and tokenizer, built from configs (no hub access here)."""
-    from looptool.tiny_model import build_tiny_model
+    from looptool.llm.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model")
 

@@ -7,10 +7,11 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from looptool import subjects
-from looptool.bus import Bus
-from looptool.runtime import Service, run_service
-from looptool.settings import NatsSettings, RuntimeSettings, Settings
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.kernel.runtime import Service, run_service
+from looptool.kernel.settings import NatsSettings, RuntimeSettings
+from looptool.loop.settings import Settings
 
 
 def make_settings(url: str, **runtime: object) -> Settings:
@@ -21,7 +22,7 @@ def make_settings(url: str, **runtime: object) -> Settings:
 
 async def read_all(bus: Bus, run: str, event_type: type) -> list:
     """Every stored event of one type in one run, in log order."""
-    return [item async for _, item in bus.read(subjects.for_type(event_type, run)) if isinstance(item, event_type)]
+    return [item async for _, item in bus.read(names.for_type(event_type, run)) if isinstance(item, event_type)]
 
 
 async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, interval: float = 0.1) -> None:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from looptool.calls import CallParseError, extract_calls, format_python_calls, format_tool_call_blocks, parse_calls, parse_python_calls, split_reasoning
-from looptool.checker import check, possible_answer
-from looptool.schemas import FunctionSpec, ToolCall, ToolSpec
+from looptool.data.calls import CallParseError, extract_calls, format_python_calls, format_tool_call_blocks, parse_calls, parse_python_calls, split_reasoning
+from looptool.data.checker import check, possible_answer
+from looptool.data.samples import FunctionSpec, ToolCall, ToolSpec
 
 OSLO = ToolCall(name="get_weather", arguments={"city": "Oslo"})
 

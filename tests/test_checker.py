@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from looptool import bfcl_reference
-from looptool.checker import check, check_sample, possible_answer, standardize_string
-from looptool.formats import import_file
-from looptool.schemas import FunctionSpec, ToolCall, ToolSpec
-from looptool.worlds.noise import PREDICTION_ERRORS
+from looptool.data import bfcl_reference
+from looptool.data.checker import check, check_sample, possible_answer, standardize_string
+from looptool.data.formats import import_file
+from looptool.data.samples import FunctionSpec, ToolCall, ToolSpec
+from looptool.data.worlds.noise import PREDICTION_ERRORS
 
 AREA = {
     "name": "geometry.area",

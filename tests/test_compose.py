@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from looptool.cli import build_parser
-from looptool.settings import load_settings
-from looptool.up import SERVICES
+from looptool.app.cli import build_parser
+from looptool.loop.settings import load_settings
+from looptool.app.up import SERVICES
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from looptool import bfcl_reference
-from looptool.formats import FORMATS, decode_samples, encode_samples, export_jsonl, import_file, read_samples, write_samples
-from looptool.formats.bfcl import AST_CATEGORIES, answer_path
-from looptool.schemas import Sample, ToolCall, sample_id
-from looptool.worlds.synthetic import build
+from looptool.data import bfcl_reference
+from looptool.data.formats import FORMATS, decode_samples, encode_samples, export_jsonl, import_file, read_samples, write_samples
+from looptool.data.formats.bfcl import AST_CATEGORIES, answer_path
+from looptool.data.samples import Sample, ToolCall, sample_id
+from looptool.data.worlds.synthetic import build
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 

@@ -10,17 +10,19 @@ import msgspec
 import pytest
 
 from helpers import count, make_settings, read_all, running, wait_for
-from looptool.bus import Bus
-from looptool.checker import check_sample
-from looptool.judging import load_prompt, render_judge_prompt, tally
-from looptool.rules import decide, ungrounded_values, validate_calls
-from looptool.schemas import DatasetReady, ExpandResult, JudgeVerdict, Message, ProbeResult, Sample, ToolCall
-from looptool.settings import ExpanderSettings, JudgeSettings, ModelSettings, Settings
-from looptool.formats import encode_samples
-from looptool.worlds.noise import LABEL_NOISE
-from looptool.worlds.synthetic import build
-from looptool_services.expander import service as expander
-from looptool_services.judge import service as judge
+from looptool.kernel.bus import Bus
+from looptool.data.checker import check_sample
+from looptool.loop.judging import load_prompt, render_judge_prompt, tally
+from looptool.loop.rules import decide, ungrounded_values, validate_calls
+from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, ProbeResult
+from looptool.data.samples import Message, Sample, ToolCall
+from looptool.loop.settings import ExpanderSettings, JudgeSettings, Settings
+from looptool.llm.client import ModelSettings
+from looptool.data.formats import encode_samples
+from looptool.data.worlds.noise import LABEL_NOISE
+from looptool.data.worlds.synthetic import build
+from looptool.services.expander import service as expander
+from looptool.services.judge import service as judge
 
 # --------------------------------------------------------------------------- rules tier
 

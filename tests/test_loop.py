@@ -14,17 +14,17 @@ import anyio
 import msgspec
 import pytest
 
-from looptool.bus import Bus
-from looptool.formats import decode_samples
-from looptool.ledger import OUTCOMES, RunLedger
-from looptool.report import write_report
-from looptool.runconfig import RunConfig
-from looptool.runs import fold_run, submit_run
-from looptool.schemas import DatasetReady, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RunFinished, TrainProgress
-from looptool.settings import NatsSettings
-from looptool import subjects
-from looptool.up import Topology
-from looptool.worlds.synthetic import build, write
+from looptool.kernel.bus import Bus
+from looptool.data.formats import decode_samples
+from looptool.loop.ledger import OUTCOMES, RunLedger
+from looptool.app.report import write_report
+from looptool.loop.runconfig import RunConfig
+from looptool.app.runs import fold_run, submit_run
+from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RunFinished, TrainProgress
+from looptool.kernel.settings import NatsSettings
+from looptool.kernel import names
+from looptool.app.up import Topology
+from looptool.data.worlds.synthetic import build, write
 
 ROUNDS = 2
 
@@ -35,7 +35,7 @@ def loop_vllm(tiny_model, tmp_path_factory):
     cache: vLLM's CPU kernels are not batch-invariant, so with batching the greedy decode of this
     undertrained model can flip a near-tie depending on which requests share a batch (seen: one
     sample of 200 in a CI run) — and the fault test compares two runs sample for sample."""
-    from looptool.vllm_server import VllmServer
+    from looptool.llm.vllm_server import VllmServer
 
     server = VllmServer(tiny_model, served_name="policy", log_file=tmp_path_factory.mktemp("loop-vllm") / "vllm.log", extra_args=["--max-num-seqs", "1", "--no-enable-prefix-caching"])
     server.start()
@@ -87,7 +87,7 @@ def run_loop(nats_url: str, env: dict[str, str], workdir: Path, run: str, seed_p
             try:
                 await submit_run(bus, config)
                 with anyio.fail_after(900):
-                    async for _, event in bus.read(subjects.run_filter(run), follow=True):
+                    async for _, event in bus.read(names.run_filter(run), follow=True):
                         for fault in list(pending):
                             event_type, round, service = fault
                             if isinstance(event, event_type) and event.round == round:
@@ -114,7 +114,7 @@ def undisturbed(nats_server, loop_vllm, tiny_model, world, tmp_path_factory) -> 
 
 
 def totals(ledger: RunLedger) -> dict[int, dict[str, int]]:
-    from looptool.ledger import PplCut
+    from looptool.loop.runconfig import PplCut
 
     return {r: rl.composition(PplCut()) | {"size": rl.size} for r, rl in sorted(ledger.rounds.items())}
 
@@ -137,8 +137,8 @@ def test_full_flow_and_a_balanced_ledger(undisturbed, nats_server) -> None:
     async def flow() -> tuple[list[str], list]:
         bus = await Bus.connect(NatsSettings(url=nats_server.url))
         try:
-            kinds = [type(e).__name__ async for _, e in bus.read(subjects.run_filter("loopcalm"))]
-            next_dataset = [e async for _, e in bus.read(subjects.for_type(DatasetReady, "loopcalm")) if e.round == 1]
+            kinds = [type(e).__name__ async for _, e in bus.read(names.run_filter("loopcalm"))]
+            next_dataset = [e async for _, e in bus.read(names.for_type(DatasetReady, "loopcalm")) if e.round == 1]
             samples = decode_samples(await bus.get_artifact(next_dataset[0].dataset))
             return kinds, [next_dataset[0], samples]
         finally:
@@ -166,7 +166,7 @@ def test_full_flow_and_a_balanced_ledger(undisturbed, nats_server) -> None:
 
 
 def _cut():
-    from looptool.ledger import PplCut
+    from looptool.loop.runconfig import PplCut
 
     return PplCut()
 

@@ -10,15 +10,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers import count, make_settings, read_all, running, wait_for
-from looptool.bus import Bus
-from looptool.checker import check_sample
-from looptool.formats import encode_samples
-from looptool.formats.openai import export_row
-from looptool.models import ModelClient, perplexity
-from looptool.schemas import ModelReady, ProbeResult, Sample
-from looptool.settings import ModelSettings, ProbeSettings, Settings
-from looptool.worlds.synthetic import build
-from looptool_services.probe import service as probe
+from looptool.kernel.bus import Bus
+from looptool.data.checker import check_sample
+from looptool.data.formats import encode_samples
+from looptool.data.formats.openai import export_row
+from looptool.llm.client import ModelClient, perplexity
+from looptool.loop.events import ModelReady, ProbeResult
+from looptool.data.samples import Sample
+from looptool.llm.client import ModelSettings
+from looptool.loop.settings import ProbeSettings, Settings
+from looptool.data.worlds.synthetic import build
+from looptool.services.probe import service as probe
 
 # vLLM's CPU kernels and transformers' eager float32 agree to ~1e-5 on this model; 1e-3
 # relative is loose enough for kernel differences and tight enough to catch a wrong token span.

@@ -12,12 +12,12 @@ import msgspec
 import pytest
 
 from helpers import make_settings, read_all
-from looptool.bus import Bus
-from looptool.formats import decode_samples, write_samples
-from looptool.runconfig import RunConfig, RunConfigError, load_run_config
-from looptool.runs import submit_run
-from looptool.schemas import RunRequested
-from looptool.worlds.synthetic import build
+from looptool.kernel.bus import Bus
+from looptool.data.formats import decode_samples, write_samples
+from looptool.loop.runconfig import RunConfig, RunConfigError, load_run_config
+from looptool.app.runs import submit_run
+from looptool.loop.events import RunRequested
+from looptool.data.worlds.synthetic import build
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 
@@ -52,13 +52,12 @@ def test_a_run_request_carries_its_uploaded_seed_data(nats_server, run_id, tmp_p
         try:
             await submit_run(bus, RunConfig(run=run_id, seed_path=str(tmp_path / "seed.jsonl"), rounds=2))
             (request,) = await read_all(bus, run_id, RunRequested)
-            config = msgspec.convert(request.config, RunConfig)
-            return request, await bus.get_artifact(config.seed_data)
+            return request, await bus.get_artifact(request.config.seed_data)
         finally:
             await bus.close()
 
     request, data = anyio.run(main)
-    assert request.config["rounds"] == 2
+    assert request.config.rounds == 2
     assert decode_samples(data) == samples
 
 

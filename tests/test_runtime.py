@@ -13,10 +13,12 @@ import anyio
 import msgspec
 
 import toy_service
-from looptool import subjects
-from looptool.bus import Bus
-from looptool.runtime import run_service
-from looptool.schemas import DeadLetter, ExpandResult, Message, ProbeResult, ProbeTask, Sample, ServiceError
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.kernel.runtime import run_service
+from looptool.kernel.events import DeadLetter, ServiceError
+from looptool.loop.events import ExpandResult, ProbeResult, ProbeTask
+from looptool.data.samples import Message, Sample
 from helpers import make_settings, read_all, wait_for
 
 TESTS = Path(__file__).resolve().parent
@@ -109,7 +111,7 @@ def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> 
             ready = anyio.Event()
             tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False))
             await ready.wait()
-            await bus.publish_raw(subjects.for_type(ProbeTask, run_id), b"{not json")
+            await bus.publish_raw(names.for_type(ProbeTask, run_id), b"{not json")
             await bus.publish_many(tasks(run_id, 3))
             await wait_for(lambda: _has(bus, run_id, DeadLetter))
             await wait_for(lambda: _count_results(bus, run_id, 3))
@@ -132,7 +134,7 @@ def test_dead_letters_can_be_replayed(settings, run_id: str) -> None:
     async def main() -> None:
         bus = await Bus.connect(settings.nats)
         original = tasks(run_id, 1)[0]
-        await bus.publish(DeadLetter(run=run_id, service="echo", subject=subjects.for_event(original), stream_seq=1, num_delivered=3, error="x", data=msgspec.json.encode(original)))
+        await bus.publish(DeadLetter(run=run_id, service="echo", subject=names.for_event(original), stream_seq=1, num_delivered=3, error="x", data=msgspec.json.encode(original)))
         await bus.close()
 
     anyio.run(main)
@@ -161,7 +163,7 @@ def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def _consumer_info(bus: Bus):
-    return await bus.js.consumer_info(subjects.STREAM, subjects.consumer_name("echo", ProbeTask))
+    return await bus.js.consumer_info(names.STREAM, names.consumer_name("echo", ProbeTask))
 
 
 def test_killed_replica_work_is_redelivered_to_the_survivor(nats_server, run_id: str, tmp_path: Path) -> None:
@@ -251,7 +253,7 @@ def test_oversized_events_travel_by_claim_check(settings, run_id: str) -> None:
         event = ExpandResult(run=run_id, seed_id="s-seed", samples=[big])
         await bus.publish(event)
         stored = []
-        async for msg, item in bus.read(subjects.run_filter(run_id)):
+        async for msg, item in bus.read(names.run_filter(run_id)):
             stored.append(len(msg.data))
         got = await read_all(bus, run_id, ExpandResult)
         limit = bus.max_payload

@@ -6,36 +6,13 @@ import anyio
 import msgspec
 import pytest
 
-from looptool import schema_files, subjects
-from looptool.bus import Bus
-from looptool.schemas import (
-    EVENT_TYPES,
-    ArtifactRef,
-    DatasetReady,
-    DeadLetter,
-    EvalCompleted,
-    Event,
-    ExpandResult,
-    FunctionSpec,
-    JudgeVerdict,
-    Lineage,
-    Message,
-    ModelReady,
-    ProbeResult,
-    ProbeTask,
-    RunFinished,
-    RunRequested,
-    Sample,
-    ServiceError,
-    ServiceHeartbeat,
-    ToolCall,
-    ToolSpec,
-    TrainProgress,
-    decode_event,
-    encode_event,
-    event_tag,
-    sample_id,
-)
+from looptool.app import schema_files
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.loop.events import EVENT_TYPES, DatasetReady, EvalCompleted, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RoundStalled, RunFinished, RunRequested, TrainProgress
+from looptool.kernel.events import ArtifactRef, DeadLetter, Event, ServiceError, ServiceHeartbeat, decode_event, encode_event, event_tag
+from looptool.data.samples import FunctionSpec, Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from looptool.loop.runconfig import PplCut, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +44,7 @@ def one_of_each(run: str) -> list[Event]:
     ref = ArtifactRef(bucket="b", name="n", size=3, sha256="ab")
     call = ToolCall(name="get_weather", arguments={"city": "Oslo", "days": [1, 2.5], "opts": {"a": None}})
     events: list[Event] = [
-        RunRequested(run=run, config={"rounds": 3, "nested": {"x": [1, "y"]}}),
+        RunRequested(run=run, config=RunConfig(run=run, rounds=3, ppl_cut=PplCut("threshold", 2.5))),
         DatasetReady(run=run, round=1, dataset=ref, size=10, composition={"hard": 3}),
         ModelReady(run=run, round=1, model="m-r1", adapter=ref, base_model="tiny"),
         ProbeTask(run=run, round=1, sample=sample, model="m-r1"),
@@ -77,9 +54,10 @@ def one_of_each(run: str) -> list[Event]:
         TrainProgress(run=run, round=1, step=5, total_steps=25, loss=6.5, epoch=0.2, learning_rate=1e-3),
         EvalCompleted(run=run, round=1, model="m-r1", metrics={"overall": 0.5}, n_items=20, details=ref),
         RunFinished(run=run, round=3, reason="max rounds"),
+        RoundStalled(run=run, round=1, waiting={"judge": 2}, samples={"judge": ["s-1", "s-2"]}, idle_seconds=600.0, progress=41),
         ServiceHeartbeat(run=run, service="probe", replica="a", in_flight=2),
         ServiceError(run=run, service="probe", replica="a", error="boom", sample_id="s-1"),
-        DeadLetter(run=run, service="probe", subject="looptool.x.probe.task", stream_seq=7, num_delivered=3, error="e", data=b"\x00\xffraw"),
+        DeadLetter(run=run, service="probe", subject="looptool.x.probe.task", stream_seq=7, num_delivered=3, error="e", data=b"\x00\xffraw", stage="probe.task", sample_id="s-1"),
     ]
     return events
 
@@ -101,7 +79,7 @@ def test_every_event_type_round_trips_through_jetstream(settings, run_id: str) -
         try:
             for event in events:
                 await bus.publish(event)
-            return [item async for _, item in bus.read(subjects.run_filter(run_id))]
+            return [item async for _, item in bus.read(names.run_filter(run_id))]
         finally:
             await bus.close()
 
@@ -138,8 +116,8 @@ def test_stale_schema_files_are_detected(tmp_path: Path) -> None:
 
 
 def test_subject_tokens_reject_wildcards_and_paths() -> None:
-    with pytest.raises(subjects.InvalidName):
-        subjects.for_event(RunFinished(run="a.b", reason="x"))
-    with pytest.raises(subjects.InvalidName):
-        subjects.check_token("adapter", "../etc")
-    assert subjects.for_event(RunFinished(run="a-b_1", reason="x")) == "looptool.a-b_1.run.finished"
+    with pytest.raises(names.InvalidName):
+        names.for_event(RunFinished(run="a.b", reason="x"))
+    with pytest.raises(names.InvalidName):
+        names.check_token("adapter", "../etc")
+    assert names.for_event(RunFinished(run="a-b_1", reason="x")) == "looptool.a-b_1.run.finished"

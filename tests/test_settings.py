@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from looptool.settings import SettingsError, load_settings
+from looptool.kernel.settings import SettingsError
+from looptool.loop.settings import load_settings
 
 
 def test_defaults_file_and_env_layer_in_that_order(tmp_path: Path) -> None:

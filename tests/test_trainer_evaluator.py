@@ -12,15 +12,17 @@ import anyio
 import msgspec
 
 from helpers import count, make_settings, read_all, running, wait_for
-from looptool.bus import Bus
-from looptool.formats import encode_samples
-from looptool.models import ModelClient
-from looptool.schemas import DatasetReady, EvalCompleted, ModelReady, TrainProgress
-from looptool.settings import EvaluatorSettings, ModelSettings, Settings, TrainerSettings
-from looptool.training import train_round
-from looptool.worlds.synthetic import build, write
-from looptool_services.evaluator import service as evaluator
-from looptool_services.trainer import adapter_dir, service as trainer
+from looptool.kernel.bus import Bus
+from looptool.data.formats import encode_samples
+from looptool.llm.client import ModelClient
+from looptool.loop.events import DatasetReady, EvalCompleted, ModelReady, TrainProgress
+from looptool.loop.settings import EvaluatorSettings, Settings, TrainerSettings
+from looptool.llm.client import ModelSettings
+from looptool.loop.training import train_round
+from looptool.data.worlds.synthetic import build, write
+from looptool.services.evaluator import service as evaluator
+from looptool.kernel.names import adapter_dir
+from looptool.services.trainer import service as trainer
 
 
 def loop_settings(nats_url: str, vllm_url: str, model_dir: Path, artifacts: Path, eval_sets: list[str], **trainer_options) -> Settings:

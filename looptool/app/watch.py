@@ -1,0 +1,103 @@
+"""``looptool watch``: a live view of a run, folded from its event stream (late starts replay)."""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.loop.runconfig import PplCut
+from looptool.loop.ledger import RoundLedger, RunLedger
+from looptool.loop.runconfig import RunConfig
+from looptool.loop.events import DatasetReady, RunFinished
+from looptool.kernel.events import Event
+
+
+def _bar(done: int, total: int) -> Group | str:
+    if total <= 0:
+        return "—"
+    return Group(ProgressBar(total=total, completed=done, width=18), Text(f"{done}/{total}", style="dim"))
+
+
+def _cut(ledger: RunLedger) -> PplCut:
+    return PplCut() if ledger.request is None else ledger.request.config.ppl_cut
+
+
+def render(ledger: RunLedger) -> Group:
+    table = Table(title=f"LoopTool run [bold]{ledger.run}[/]", expand=False)
+    for column in ("round", "dataset", "train", "probe", "judge", "expand", "eval overall", "outcomes"):
+        table.add_column(column)
+    cut = _cut(ledger)
+    for r in sorted(ledger.rounds):
+        rl: RoundLedger = ledger.rounds[r]
+        loss = f"loss {rl.losses[-1][1]:.3f} @ {rl.losses[-1][0]}/{rl.total_steps}" if rl.losses else ("ready" if rl.model else "—")
+        failed = len(rl.failed())
+        seeds = len(rl.seeds())
+        overall = ledger.overall(r)
+        evals = f"{overall:.3f}" if overall is not None else "—"
+        base = [e for name, e in rl.evals.items() if rl.model is None or name != rl.model.model]
+        if base:
+            evals += f" (base {base[0].metrics.get('overall', 0):.3f})"
+        outcomes = " ".join(f"{k} {v}" for k, v in rl.composition(cut).items() if v) if rl.probes else ""
+        table.add_row(
+            str(r),
+            str(rl.size) if rl.dataset else "…",
+            loss,
+            _bar(len(rl.probes), rl.size),
+            _bar(failed - (rl.missing().get("judge", 0)), failed),
+            _bar(seeds - rl.missing().get("expand", 0), seeds),
+            evals,
+            outcomes,
+        )
+    status = f"finished: {ledger.finished.reason}" if ledger.finished else "running"
+    footer = Text(f"{status} · errors {ledger.errors} · dead letters {ledger.dead_letters}", style="bold green" if ledger.finished else "")
+    return Group(table, footer)
+
+
+def status_line(ledger: RunLedger) -> str:
+    """One line of progress, for logs and terminals that cannot redraw."""
+    if not ledger.rounds:
+        return f"{ledger.run}: waiting for round 0"
+    r = max(ledger.rounds)
+    rl = ledger.rounds[r]
+    loss = f" loss {rl.losses[-1][1]:.3f} ({rl.losses[-1][0]}/{rl.total_steps})" if rl.losses else ""
+    overall = ledger.overall(r)
+    waiting = ", ".join(f"{stage} {n}" for stage, n in rl.missing().items()) or "complete"
+    return f"{ledger.run} r{r}: dataset {rl.size}{loss}, probed {len(rl.probes)}, judged {len(rl.verdicts)}, expanded {len(rl.expansions)}, eval {overall if overall is None else round(overall, 3)} — waiting: {waiting}"
+
+
+async def watch(bus: Bus, run: str, console: Console | None = None, until_finished: bool = True, interval: float = 5.0) -> RunLedger:
+    """Follow a run until it finishes: a live table on a terminal, a status line every
+    ``interval`` seconds (and at each round's end) elsewhere."""
+    console = console or Console()
+    ledger = RunLedger(run)
+    events = bus.read(names.run_filter(run), follow=True)
+    if console.is_terminal:
+        with Live(render(ledger), console=console, refresh_per_second=4) as live:
+            async for _, event in events:
+                if isinstance(event, Event):
+                    ledger.apply(event)
+                    live.update(render(ledger))
+                    if until_finished and isinstance(event, RunFinished):
+                        break
+        return ledger
+    console.width = max(console.width, 160)
+    last = 0.0
+    async for _, event in events:
+        if not isinstance(event, Event):
+            continue
+        ledger.apply(event)
+        now = anyio.current_time()
+        if now - last >= interval or isinstance(event, (DatasetReady, RunFinished)):
+            console.print(status_line(ledger), highlight=False)
+            last = now
+        if until_finished and isinstance(event, RunFinished):
+            break
+    console.print(render(ledger))
+    return ledger

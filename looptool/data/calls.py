@@ -1,0 +1,208 @@
+"""Turning text into tool calls: the shapes models and datasets write them in.
+
+* ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (Hermes, Qwen, LoopTool-23k),
+* Python-call syntax ``[f(a=1, b="x"), g()]`` (ToolACE, BFCL prompts) — parsed with :mod:`ast`,
+  never evaluated,
+* JSON: a call object, a list of them, or ``{"tool_calls": [...]}``, bare or in a fenced block,
+* OpenAI ``tool_calls`` objects (``{"function": {"name", "arguments": "<json string>"}}``).
+
+Text that is none of these raises :class:`CallParseError` — for a probe that is a *failed*
+sample with error type ``parse``, not a crash.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+import msgspec
+
+from looptool.kernel.errors import LoopToolError
+from looptool.data.samples import ToolCall
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_UNCLOSED_THINK = re.compile(r"^\s*<think>(.*)$", re.DOTALL)
+_TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
+_LOOKS_LIKE_PYTHON_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
+_FENCE = re.compile(r"```(?:json|python|tool_call)?\s*\n?(.*?)```", re.DOTALL)
+
+
+class CallParseError(LoopToolError, ValueError):
+    """The text does not contain well-formed tool calls; ``reason`` says why."""
+
+    def __init__(self, reason: str, text: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.text = text
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """``(reasoning, rest)``: strip ``<think>…</think>`` (reasoning models) before parsing."""
+    found = _THINK.findall(text)
+    if found:
+        return "\n".join(part.strip() for part in found), _THINK.sub("", text).strip()
+    unclosed = _UNCLOSED_THINK.match(text)
+    if unclosed:  # generation stopped inside the reasoning: there is no answer
+        return unclosed.group(1).strip(), ""
+    return None, text.strip()
+
+
+# --------------------------------------------------------------------------- JSON shapes
+
+
+def call_from_json(obj: Any) -> ToolCall:
+    """One call from the JSON shapes in use: {name, arguments|parameters}, OpenAI's
+    {function: {name, arguments: "<json>"}}, or BFCL's {name: {args}}."""
+    if not isinstance(obj, dict):
+        raise CallParseError(f"a call must be a JSON object, got {type(obj).__name__}")
+    if "function" in obj and isinstance(obj["function"], dict):
+        obj = obj["function"]
+    if "name" in obj:
+        name = obj["name"]
+        args = obj.get("arguments", obj.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = msgspec.json.decode(args) if args.strip() else {}
+            except msgspec.DecodeError as exc:
+                raise CallParseError(f"arguments of {name!r} are not valid JSON: {exc}") from None
+        if not isinstance(name, str) or not name:
+            raise CallParseError("call name must be a non-empty string")
+        if not isinstance(args, dict):
+            raise CallParseError(f"arguments of {name!r} must be an object, got {type(args).__name__}")
+        return ToolCall(name=name, arguments=args)
+    if len(obj) == 1:
+        ((name, args),) = obj.items()
+        if isinstance(args, dict):
+            return ToolCall(name=name, arguments=args)
+    raise CallParseError("a call object needs a 'name' (and 'arguments')")
+
+
+def calls_from_json(obj: Any) -> list[ToolCall]:
+    if isinstance(obj, dict) and "tool_calls" in obj:
+        obj = obj["tool_calls"]
+    if isinstance(obj, list):
+        return [call_from_json(item) for item in obj]
+    return [call_from_json(obj)]
+
+
+def _decode_json(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise CallParseError(f"invalid JSON: {exc}", text) from None
+
+
+# --------------------------------------------------------------------------- python syntax
+
+
+def parse_python_calls(text: str) -> list[ToolCall]:
+    """``[f(a=1), mod.g(b=[1, 2])]`` or ``f(a=1)`` -> calls. Literals only; nothing is evaluated.
+
+    Negative numbers, ``a + b`` of literals and similar constant expressions are folded the
+    way :func:`ast.literal_eval` allows; names and calls inside arguments are rejected.
+    """
+    source = text.strip()
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError as exc:
+        raise CallParseError(f"not Python call syntax: {exc.msg}", text) from None
+    body = tree.body
+    nodes = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
+    calls = []
+    for node in nodes:
+        if not isinstance(node, ast.Call):
+            raise CallParseError(f"expected a function call, got {type(node).__name__}", text)
+        if node.args:
+            raise CallParseError(f"call to {_dotted(node.func)} uses positional arguments", text)
+        arguments = {}
+        for keyword in node.keywords:
+            if keyword.arg is None:
+                raise CallParseError(f"call to {_dotted(node.func)} uses **kwargs", text)
+            arguments[keyword.arg] = _literal(keyword.value, text)
+        calls.append(ToolCall(name=_dotted(node.func), arguments=arguments))
+    return calls
+
+
+def _dotted(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    raise CallParseError(f"function name must be a dotted name, got {type(node).__name__}")
+
+
+def _literal(node: ast.expr, text: str) -> Any:
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise CallParseError(f"argument is not a literal: {ast.unparse(node)[:80]}", text) from None
+    return _jsonable(value)
+
+
+def _jsonable(value: Any) -> Any:
+    # Tuples and sets become lists, as they would after a JSON round trip (BFCL does the same).
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, complex | bytes):
+        raise CallParseError(f"unsupported literal {value!r}")
+    return value
+
+
+def format_python_calls(calls: list[ToolCall]) -> str:
+    """The inverse of :func:`parse_python_calls`."""
+    parts = [f"{call.name}({', '.join(f'{key}={value!r}' for key, value in call.arguments.items())})" for call in calls]
+    return f"[{', '.join(parts)}]"
+
+
+# --------------------------------------------------------------------------- any model text
+
+
+def parse_calls(text: str) -> list[ToolCall]:
+    """Calls from raw model text, trying each known shape. Raises :class:`CallParseError`."""
+    _, body = split_reasoning(text)
+    if not body:
+        raise CallParseError("empty output", text)
+    blocks = _TOOL_CALL.findall(body)
+    if blocks:
+        calls: list[ToolCall] = []
+        for block in blocks:
+            calls.extend(calls_from_json(_decode_json(block.strip())))
+        return calls
+    # The whole reply first (a fence may sit inside a string argument), then fenced blocks.
+    candidates = [body] + [block.strip() for block in _FENCE.findall(body)]
+    errors = []
+    for candidate in candidates:
+        try:
+            if _LOOKS_LIKE_PYTHON_CALL.match(candidate) or candidate[:1] not in "[{":
+                return parse_python_calls(candidate)
+            return calls_from_json(_decode_json(candidate))
+        except CallParseError as exc:
+            errors.append(exc.reason)
+    # Report why the most specific candidate (the last fenced block, else the reply) failed.
+    raise CallParseError(errors[-1] if errors else "no tool call found", text)
+
+
+def format_tool_call_blocks(calls: list[ToolCall]) -> str:
+    """Hermes/Qwen style: one ``<tool_call>`` JSON block per call."""
+    encoder = msgspec.json.Encoder()
+    return "\n".join(
+        f"<tool_call>\n{encoder.encode({'name': c.name, 'arguments': c.arguments}).decode()}\n</tool_call>" for c in calls
+    )
+
+
+
+def extract_calls(text: str) -> list[ToolCall]:
+    """Calls from a model reply that may legitimately be plain text (no call: ``[]``).
+
+    A reply that *tries* to call — a ``<tool_call>`` tag, a JSON or fenced block, or a
+    leading ``name(`` — must parse, or :class:`CallParseError` is raised.
+    """
+    _, body = split_reasoning(text)
+    if not body:
+        return []
+    if "<tool_call>" in body or body[0] in "[{" or "```" in body or _LOOKS_LIKE_PYTHON_CALL.match(body):
+        return parse_calls(body)
+    return []

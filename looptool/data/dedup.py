@@ -1,0 +1,64 @@
+"""Duplicate detection for generated samples: exact (normalised text) and near (MinHash LSH).
+
+A sample's text for this purpose is its request (user turns, normalised), the names of the
+offered tools, and its label; two
+samples asking the same thing in almost the same words are duplicates even when a value differs
+by a character. ``datasketch`` provides the MinHash and the LSH index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import msgspec
+from datasketch import MinHash, MinHashLSH
+
+from looptool.data.samples import Sample
+
+_WORD = re.compile(r"\w+")
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def sample_text(sample: Sample) -> str:
+    request = " ".join(m.content or "" for m in sample.messages if m.role == "user")
+    tools = " ".join(sorted(t.function.name for t in sample.tools))
+    return " ".join(_WORD.findall(request.lower())) + " || " + tools + " || " + _encoder.encode(sample.label).decode().lower()
+
+
+def exact_key(sample: Sample) -> str:
+    return hashlib.sha256(sample_text(sample).encode()).hexdigest()[:32]
+
+
+def _minhash(text: str, num_perm: int) -> MinHash:
+    words = text.split()
+    shingles = {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
+    minhash = MinHash(num_perm=num_perm, seed=1)
+    for shingle in shingles:
+        minhash.update(shingle.encode())
+    return minhash
+
+
+class NearDuplicateIndex:
+    """Remembers samples; ``is_duplicate`` is true for an exact or near (Jaccard >= threshold) repeat."""
+
+    def __init__(self, threshold: float = 0.85, num_perm: int = 64) -> None:
+        self.num_perm = num_perm
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.exact: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.exact)
+
+    def is_duplicate(self, sample: Sample) -> bool:
+        text = sample_text(sample)
+        if hashlib.sha256(text.encode()).hexdigest()[:32] in self.exact:
+            return True
+        return bool(self.lsh.query(_minhash(text, self.num_perm)))
+
+    def add(self, sample: Sample) -> None:
+        text = sample_text(sample)
+        key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        if key not in self.exact:
+            self.exact.add(key)
+            self.lsh.insert(key, _minhash(text, self.num_perm))

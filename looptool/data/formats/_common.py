@@ -1,0 +1,192 @@
+"""What every importer shares: rows with their location, per-row errors, the report."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from looptool.kernel.errors import LoopToolError
+from looptool.data.calls import CallParseError, extract_calls
+from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+
+
+class RowError(msgspec.Struct, frozen=True):
+    """Why one input row was rejected, and where it is (``path:line``)."""
+
+    path: str
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.reason}"
+
+
+class ImportReport(msgspec.Struct):
+    samples: list[Sample] = msgspec.field(default_factory=list)
+    errors: list[RowError] = msgspec.field(default_factory=list)
+    rows: int = 0
+
+    def summary(self) -> str:
+        by_field: dict[str, int] = {}
+        for error in self.errors:
+            by_field[error.field] = by_field.get(error.field, 0) + 1
+        detail = ", ".join(f"{field}: {n}" for field, n in sorted(by_field.items()))
+        return f"{self.rows} rows: {len(self.samples)} imported, {len(self.errors)} rejected" + (f" ({detail})" if detail else "")
+
+    def write_rejects(self, path: str | Path) -> None:
+        """One JSON line per rejected row: where, which field, why."""
+        encoder = msgspec.json.Encoder()
+        with open(path, "wb") as out:
+            for error in self.errors:
+                out.write(encoder.encode(error) + b"\n")
+
+
+class RowRejected(LoopToolError, ValueError):
+    """Raised inside a row parser; becomes a :class:`RowError` with the row's location."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
+    """``(line, row)`` for JSONL; ``(index + 1, row)`` for a JSON array file. Undecodable lines
+    come back as :class:`RowError` so that the caller reports them and goes on."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = msgspec.json.decode(text)
+        except msgspec.DecodeError as exc:
+            yield 1, RowError(str(path), 1, "(file)", f"invalid JSON array: {exc}")
+            return
+        for index, item in enumerate(items):
+            yield index + 1, item
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, msgspec.json.decode(line)
+        except msgspec.DecodeError as exc:
+            yield number, RowError(str(path), number, "(line)", f"invalid JSON: {exc}")
+
+
+def import_rows(path: str | Path, parse_row: Callable[[dict[str, Any]], Sample | list[Sample]]) -> ImportReport:
+    """Run ``parse_row`` on every row of ``path``; collect samples and located errors."""
+    report = ImportReport()
+    for line, row in read_rows(path):
+        report.rows += 1
+        if isinstance(row, RowError):
+            report.errors.append(row)
+            continue
+        if not isinstance(row, dict):
+            report.errors.append(RowError(str(path), line, "(row)", f"expected a JSON object, got {type(row).__name__}"))
+            continue
+        try:
+            parsed = parse_row(row)
+        except RowRejected as exc:
+            report.errors.append(RowError(str(path), line, exc.field, exc.reason))
+            continue
+        for sample in parsed if isinstance(parsed, list) else [parsed]:
+            sample.lineage = Lineage(origin="seed", source=f"{path}:{line}")
+            report.samples.append(sample)
+    return report
+
+
+# --------------------------------------------------------------------------- field helpers
+
+
+def need(row: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
+    if field not in row:
+        raise RowRejected(field, "missing")
+    value = row[field]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise RowRejected(field, f"expected {names}, got {type(value).__name__}")
+    return value
+
+
+def json_field(row: dict[str, Any], field: str) -> Any:
+    """A field that holds JSON, either decoded already or as a JSON string (xLAM does this)."""
+    value = need(row, field, (str, list, dict))
+    if isinstance(value, str):
+        try:
+            return msgspec.json.decode(value)
+        except msgspec.DecodeError as exc:
+            raise RowRejected(field, f"invalid JSON string: {exc}") from None
+    return value
+
+
+def tools_from(raw: Any, field: str) -> list[ToolSpec]:
+    """Tool specs from OpenAI ``{"type": "function", "function": {...}}`` or bare function dicts."""
+    if not isinstance(raw, list):
+        raise RowRejected(field, f"expected a list of tools, got {type(raw).__name__}")
+    tools = []
+    for index, item in enumerate(raw):
+        function = item.get("function", item) if isinstance(item, dict) else item
+        try:
+            tools.append(msgspec.convert({"function": function}, ToolSpec))
+        except msgspec.ValidationError as exc:
+            raise RowRejected(f"{field}[{index}]", str(exc)) from None
+    names = [tool.function.name for tool in tools]
+    if len(set(names)) != len(names):
+        raise RowRejected(field, f"duplicate tool names: {sorted({n for n in names if names.count(n) > 1})}")
+    return tools
+
+
+def calls_from(parse: Callable[[], list[ToolCall]], field: str) -> list[ToolCall]:
+    try:
+        return parse()
+    except CallParseError as exc:
+        raise RowRejected(field, exc.reason) from None
+
+
+def check_label_against_tools(label: list[ToolCall], tools: list[ToolSpec], field: str) -> None:
+    names = {tool.function.name for tool in tools}
+    for call in label:
+        if call.name not in names:
+            raise RowRejected(field, f"calls {call.name!r}, which is not among the tools {sorted(names)}")
+
+
+def category_of(label: list[ToolCall], tools: list[ToolSpec]) -> str:
+    if not label:
+        return "irrelevance"
+    parallel = len(label) > 1
+    multiple = len(tools) > 1
+    return {(False, False): "simple", (False, True): "multiple", (True, False): "parallel", (True, True): "parallel_multiple"}[
+        (parallel, multiple)
+    ]
+
+
+def make_sample(tools: list[ToolSpec], messages: list[Message], label: list[ToolCall], category: str | None = None, meta: dict[str, Any] | None = None) -> Sample:
+    if not messages:
+        raise RowRejected("messages", "no conversation before the label")
+    return Sample(
+        id=sample_id(tools, messages, label),
+        tools=tools,
+        messages=messages,
+        label=label,
+        category=category or category_of(label, tools),
+        meta=meta or {},
+    )
+
+
+def assistant_message(text: str, field: str) -> Message:
+    """An assistant turn written as text: its calls if it makes any, else its words."""
+    calls = calls_from(lambda: extract_calls(text), field)
+    return Message(role="assistant", content=None if calls else text, tool_calls=calls)
+
+
+def sample_from_conversation(tools: list[ToolSpec], messages: list[Message], field: str, label_field: str) -> Sample:
+    """The last turn, the assistant's, is the label; the turns before it are the context."""
+    if not messages or messages[-1].role != "assistant":
+        raise RowRejected(field, "the last turn must be the assistant's (the label)")
+    label = messages[-1].tool_calls
+    check_label_against_tools(label, tools, label_field)
+    return make_sample(tools, messages[:-1], label)

@@ -1,0 +1,71 @@
+"""Hermes / ShareGPT: ``{"conversations": [{"from", "value"}], "tools": ...}``.
+
+Assistant (``gpt``) turns call tools with ``<tool_call>{json}</tool_call>`` blocks; the tools come
+from a ``tools`` field (list or JSON string) or from ``<tools>…</tools>`` in the system turn. The
+last ``gpt`` turn is the label.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from looptool.data.calls import format_tool_call_blocks
+from looptool.data.samples import Message, Sample
+from looptool.data.formats._common import RowRejected, assistant_message, json_field, need, sample_from_conversation, tools_from
+
+_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool", "function_response": "tool", "observation": "tool"}
+_TOOLS_BLOCK = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
+_encoder = msgspec.json.Encoder()
+
+
+def tools_in_text(text: str, field: str) -> list[Any]:
+    """Tool specs written inside ``<tools>…</tools>``: a JSON list, or one JSON object a line."""
+    # Prompts often *mention* "<tools></tools>" before the real block: take the first non-empty one.
+    body = next((block.strip() for block in _TOOLS_BLOCK.findall(text) if block.strip()), None)
+    if body is None:
+        raise RowRejected(field, "no <tools>…</tools> block")
+    try:
+        if body.startswith("["):
+            return msgspec.json.decode(body)
+        return [msgspec.json.decode(line) for line in body.splitlines() if line.strip()]
+    except msgspec.DecodeError as exc:
+        raise RowRejected(field, f"invalid tool JSON inside <tools>: {exc}") from None
+
+
+def parse_row(row: dict[str, Any]) -> Sample:
+    turns = need(row, "conversations", list)
+    raw_tools = json_field(row, "tools") if "tools" in row else None
+    messages: list[Message] = []
+    for index, turn in enumerate(turns):
+        field = f"conversations[{index}]"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RowRejected(field, "expected {from, value} with a string value")
+        role = _ROLES.get(turn.get("from", ""))
+        if role is None:
+            raise RowRejected(f"{field}.from", f"unknown speaker {turn.get('from')!r}")
+        value = turn["value"]
+        if role == "system":
+            if raw_tools is None:
+                raw_tools = tools_in_text(value, f"{field}.value")
+            continue  # the system turn carried the tool prompt; its tools are in `tools`
+        if role == "assistant":
+            messages.append(assistant_message(value, f"{field}.value"))
+        else:
+            messages.append(Message(role=role, content=value))
+    if raw_tools is None:
+        raise RowRejected("tools", "missing (no tools field and no system turn with <tools>)")
+    return sample_from_conversation(tools_from(raw_tools, "tools"), messages, "conversations", f"conversations[{len(turns) - 1}].value")
+
+
+def export_row(sample: Sample) -> dict[str, Any]:
+    speaker = {"user": "human", "assistant": "gpt", "tool": "tool", "system": "system"}
+    turns = []
+    for message in [*sample.messages]:
+        value = format_tool_call_blocks(message.tool_calls) if message.tool_calls else (message.content or "")
+        turns.append({"from": speaker[message.role], "value": value})
+    turns.append({"from": "gpt", "value": format_tool_call_blocks(sample.label)})
+    tools = [{"type": "function", "function": {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}} for t in sample.tools]
+    return {"conversations": turns, "tools": _encoder.encode(tools).decode()}

@@ -1,0 +1,79 @@
+"""ToolACE-style rows: tools as a JSON list in ``system``, Python-call syntax answers.
+
+``{"system": "...[{tool}, ...]", "conversations": [{"from": "user"|"assistant"|"tool", "value"}]}``;
+an assistant turn like ``[f(a=1, b="x"), g()]`` is parsed with :mod:`ast` (never evaluated). The
+last assistant turn is the label; plain text there means "no call".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from looptool.data.calls import format_python_calls
+from looptool.data.samples import Message, Sample
+from looptool.data.formats._common import RowRejected, assistant_message, need, sample_from_conversation, tools_from
+
+_encoder = msgspec.json.Encoder()
+PREAMBLE = "You are an expert in composing functions. Here is a list of functions in JSON format that you can invoke:\n"
+
+
+def tools_in_system(system: str) -> list[Any]:
+    start = system.find("[")
+    if start < 0:
+        raise RowRejected("system", "no JSON list of tools")
+    try:
+        return _first_json_list(system[start:])
+    except msgspec.DecodeError as exc:
+        raise RowRejected("system", f"invalid tool JSON: {exc}") from None
+
+
+def _first_json_list(text: str) -> Any:
+    # The list is followed by more prose: find its end by bracket depth outside strings.
+    depth, in_string, escaped = 0, False, False
+    for index, char in enumerate(text):
+        if in_string:
+            escaped = char == "\\" and not escaped
+            if char == '"' and not escaped:
+                in_string = False
+            continue
+        if char == '"':
+            in_string = True
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth == 0:
+                return msgspec.json.decode(text[: index + 1])
+    raise msgspec.DecodeError("unterminated tool list")
+
+
+def parse_row(row: dict[str, Any]) -> Sample:
+    tools = tools_from(tools_in_system(need(row, "system", str)), "system")
+    messages = []
+    turns = need(row, "conversations", list)
+    for index, turn in enumerate(turns):
+        field = f"conversations[{index}]"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RowRejected(field, "expected {from, value} with a string value")
+        speaker = turn.get("from")
+        if speaker not in ("user", "assistant", "tool"):
+            raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r}")
+        value = turn["value"]
+        if speaker == "assistant":
+            messages.append(assistant_message(value, f"{field}.value"))
+        else:
+            messages.append(Message(role=speaker, content=value))
+    return sample_from_conversation(tools, messages, "conversations", f"conversations[{len(turns) - 1}].value")
+
+
+def export_row(sample: Sample) -> dict[str, Any]:
+    tools = [{"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters} for t in sample.tools]
+    turns = [
+        {"from": m.role, "value": format_python_calls(m.tool_calls) if m.tool_calls else (m.content or "")}
+        for m in sample.messages
+        if m.role != "system"
+    ]
+    turns.append({"from": "assistant", "value": format_python_calls(sample.label) if sample.label else ""})
+    return {"system": PREAMBLE + _encoder.encode(tools).decode(), "conversations": turns}

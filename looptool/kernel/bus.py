@@ -1,0 +1,331 @@
+"""The bus: NATS + JetStream, provisioned idempotently, speaking msgspec events.
+
+* one file-backed stream (:data:`looptool.names.STREAM`) holds every run's event log;
+* publishes carry a ``Nats-Msg-Id`` so a retried publish is stored once;
+* payloads over the server's ``max_payload`` go to the Object Store and the message carries a
+  claim-check header instead (:meth:`Bus.publish` / :meth:`Bus.decode` do this transparently);
+* work is pulled from durable consumers (replicas share one), whose configuration is created
+  *or updated* at start-up — ``pull_subscribe`` alone silently keeps a stale config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from looptool.kernel import names
+from looptool.kernel.errors import LoopToolError, PoisonMessage
+from looptool.kernel.events import ArtifactRef, Event, decode_event, encode_event, json_depth_exceeds
+from looptool.kernel.logs import get_logger
+from looptool.kernel.settings import NatsSettings
+
+CLAIM_HEADER = "Looptool-Claim"
+MSG_ID_HEADER = "Nats-Msg-Id"
+_HEADER_ROOM = 8 * 1024  # headers and protocol overhead kept free below max_payload
+_STREAM_EXISTS_WITH_OTHER_CONFIG = 10058
+
+log = get_logger("looptool.bus")
+
+
+class ArtifactCorrupted(LoopToolError, RuntimeError):
+    pass
+
+
+def decode_bytes(data: bytes) -> Event:
+    """An event from its bytes; anything else — bad JSON, an unknown type, a missing field,
+    nesting deeper than the kernel allows — is a :class:`PoisonMessage`."""
+    if json_depth_exceeds(data):
+        raise PoisonMessage("event JSON nests too deeply")
+    try:
+        return decode_event(data)
+    except Exception as exc:  # msgspec's errors, and whatever a pathological input provokes
+        raise PoisonMessage(f"undecodable event: {exc}") from None
+
+
+class Bus:
+    """A connected client plus the JetStream resources LoopTool uses."""
+
+    def __init__(self, nc: Client, settings: NatsSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.settings = settings
+        self._artifacts: ObjectStore | None = None
+        self._state: KeyValue | None = None
+        self.closing = False
+        self.reconnects = 0  # bumped on every reconnect; consumers re-subscribe when it moves
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def connect(cls, settings: NatsSettings, name: str = "looptool") -> Bus:
+        holder: dict[str, Bus] = {}
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats error", error=repr(exc))
+
+        async def on_disconnect() -> None:
+            bus = holder.get("bus")
+            if bus is None or not bus.closing:
+                log.warning("nats disconnected")
+
+        async def on_reconnect() -> None:
+            bus = holder.get("bus")
+            if bus is not None:
+                bus.reconnects += 1
+            log.info("nats reconnected")
+
+        options: dict[str, Any] = dict(
+            servers=[settings.url],
+            name=name,
+            connect_timeout=settings.connect_timeout,
+            max_reconnect_attempts=settings.max_reconnect_attempts,
+            reconnect_time_wait=settings.reconnect_wait,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            user=settings.user,
+            password=settings.password,
+            token=settings.token,
+            user_credentials=settings.creds_file,
+            nkeys_seed=settings.nkeys_seed,
+        )
+        if settings.tls_ca or settings.tls_cert:
+            context = ssl.create_default_context(cafile=settings.tls_ca)
+            if settings.tls_cert:
+                context.load_cert_chain(settings.tls_cert, settings.tls_key)
+            options["tls"] = context
+        try:
+            nc = await nats.connect(**options)
+        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            raise ConnectionError(f"cannot reach NATS at {settings.url}: {exc!r}") from exc
+        bus = holder["bus"] = cls(nc, settings)
+        await bus.provision()
+        return bus
+
+    async def provision(self) -> None:
+        """Create (or bring up to date) the stream and the buckets. Safe to call repeatedly."""
+        storage = api.StorageType.FILE if self.settings.storage == "file" else api.StorageType.MEMORY
+        config = api.StreamConfig(
+            name=names.STREAM,
+            subjects=[names.STREAM_SUBJECTS],
+            storage=storage,
+            max_age=self.settings.max_age_days * 86400,
+            duplicate_window=self.settings.duplicate_window,
+            allow_direct=True,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != _STREAM_EXISTS_WITH_OTHER_CONFIG:
+                raise
+            await self.js.update_stream(config)
+        self._artifacts = await self.js.create_object_store(names.ARTIFACT_BUCKET, storage=storage)
+        self._state = await self.js.create_key_value(bucket=names.STATE_BUCKET, history=5, storage=storage)
+
+    async def close(self) -> None:
+        """Flush what was published or acked, then close (callers drain their own work first)."""
+        if self.nc.is_closed:
+            return
+        self.closing = True
+        try:
+            await self.nc.flush(timeout=2)
+        except Exception as exc:  # flushing to a dead server is not worth failing a shutdown
+            log.debug("flush before close failed", error=repr(exc))
+        await self.nc.close()
+
+    @property
+    def max_payload(self) -> int:
+        return self.nc.max_payload
+
+    @property
+    def state(self) -> KeyValue:
+        assert self._state is not None, "Bus.provision() has not run"
+        return self._state
+
+    async def claim(self, key: str, owner: str) -> str:
+        """Claim ``key`` for ``owner`` atomically (KV create); returns whoever holds it now —
+        ``owner`` when this call (or an earlier one by the same owner) won."""
+        try:
+            await self.state.create(key, owner.encode())
+            return owner
+        except nats.js.errors.KeyWrongLastSequenceError:
+            entry = await self.state.get(key)
+            return (entry.value or b"").decode()
+
+    async def take_over(self, key: str, expected: str, owner: str) -> bool:
+        """Compare-and-set: hand ``key`` from holder ``expected`` to ``owner`` (a lease whose
+        holder went away); False when someone else moved it first."""
+        try:
+            entry = await self.state.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return await self.claim(key, owner) == owner
+        if (entry.value or b"").decode() != expected:
+            return False
+        try:
+            await self.state.update(key, owner.encode(), last=entry.revision)
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+
+    async def value(self, key: str) -> str | None:
+        try:
+            entry = await self.state.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return None if entry.value is None else entry.value.decode()
+
+    async def put_value(self, key: str, value: str) -> None:
+        await self.state.put(key, value.encode())
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, event: Event, *, msg_id: str | None = None) -> api.PubAck:
+        """Publish one event to its subject; returns JetStream's ack (``duplicate`` tells a repeat)."""
+        subject, data, headers = await self._prepare(event, msg_id)
+        return await self.js.publish(subject, data, headers=headers or None)
+
+    async def publish_many(self, events: Iterable[Event]) -> list[api.PubAck]:
+        """Publish many events pipelined (``publish_async``), then wait for every ack."""
+        futures = []
+        for event in events:
+            subject, data, headers = await self._prepare(event, None)
+            futures.append(await self.js.publish_async(subject, data, headers=headers or None))
+        return [await future for future in futures]
+
+    async def publish_raw(self, subject: str, data: bytes, msg_id: str = "") -> api.PubAck:
+        return await self.js.publish(subject, data, headers={MSG_ID_HEADER: msg_id} if msg_id else None)
+
+    async def _prepare(self, event: Event, msg_id: str | None) -> tuple[str, bytes, dict[str, str]]:
+        subject = names.for_event(event)
+        data = encode_event(event)
+        headers: dict[str, str] = {}
+        key = event.dedup_key() if msg_id is None else msg_id
+        if key:
+            headers[MSG_ID_HEADER] = names.check_header_value("message id", key)
+        if len(data) > self.max_payload - _HEADER_ROOM:
+            ref = await self.put_artifact(names.claim_artifact(hashlib.sha256(data).hexdigest()), data)
+            headers[CLAIM_HEADER] = ref.name
+            data = b""
+        return subject, data, headers
+
+    # ------------------------------------------------------------------ consuming
+
+    async def payload(self, msg: Msg) -> bytes:
+        """The message's event bytes, fetched from the Object Store for a claim check.
+
+        Raises :class:`PoisonMessage` for a claim that names no stored object."""
+        claim = (msg.headers or {}).get(CLAIM_HEADER)
+        if not claim:
+            return msg.data
+        if not claim.startswith(names.claim_artifact("")):
+            raise PoisonMessage(f"claim check {claim[:80]!r} does not name a claim object")
+        try:
+            return await self.get_artifact(ArtifactRef(bucket=names.ARTIFACT_BUCKET, name=claim))
+        except nats.js.errors.ObjectNotFoundError:
+            raise PoisonMessage(f"claim check {claim[:80]!r}: no such object") from None
+
+    async def decode(self, msg: Msg) -> Event:
+        """The message's event; :class:`PoisonMessage` for anything that is not one."""
+        return decode_bytes(await self.payload(msg))
+
+    async def ensure_consumer(
+        self,
+        name: str,
+        filter_subject: str,
+        *,
+        ack_wait: float,
+        max_deliver: int,
+        max_ack_pending: int = 1000,
+        inactive_threshold: float | None = None,
+    ) -> api.ConsumerInfo:
+        """Create or update a durable pull consumer so that its config is what we ask now.
+
+        The dead-letter policy lives in the runtime (it publishes a DeadLetter and ``term``s on
+        the last attempt), so the server's own max_deliver is one above it as a safety net.
+        """
+        config = api.ConsumerConfig(
+            name=name,
+            durable_name=name,
+            filter_subject=filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver + 1,
+            max_ack_pending=max_ack_pending,
+            inactive_threshold=inactive_threshold,
+        )
+        return await self.js.add_consumer(names.STREAM, config)
+
+    async def pull(self, consumer: str) -> JetStreamContext.PullSubscription:
+        return await self.js.pull_subscribe_bind(consumer=consumer, stream=names.STREAM)
+
+    async def read(
+        self, filter_subject: str, *, follow: bool = False, idle_timeout: float = 1.0
+    ) -> AsyncIterator[tuple[Msg, Event | bytes]]:
+        """Read the log from the start through an ephemeral consumer, in stream order.
+
+        Without ``follow`` it stops once it has delivered what matched when it began. Items
+        that do not decode come back as raw bytes, so a reader never dies on a poison message.
+        """
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.ALL,
+            inactive_threshold=60.0,
+            mem_storage=True,
+        )
+        sub = await self.js.pull_subscribe(filter_subject, stream=names.STREAM, config=config)
+        try:
+            remaining = (await sub.consumer_info()).num_pending
+            while follow or remaining > 0:
+                try:
+                    batch = await sub.fetch(256, timeout=idle_timeout)
+                except TimeoutError:  # nats-py raises its own subclass and plain asyncio ones
+                    continue
+                for msg in batch:
+                    remaining -= 1
+                    try:
+                        item: Event | bytes = await self.decode(msg)
+                    except Exception:  # a reader never dies on a poison message
+                        item = msg.data
+                    yield msg, item
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may already be gone; the consumer then expires
+                pass
+
+    async def events(self, filter_subject: str) -> AsyncIterator[Event]:
+        """The decodable events stored under ``filter_subject`` so far, in stream order."""
+        async for _, item in self.read(filter_subject):
+            if isinstance(item, Event):
+                yield item
+
+    # ------------------------------------------------------------------ artifacts
+
+    async def put_artifact(self, name: str, data: bytes) -> ArtifactRef:
+        assert self._artifacts is not None, "Bus.provision() has not run"
+        await self._artifacts.put(name, data)
+        return ArtifactRef(
+            bucket=names.ARTIFACT_BUCKET, name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+        )
+
+    async def get_artifact(self, ref: ArtifactRef) -> bytes:
+        assert self._artifacts is not None, "Bus.provision() has not run"
+        store = self._artifacts if ref.bucket == names.ARTIFACT_BUCKET else await self.js.object_store(ref.bucket)
+        result = await store.get(ref.name)
+        data = result.data or b""
+        if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise ArtifactCorrupted(f"artifact {ref.bucket}/{ref.name}: checksum mismatch")
+        return data

@@ -1,0 +1,15 @@
+"""LoopTool's exception root and the error kinds the service runtime treats specially."""
+
+
+class LoopToolError(Exception):
+    """Root of every error LoopTool raises on purpose."""
+
+
+class PermanentError(LoopToolError):
+    """Retrying cannot help (a refused request, an invalid input): the runtime dead-letters
+    the message on the first failure instead of spending every delivery attempt on it."""
+
+
+class PoisonMessage(PermanentError):
+    """A message that cannot be read at all: undecodable, too deeply nested, a bad header or a
+    claim check whose object is missing."""

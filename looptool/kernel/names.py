@@ -1,0 +1,163 @@
+"""Names: the only place that spells subjects, streams, consumers, KV keys, artifact names,
+adapter names and local artifact paths — and the only place that parses a subject.
+
+Subjects are ``looptool.<run>.<stage>.<event>``, where ``<stage>.<event>`` is the event's tag.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from looptool.kernel.errors import LoopToolError
+from looptool.kernel.events import Event, event_tag
+
+PREFIX = "looptool"
+STREAM = "LOOPTOOL"
+STREAM_SUBJECTS = f"{PREFIX}.>"
+ARTIFACT_BUCKET = "looptool-artifacts"
+STATE_BUCKET = "looptool-state"
+HEARTBEAT_SUBJECT = f"{PREFIX}._live.heartbeat"  # core NATS, not stored
+SYSTEM_RUN = "_system"  # the run name of events that belong to no run (heartbeats)
+
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A header value or KV key part: printable ASCII without spaces, so no CR/LF can split a header.
+_HEADER_VALUE = re.compile(r"[!-~]{0,1024}")
+
+
+class InvalidName(LoopToolError, ValueError):
+    pass
+
+
+def check_token(kind: str, value: str) -> str:
+    """Run, service and adapter names become subject tokens: no dots, wildcards or paths."""
+    if not isinstance(value, str) or _TOKEN.fullmatch(value) is None:
+        raise InvalidName(f"{kind} name {value!r} must match {_TOKEN.pattern}")
+    return value
+
+
+def check_header_value(kind: str, value: str) -> str:
+    if _HEADER_VALUE.fullmatch(value) is None:
+        raise InvalidName(f"{kind} {value[:80]!r} is not a valid header value (printable ASCII, no spaces)")
+    return value
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+def for_event(event: Event) -> str:
+    return f"{PREFIX}.{check_token('run', event.run)}.{event_tag(type(event))}"
+
+
+def for_type(event_type: type[Event], run: str = "*") -> str:
+    """The subject filter for one event type, in one run or (default) in every run."""
+    if run != "*":
+        check_token("run", run)
+    return f"{PREFIX}.{run}.{event_tag(event_type)}"
+
+
+def for_tag(run: str, tag: str) -> str:
+    return f"{PREFIX}.{check_token('run', run)}.{tag}"
+
+
+def run_filter(run: str) -> str:
+    return f"{PREFIX}.{check_token('run', run)}.>"
+
+
+def dead_letters(run: str = "*") -> str:
+    return f"{PREFIX}.{run}.dlq.letter"
+
+
+def parse_subject(subject: str) -> tuple[str, str] | None:
+    """``(run, tag)`` of a LoopTool event subject, or None for any other subject."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != PREFIX or _TOKEN.fullmatch(parts[1]) is None:
+        return None
+    return parts[1], ".".join(parts[2:])
+
+
+def run_of(subject: str) -> str:
+    parsed = parse_subject(subject)
+    return parsed[0] if parsed else SYSTEM_RUN
+
+
+def safe_token(value: str) -> str:
+    """A free-form name (a model path, a hub id) made into a token, for keys and file names."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", value)[:64] or "_"
+
+
+def consumer_name(service: str, event_type: type[Event]) -> str:
+    """One durable consumer per (service, event type): every replica binds to it."""
+    return f"{check_token('service', service)}__{event_tag(event_type).replace('.', '_')}"
+
+
+# --------------------------------------------------------------------------- KV keys (state bucket)
+
+
+def run_started_key(run: str) -> str:
+    return f"started.{check_token('run', run)}"
+
+
+def round_closed_key(run: str, round: int) -> str:
+    return f"closed.{check_token('run', run)}.r{round}"
+
+
+def round_announced_key(run: str, round: int) -> str:
+    """Set once round r's model is trained, served and announced."""
+    return f"announced.{check_token('run', run)}.r{round}"
+
+
+def evaluated_key(run: str, round: int, model: str) -> str:
+    return f"evaluated.{check_token('run', run)}.r{round}.{safe_token(model)}"
+
+
+def expansion_key(run: str, round: int, content_key: str) -> str:
+    return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
+
+
+def stalled_key(run: str, round: int) -> str:
+    return f"stalled.{check_token('run', run)}.r{round}"
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def claim_artifact(digest: str) -> str:
+    return f"claims/{digest}"
+
+
+def seed_artifact(run: str) -> str:
+    return f"{check_token('run', run)}/seed.jsonl"
+
+
+def dataset_artifact(run: str, round: int) -> str:
+    return f"{check_token('run', run)}/r{round}/dataset.jsonl"
+
+
+def adapter_artifact(run: str, round: int) -> str:
+    return f"{check_token('run', run)}/r{round}/adapter.tar"
+
+
+def eval_artifact(run: str, round: int, model: str) -> str:
+    return f"{check_token('run', run)}/r{round}/eval-{safe_token(model)}.jsonl"
+
+
+def adapter_name(run: str, round: int) -> str:
+    """The name round r's adapter is served under."""
+    return check_token("adapter", f"{run}-r{round}")
+
+
+# --------------------------------------------------------------------------- local paths
+
+
+def round_dir(artifact_dir: str, run: str, round: int) -> Path:
+    return Path(artifact_dir).resolve() / check_token("run", run) / f"r{round}"
+
+
+def adapter_dir(artifact_dir: str, run: str, round: int) -> Path:
+    return round_dir(artifact_dir, run, round) / "adapter"
+
+
+def training_file(artifact_dir: str, run: str, round: int) -> Path:
+    """The round's dataset as TRL-ready JSONL, for inspection or training outside LoopTool."""
+    return round_dir(artifact_dir, run, round) / "train.trl.jsonl"

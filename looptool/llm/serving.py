@@ -1,0 +1,37 @@
+"""Talking to the serving vLLM about adapters: runtime LoRA loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from looptool.kernel.errors import LoopToolError
+from looptool.kernel.logs import get_logger
+from looptool.llm.client import ModelSettings
+from looptool.kernel.names import check_token
+
+log = get_logger("looptool.serving")
+
+
+class AdapterLoadError(LoopToolError, RuntimeError):
+    pass
+
+
+async def load_adapter(endpoint: ModelSettings, name: str, path: Path) -> None:
+    """``POST /v1/load_lora_adapter`` (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=true).
+
+    Each round gets a new name rather than an in-place reload; loading a name that is already
+    loaded (a redelivered round) counts as success. The path must be visible to the server.
+    """
+    check_token("adapter", name)
+    root = endpoint.base_url.rstrip("/")
+    async with httpx.AsyncClient(timeout=endpoint.timeout, headers={"Authorization": f"Bearer {endpoint.api_key}"}) as client:
+        response = await client.post(f"{root}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
+    if response.status_code == 200:
+        log.info("adapter loaded", adapter=name, path=str(path))
+        return
+    if response.status_code == 400 and "already" in response.text.lower():
+        log.info("adapter already loaded", adapter=name)
+        return
+    raise AdapterLoadError(f"{root}/load_lora_adapter refused {name!r} ({path}): {response.status_code} {response.text[:300]}")

@@ -1,0 +1,137 @@
+"""Build a tiny Qwen2-architecture model and its tokenizer from configs — no hub access.
+
+For tests and the offline demo: the tokenizer is a byte-level BPE trained with ``tokenizers``
+on text from the synthetic world (so tool calls tokenize sensibly), with ``<tool_call>`` tags as
+added tokens (vLLM's hermes tool parser looks them up in the vocabulary) and a chat template
+that renders tools, tool calls and tool results the way Qwen's does. Weights are random
+(seeded): the model's output is garbage, which is exactly what the probe/judge/expander
+robustness tests need. hidden 128 with 2 heads gives head_dim 64, the smallest the vLLM CPU
+attention backend accepts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHAT_TEMPLATE = """{%- if tools %}<|im_start|>system
+{%- if messages[0].role == 'system' %}
+{{ messages[0].content }}
+{%- else %}
+You are a helpful assistant.
+{%- endif %}
+
+# Tools
+
+You may call one or more functions to assist with the user query.
+
+You are provided with function signatures within <tools></tools> XML tags:
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{%- endfor %}
+</tools>
+
+For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% elif messages[0].role == 'system' %}<|im_start|>system
+{{ messages[0].content }}<|im_end|>
+{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'system' %}
+{%- elif message.role == 'user' %}<|im_start|>user
+{{ message.content }}<|im_end|>
+{% elif message.role == 'assistant' %}<|im_start|>assistant
+{% generation %}
+{%- if message.content %}{{ message.content }}{% endif %}
+{%- for tool_call in message.tool_calls or [] %}
+{%- set call = tool_call.function if tool_call.function is defined else tool_call %}
+{%- if not loop.first or message.content %}
+{% endif %}<tool_call>
+{"name": "{{ call.name }}", "arguments": {{ call.arguments | tojson if call.arguments is not string else call.arguments }}}
+</tool_call>
+{%- endfor %}<|im_end|>{% endgeneration %}{{ '\n' }}
+{%- elif message.role == 'tool' %}<|im_start|>user
+<tool_response>
+{{ message.content }}
+</tool_response><|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TAG_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+
+
+def _corpus(n_samples: int, seed: int) -> list[str]:
+    import msgspec
+
+    from looptool.data.calls import format_tool_call_blocks
+    from looptool.data.worlds.synthetic import build
+
+    encoder = msgspec.json.Encoder()
+    texts = []
+    for sample in build(n_samples, 0, seed=seed).train:
+        texts.append(encoder.encode(sample.tools).decode())
+        texts.extend(m.content or "" for m in sample.messages)
+        texts.append(format_tool_call_blocks(sample.label))
+    return texts
+
+
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024, hidden_size: int = 128, layers: int = 2) -> Path:
+    """Write a tiny random Qwen2 model + tokenizer to ``out_dir`` (idempotent); returns it."""
+    import torch
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tokenizer.train_from_iterator(_corpus(400, seed), trainer=trainer)
+    tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 4096
+    fast.save_pretrained(out)
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(fast),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        # LoRA cannot rescale the (tied) embeddings or the final norm, so the initial weight scale
+        # bounds how confident the model can ever get; at the usual 0.02 a trained adapter stays
+        # stuck near the uniform loss (~6.9 nats), at 0.3 it reaches ~1.8 on the same data.
+        initializer_range=0.3,
+        bos_token_id=None,
+        eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=fast.convert_tokens_to_ids("<|endoftext|>"),
+        torch_dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    return out

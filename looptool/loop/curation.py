@@ -1,0 +1,97 @@
+"""Curation: what the next round trains on (the paper's Eq. 5) and when the run stops.
+
+Pure functions over the round ledger and the run config; the curator service only feeds them
+events and publishes what they decide.
+
+Eq. 5: D(r+1) = error seeds (hard + corrected) ∪ their expansions ∪ high-perplexity mastered
+samples ∪ fresh seed data. With ``round_size`` every round has the same size (as in the paper):
+error seeds first, then expansions, then mastered samples; fresh seed data fills what is left.
+"""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+
+from looptool.data.samples import Lineage, Sample
+from looptool.loop.ledger import RoundLedger
+from looptool.loop.runconfig import RunConfig
+
+
+class Dataset(msgspec.Struct):
+    samples: list[Sample]
+    composition: dict[str, int]
+
+
+def unique(samples: list[Sample]) -> tuple[list[Sample], int]:
+    """The samples with repeated ids removed (first kept), and how many were removed: a round
+    counts samples by id, so a repeated id would leave it waiting forever."""
+    seen: set[str] = set()
+    kept = [s for s in samples if not (s.id in seen or seen.add(s.id))]  # type: ignore[func-returns-value]
+    return kept, len(samples) - len(kept)
+
+
+def shuffled_pool(samples: list[Sample], seed: int) -> list[Sample]:
+    """The seed pool in the run's fixed order: a replayed run draws the same slices."""
+    pool, _ = unique(samples)
+    random.Random(seed).shuffle(pool)
+    return pool
+
+
+def first_round(pool: list[Sample], config: RunConfig) -> Dataset:
+    first = pool[: config.initial_size or len(pool)]
+    return Dataset(first, {"fresh": len(first)})
+
+
+def next_round(current: RoundLedger, config: RunConfig, pool: list[Sample], fresh_used: int) -> Dataset:
+    """Dataset r+1 from round r's outcomes; ``fresh_used`` seed samples went into earlier rounds."""
+    cut = config.ppl_cut
+    outcomes = current.outcomes(cut)
+    carried = current.carried(cut)
+    errors = [s for s in carried if outcomes[s.id] in ("hard", "corrected")]  # the error seeds
+    mastered = [s for s in carried if outcomes[s.id] == "kept"]
+    seen = {s.id for s in carried}
+    expanded = [s for s in current.expanded() if not (s.id in seen or seen.add(s.id))]  # type: ignore[func-returns-value]
+    if config.round_size > 0:
+        rng = random.Random(f"{config.seed}:{current.round}")
+        budget = config.round_size
+        errors = _take(errors, budget, rng)
+        expanded = _take(expanded, budget - len(errors), rng)
+        mastered = _take(mastered, budget - len(errors) - len(expanded), rng)
+    composition = {key: value for key, value in current.composition(cut).items() if key in ("dropped", "discarded", "errored")}
+    composition |= {
+        "hard": sum(outcomes[s.id] == "hard" for s in errors),
+        "corrected": sum(outcomes[s.id] == "corrected" for s in errors),
+        "kept": len(mastered),
+        "expanded": len(expanded),
+    }
+    fresh: list[Sample] = []
+    if config.round_size > 0:
+        need = max(0, config.round_size - len(errors) - len(expanded) - len(mastered))
+        fresh = [s for s in pool[fresh_used : fresh_used + need] if s.id not in seen]
+    composition["fresh"] = len(fresh)
+    next_lineage = [msgspec.structs.replace(s, lineage=Lineage(origin="seed", round=current.round + 1, source=s.lineage.source)) for s in fresh]
+    return Dataset(errors + expanded + mastered + next_lineage, composition)
+
+
+def stop_reason(scores: list[float | None], config: RunConfig, round: int) -> str | None:
+    """Why the run ends after round ``round`` (None: it goes on). ``scores[r]`` is the evaluated
+    overall after round r's training: the run stops after ``config.rounds`` rounds, or when the
+    last ``patience`` rounds brought no gain over the best before them."""
+    if round + 1 >= config.rounds:
+        return f"completed {config.rounds} round(s)"
+    if config.patience > 0 and round >= config.patience:
+        best_before = max((s for s in scores[: round + 1 - config.patience] if s is not None), default=None)
+        recent = [s for s in scores[round + 1 - config.patience : round + 1] if s is not None]
+        if best_before is not None and recent and max(recent) <= best_before:
+            return f"no eval gain for {config.patience} round(s)"
+    return None
+
+
+def _take(samples: list[Sample], n: int, rng: random.Random) -> list[Sample]:
+    if n <= 0:
+        return []
+    if len(samples) <= n:
+        return samples
+    return [samples[i] for i in sorted(rng.sample(range(len(samples)), n))]

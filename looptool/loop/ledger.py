@@ -1,0 +1,248 @@
+"""The round ledger: a pure fold of a run's events into what happened to every sample.
+
+Applying an event twice changes nothing (every entry is keyed by sample or seed id), so the
+ledger can be rebuilt at any time from the event log — after a restart, for a report, in a
+test — and always balances: each sample of round r has exactly one terminal outcome.
+
+Outcomes: ``kept`` (mastered with high perplexity, or "both right" and kept), ``dropped``
+(mastered with low perplexity), ``hard`` (the label was right, the policy wrong), ``corrected``
+(the label was wrong and replaced), ``discarded`` (both wrong, or dropped by policy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Literal
+
+import msgspec
+
+from looptool.loop.events import seeds_expansion, DatasetReady, EvalCompleted, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, RunFinished, RunRequested, TrainProgress
+from looptool.kernel.events import DeadLetter, Event, ServiceError
+from looptool.data.samples import Sample
+from looptool.loop.runconfig import PplCut
+
+Outcome = Literal["kept", "dropped", "hard", "corrected", "discarded", "errored"]
+OUTCOMES: tuple[Outcome, ...] = ("kept", "dropped", "hard", "corrected", "discarded", "errored")
+
+# Which dead letters settle which stage of a sample's work: the stage's event tag -> stage name.
+# A sample whose work was dead-lettered there ends ``errored`` (unless a replayed letter later
+# gives it its real outcome, which then wins).
+WORK_STAGES = {"probe.task": "probe", "probe.result": "judge", "judge.verdict": "expand"}
+WORKERS = {"probe": "probe", "judge": "judge", "expand": "expander"}
+
+
+class Errored(msgspec.Struct, frozen=True):
+    stage: str
+    reason: str
+
+
+class RoundLedger:
+    def __init__(self, round: int) -> None:
+        self.round = round
+        self.dataset: DatasetReady | None = None
+        self.model: ModelReady | None = None
+        self.probes: dict[str, ProbeResult] = {}
+        self.verdicts: dict[str, JudgeVerdict] = {}
+        self.expansions: dict[str, ExpandResult] = {}
+        self.errored: dict[str, dict[str, Errored]] = {stage: {} for stage in WORKERS}  # stage -> id -> why
+        self.evals: dict[str, EvalCompleted] = {}
+        self.losses: list[tuple[int, float]] = []
+        self.total_steps = 0
+        self.applied = 0  # events that changed this round: progress, for stall detection
+        # Kept on insert, so that checking completeness is O(1) per event: consumers deliver
+        # results, verdicts and dead letters in no particular order relative to each other.
+        self._probed: set[str] = set()  # probe results or probe errors
+        self._judge_pending: set[str] = set()  # failed, with neither verdict nor judge error
+        self._expand_pending: set[str] = set()  # seeds with neither expansion nor expand error
+
+    def add_probe(self, event: ProbeResult) -> None:
+        if event.sample_id in self.probes:
+            return
+        self.probes[event.sample_id] = event
+        self._probed.add(event.sample_id)
+        self.applied += 1
+        if event.outcome == "failed" and event.sample_id not in self.verdicts and event.sample_id not in self.errored["judge"]:
+            self._judge_pending.add(event.sample_id)
+
+    def add_verdict(self, event: JudgeVerdict) -> None:
+        if event.sample_id in self.verdicts:
+            return
+        self.verdicts[event.sample_id] = event
+        self.applied += 1
+        self._judge_pending.discard(event.sample_id)
+        if seeds_expansion(event.verdict) and event.sample_id not in self.expansions and event.sample_id not in self.errored["expand"]:
+            self._expand_pending.add(event.sample_id)
+
+    def add_expansion(self, event: ExpandResult) -> None:
+        if event.seed_id in self.expansions:
+            return
+        self.expansions[event.seed_id] = event
+        self.applied += 1
+        self._expand_pending.discard(event.seed_id)
+
+    def add_error(self, letter: DeadLetter) -> None:
+        stage = WORK_STAGES.get(letter.stage)
+        if stage is None or letter.sample_id is None or letter.service != WORKERS[stage]:
+            return
+        if letter.sample_id in self.errored[stage]:
+            return
+        self.errored[stage][letter.sample_id] = Errored(stage, letter.error.splitlines()[0][:200] if letter.error else "")
+        self.applied += 1
+        if stage == "probe":
+            self._probed.add(letter.sample_id)
+        elif stage == "judge":
+            self._judge_pending.discard(letter.sample_id)
+        else:
+            self._expand_pending.discard(letter.sample_id)
+
+    # ----------------------------------------------------------------- progress
+
+    @property
+    def size(self) -> int:
+        return self.dataset.size if self.dataset else 0
+
+    def failed(self) -> list[str]:
+        return [sid for sid, p in self.probes.items() if p.outcome == "failed"]
+
+    def seeds(self) -> list[str]:
+        return [sid for sid, v in self.verdicts.items() if seeds_expansion(v.verdict)]
+
+    def missing(self) -> dict[str, int]:
+        """What the round still waits for (empty when every sample is accounted for)."""
+        waiting = {
+            "probe": self.size - len(self._probed) if self.dataset else -1,
+            "judge": len(self._judge_pending),
+            "expand": len(self._expand_pending),
+        }
+        return {stage: n for stage, n in waiting.items() if n != 0}
+
+    def waiting_for(self, limit: int = 20) -> dict[str, list[str]]:
+        """Sample ids the round waits for, per stage (probe: unknown ids, so none listed)."""
+        return {"judge": sorted(self._judge_pending)[:limit], "expand": sorted(self._expand_pending)[:limit]}
+
+    def complete(self) -> bool:
+        return self.dataset is not None and not self.missing()
+
+    # ----------------------------------------------------------------- outcomes
+
+    def ppl_cut(self, cut: PplCut) -> float:
+        values = sorted(p.ppl for p in self.probes.values() if p.outcome == "mastered" and p.ppl is not None)
+        if cut.mode == "threshold":
+            return cut.value
+        if not values:
+            return math.inf
+        index = min(len(values) - 1, max(0, math.ceil(len(values) * cut.value / 100) - 1))
+        return values[index]
+
+    def outcomes(self, cut: PplCut) -> dict[str, Outcome]:
+        """Terminal outcome per probed sample (those still waiting are absent)."""
+        threshold = self.ppl_cut(cut)
+        result: dict[str, Outcome] = {}
+        for sid in self.errored["probe"]:
+            if sid not in self.probes:
+                result[sid] = "errored"
+        for sid, probe in self.probes.items():
+            if probe.outcome == "mastered":
+                result[sid] = "kept" if probe.ppl is not None and probe.ppl >= threshold else "dropped"
+            elif sid in self.verdicts:
+                verdict = self.verdicts[sid]
+                if verdict.action == "discard":
+                    result[sid] = "discarded"
+                elif verdict.action == "label_fixed":
+                    result[sid] = "corrected"
+                elif verdict.verdict == "both_right":
+                    result[sid] = "kept"
+                else:
+                    result[sid] = "hard"
+            elif sid in self.errored["judge"]:
+                result[sid] = "errored"
+        return result
+
+    def errored_by_reason(self) -> dict[str, int]:
+        """Errored work per ``stage: reason``, for watch and the report (expansions included)."""
+        counts: Counter[str] = Counter()
+        for stage, errors in self.errored.items():
+            for sid, error in errors.items():
+                settled = sid in (self.probes if stage == "probe" else self.verdicts if stage == "judge" else self.expansions)
+                if not settled:
+                    counts[f"{stage}: {error.reason}"] += 1
+        return dict(counts)
+
+    def composition(self, cut: PplCut) -> dict[str, int]:
+        counts = Counter(self.outcomes(cut).values())
+        return {outcome: counts.get(outcome, 0) for outcome in OUTCOMES} | {"expanded": sum(len(e.samples) for e in self.expansions.values())}
+
+    def carried(self, cut: PplCut) -> list[Sample]:
+        """The samples this round passes on (kept, hard, corrected), labels as verified."""
+        outcomes = self.outcomes(cut)
+        carried = []
+        # By id, not by arrival: the next round's dataset (and so its training order) must not
+        # depend on which replica answered first.
+        for sid, outcome in sorted(outcomes.items()):
+            if outcome not in ("kept", "hard", "corrected"):
+                continue
+            verdict = self.verdicts.get(sid)
+            sample = verdict.sample if verdict is not None and verdict.sample is not None else self.probes[sid].sample
+            if sample is not None:
+                carried.append(sample)
+        return carried
+
+    def expanded(self) -> list[Sample]:
+        return [s for seed in sorted(self.expansions) for s in self.expansions[seed].samples]
+
+
+class RunLedger:
+    """Every round of one run, plus run-level facts (request, errors, dead letters, finish)."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self.request: RunRequested | None = None
+        self.rounds: dict[int, RoundLedger] = {}
+        self.finished: RunFinished | None = None
+        self.errors = 0
+        self.dead_letters = 0
+
+    def round(self, r: int) -> RoundLedger:
+        if r not in self.rounds:
+            self.rounds[r] = RoundLedger(r)
+        return self.rounds[r]
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case RunRequested():
+                self.request = event
+            case DatasetReady():
+                self.round(event.round).dataset = event
+            case ModelReady():
+                self.round(event.round).model = event
+            case ProbeResult():
+                self.round(event.round).add_probe(event)
+            case JudgeVerdict():
+                self.round(event.round).add_verdict(event)
+            case ExpandResult():
+                self.round(event.round).add_expansion(event)
+            case EvalCompleted():
+                self.round(event.round).evals.setdefault(event.model, event)
+            case TrainProgress():
+                ledger = self.round(event.round)
+                if all(step != event.step for step, _ in ledger.losses):
+                    ledger.losses.append((event.step, event.loss))
+                    ledger.losses.sort()
+                ledger.total_steps = event.total_steps
+            case RunFinished():
+                self.finished = event
+            case ServiceError():
+                self.errors += 1
+            case DeadLetter():
+                self.dead_letters += 1
+                self.round(event.round).add_error(event)
+            case _:
+                pass
+
+    def overall(self, r: int) -> float | None:
+        """The evaluated policy's overall accuracy after round r's training."""
+        ledger = self.rounds.get(r)
+        if ledger is None or ledger.model is None or ledger.model.model not in ledger.evals:
+            return None
+        return ledger.evals[ledger.model.model].metrics.get("overall")

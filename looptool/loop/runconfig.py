@@ -1,0 +1,56 @@
+"""What a run is asked to do: the body of ``run.requested``, read from a TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from looptool.kernel.errors import LoopToolError
+from looptool.kernel.events import ArtifactRef
+from looptool.kernel.names import check_token
+from looptool.kernel.settings import read_toml
+
+
+class PplCut(msgspec.Struct, frozen=True):
+    """Which mastered samples stay: ``percentile`` p keeps those at or above the p-th percentile
+    of the round's mastered perplexities; ``threshold`` t keeps those with ppl >= t."""
+
+    mode: Literal["percentile", "threshold"] = "percentile"
+    value: float = 50.0
+
+
+class RunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    run: str
+    seed_path: str = ""  # the seed dataset on the machine that runs `looptool run`
+    seed_format: str = "samples"  # "samples" (LoopTool JSONL) or an import format (xlam, openai, ...)
+    seed_answers: str | None = None  # BFCL possible answers, for seed_format = "bfcl"
+    seed_data: ArtifactRef | None = None  # filled in by `looptool run` after uploading the seed data
+    rounds: int = 4  # training rounds; the run finishes after the last one is probed
+    initial_size: int = 0  # samples in round 0 (0: the whole seed pool)
+    round_size: int = 0  # later rounds are topped up with unused seed data to this size (0: no top-up)
+    ppl_cut: PplCut = msgspec.field(default_factory=PplCut)
+    patience: int = 0  # stop after this many rounds without a gain in eval overall (0: off)
+    wait_for_eval: bool = False  # close a round only after its evaluation (implied by patience)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_token("run", self.run)
+        if self.rounds < 1:
+            raise ValueError("rounds must be at least 1")
+
+
+class RunConfigError(LoopToolError, ValueError):
+    pass
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    raw = read_toml(path, "run config", RunConfigError)
+    try:
+        config = msgspec.convert(raw.get("run", raw), RunConfig)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise RunConfigError(f"{path}: {exc}") from None
+    if config.seed_path and not Path(config.seed_path).is_absolute():
+        config.seed_path = str((Path(path).parent / config.seed_path).resolve())
+    return config

@@ -1,0 +1,105 @@
+"""LoopTool's settings tree: the kernel's sections plus the model endpoints and one section per
+service. Read with :func:`load_settings` (defaults, then a TOML file, then ``LOOPTOOL_*``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from looptool.kernel.settings import KernelSettings, Section, load_settings_tree
+from looptool.llm.client import ModelSettings
+
+
+class ProbeSettings(Section):
+    ppl: Literal["output", "label"] = "output"
+    max_tokens: int = 512
+    seed: int = 0
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)  # passed through to the server
+
+
+class JudgeSettings(Section):
+    mode: Literal["rules", "llm", "cascade"] = "cascade"  # cascade: rules first, LLM for the rest
+    models: list[str] = msgspec.field(default_factory=list)  # judge models; empty: judge_model.model
+    votes: int = 3  # judge calls per sample (models are cycled; one model is sampled repeatedly)
+    quorum: int = 2  # votes needed for a verdict; fewer -> unclear
+    temperature: float = 0.7
+    max_tokens: int = 512
+    reply_retries: int = 1  # extra calls when a reply does not fit the schema, then "unclear"
+    grounding: bool = True  # rules tier: argument values must appear in the conversation
+    both_right: Literal["keep", "discard"] = "keep"  # the paper says both; you choose
+    unclear: Literal["keep", "discard"] = "keep"
+    prompt: str = "judge-v1"
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ExpanderSettings(Section):
+    mode: Literal["llm", "world"] = "llm"  # world: the synthetic world's generator, offline
+    k: int = 4  # new samples per seed (the paper's k)
+    temperature: float = 1.0
+    max_tokens: int = 2048
+    retries: int = 2  # generator calls per seed when too few samples pass validation
+    near_duplicate: float = 0.85  # MinHash Jaccard at or above which a sample is a duplicate
+    prompt: str = "expand-v1"
+    seed: int = 0
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class TrainerSettings(Section):
+    base_model: str = "policy-base"  # a local directory (or hub id where the hub is reachable)
+    method: Literal["sft", "grpo"] = "sft"
+    continue_from_previous: bool = True  # round r starts from round r-1's adapter (fresh optimizer)
+    lora_rank: int = 8  # must be <= the server's --max-lora-rank
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = msgspec.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    max_length: int = 2048
+    assistant_only_loss: bool = True
+    logging_steps: int = 5
+    seed: int = 0
+    use_cpu: bool = False
+    grpo_generations: int = 4  # the paper: 16 rollouts
+    grpo_max_completion_length: int = 256
+    grpo_temperature: float = 1.0
+    grpo_beta: float = 0.0  # the paper: no KL term
+    grpo_clip_low: float = 0.2
+    grpo_clip_high: float = 0.28
+
+
+class EvaluatorSettings(Section):
+    # BFCL-format question files (answers at possible_answer/<name> beside them), or
+    # "bfcl:<category>" for BFCL's own data from the bfcl-eval package.
+    sets: list[str] = msgspec.field(default_factory=list)
+    max_tokens: int = 256
+    evaluate_base: bool = True  # at round 0, also score the base model
+
+
+class CuratorSettings(Section):
+    check_every: float = 5.0  # seconds between checks for stalled or unclosed rounds
+    stall_after: float = 600.0  # a round with no progress for this long emits round.stalled
+    lease: float = 60.0  # a round complete this long but still unclosed is taken over by a standby
+
+
+class Settings(KernelSettings):
+    model: ModelSettings = msgspec.field(default_factory=ModelSettings)
+    probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)
+    judge_model: ModelSettings = msgspec.field(default_factory=lambda: ModelSettings(model="judge"))
+    judge: JudgeSettings = msgspec.field(default_factory=JudgeSettings)
+    generator_model: ModelSettings = msgspec.field(default_factory=lambda: ModelSettings(model="generator"))
+    expander: ExpanderSettings = msgspec.field(default_factory=ExpanderSettings)
+    trainer: TrainerSettings = msgspec.field(default_factory=TrainerSettings)
+    evaluator: EvaluatorSettings = msgspec.field(default_factory=EvaluatorSettings)
+    curator: CuratorSettings = msgspec.field(default_factory=CuratorSettings)
+    artifact_dir: str = ".looptool/artifacts"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``path`` (or ``$LOOPTOOL_CONFIG``) and the environment."""
+    return load_settings_tree(Settings, path, environ)

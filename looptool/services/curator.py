@@ -1,0 +1,155 @@
+"""The curator: keeps each run's round ledger and closes rounds — the loop without a driver.
+
+Every curator replica folds the whole event log into its ledgers (a broadcast subscription:
+a restarted replica replays the log, so nothing is lost). When every sample of round r has its
+outcome — errored included — it writes dataset r+1 (:func:`looptool.loop.curation.next_round`,
+the paper's Eq. 5) and emits ``dataset.ready``, or ``run.finished`` by the stop rule.
+
+Closing a round is claimed once (KV create). A standby replica takes the claim over when a
+round stays complete but unclosed for ``curator.lease`` seconds (its holder died mid-close);
+publishing is deduplicated, so a takeover never doubles a dataset. A round without progress for
+``curator.stall_after`` seconds is reported as ``round.stalled`` with what it waits for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+from looptool.data.formats import encode_samples, export_jsonl
+from looptool.data.samples import Sample
+from looptool.kernel import names
+from looptool.kernel.errors import PermanentError
+from looptool.kernel.events import DeadLetter, Event
+from looptool.kernel.runtime import Context, Service
+from looptool.loop import curation
+from looptool.loop.events import DatasetReady, EvalCompleted, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, RoundStalled, RunFinished, RunRequested
+from looptool.loop.ledger import RunLedger
+from looptool.loop.runconfig import RunConfig
+
+service = Service("curator", "Round ledger and round closure: dataset.ready(r+1) or run.finished")
+
+
+class Curation:
+    """This replica's ledgers (one per run) and what it saw of their progress."""
+
+    def __init__(self, _ctx: object = None) -> None:
+        self.ledgers: dict[str, RunLedger] = {}
+        self.lock = anyio.Lock()
+        self.last_change: dict[tuple[str, int], tuple[int, float]] = {}  # (run, round) -> (applied, since)
+        self.first_refused: dict[str, float] = {}  # claim key -> when this replica first found it held
+
+    def ledger(self, run: str) -> RunLedger:
+        return self.ledgers.setdefault(run, RunLedger(run))
+
+
+@service.on(RunRequested, DatasetReady, ModelReady, ProbeResult, JudgeVerdict, ExpandResult, EvalCompleted, RunFinished, DeadLetter, broadcast=True)
+async def track(ctx: Context, event: Event) -> None:
+    state = ctx.use(Curation)
+    ledger = state.ledger(event.run)
+    ledger.apply(event)
+    if isinstance(event, RunRequested):
+        await start_run(ctx, ledger, event.config)
+    else:
+        await close_round(ctx, state, ledger, event.round)
+
+
+@service.every(lambda settings: settings.curator.check_every)
+async def check_rounds(ctx: Context) -> None:
+    """Retry closures (a standby takes over after the lease) and report stalled rounds."""
+    state = ctx.use(Curation)
+    for ledger in list(state.ledgers.values()):
+        if ledger.request is None or ledger.finished is not None:
+            continue
+        round = max(ledger.rounds, default=0)
+        await close_round(ctx, state, ledger, round)
+        await report_stall(ctx, state, ledger, round)
+
+
+async def start_run(ctx: Context, ledger: RunLedger, config: RunConfig) -> None:
+    if ledger.round(0).dataset is not None:
+        return
+    if not await _claimed(ctx, ctx.use(Curation), names.run_started_key(config.run), started=lambda: ledger.round(0).dataset is not None):
+        return
+    pool = await _seed_pool(ctx, config)
+    await _publish_dataset(ctx, config, 0, curation.first_round(pool, config))
+
+
+async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: int) -> None:
+    if ledger.request is None or ledger.finished is not None:
+        return
+    config = ledger.request.config
+    current = ledger.round(round)
+    waits_for_eval = config.wait_for_eval or config.patience > 0
+    if not current.complete() or (waits_for_eval and ledger.overall(round) is None):
+        return
+    if _closed(ledger, round):
+        return
+    async with state.lock:
+        key = names.round_closed_key(ledger.run, round)
+        if not await _claimed(ctx, state, key, started=lambda: _closed(ledger, round)):
+            return
+        scores = [ledger.overall(r) for r in range(round + 1)]
+        reason = curation.stop_reason(scores, config, round)
+        if reason:
+            await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
+            return
+        fresh_used = sum(ledger.round(r).dataset.composition.get("fresh", 0) for r in range(round + 1) if ledger.round(r).dataset)  # type: ignore[union-attr]
+        pool = await _seed_pool(ctx, config) if config.round_size > 0 else []
+        dataset = curation.next_round(current, config, pool, fresh_used)
+        ctx.log.info("round closed", closed=round, next_size=len(dataset.samples), composition=dataset.composition)
+        await _publish_dataset(ctx, config, round + 1, dataset)
+
+
+async def report_stall(ctx: Context, state: Curation, ledger: RunLedger, round: int) -> None:
+    current = ledger.round(round)
+    if current.dataset is None or current.complete():
+        return
+    now = anyio.current_time()
+    applied, since = state.last_change.get((ledger.run, round), (-1, now))
+    if applied != current.applied:
+        state.last_change[(ledger.run, round)] = (current.applied, now)
+        return
+    idle = now - since
+    if idle >= ctx.settings.curator.stall_after:
+        waiting = current.missing()
+        await ctx.publish(RoundStalled(run=ledger.run, round=round, waiting=waiting, samples=current.waiting_for(), idle_seconds=float(int(idle)), progress=current.applied))
+
+
+def _closed(ledger: RunLedger, round: int) -> bool:
+    return ledger.finished is not None or (round + 1 in ledger.rounds and ledger.round(round + 1).dataset is not None)
+
+
+async def _claimed(ctx: Context, state: Curation, key: str, started: Callable[[], bool]) -> bool:
+    """Whether this replica may do the once-only action under ``key``: it claims it, or takes it
+    over from a holder that has not finished it within the lease."""
+    if await ctx.claim(key):
+        return True
+    holder = await ctx.holder(key)
+    now = anyio.current_time()
+    first_seen = state.first_refused.setdefault(key, now)
+    if holder is None or now - first_seen < ctx.settings.curator.lease or started():
+        return False
+    ctx.log.warning("taking over an unfinished action", key=key, holder=holder)
+    return await ctx.take_over(key, holder)
+
+
+async def _publish_dataset(ctx: Context, config: RunConfig, round: int, dataset: curation.Dataset) -> None:
+    samples, duplicates = curation.unique(dataset.samples)
+    if duplicates:
+        ctx.log.warning("duplicate sample ids left out of the dataset", duplicates=duplicates, round=round)
+    if not samples:
+        await ctx.publish(RunFinished(run=config.run, round=max(0, round - 1), reason=f"dataset for round {round} is empty"))
+        return
+    ref = await ctx.put_artifact(names.dataset_artifact(config.run, round), encode_samples(samples))
+    trl = names.training_file(ctx.settings.artifact_dir, config.run, round)
+    trl.parent.mkdir(parents=True, exist_ok=True)
+    export_jsonl(samples, trl, "openai")
+    await ctx.publish(DatasetReady(run=config.run, round=round, dataset=ref, size=len(samples), composition=dataset.composition))
+
+
+async def _seed_pool(ctx: Context, config: RunConfig) -> list[Sample]:
+    if config.seed_data is None:
+        raise PermanentError(f"run {config.run}: run.requested carries no seed_data")
+    return curation.shuffled_pool(await ctx.load(config.seed_data, Sample), config.seed)
