@@ -25,12 +25,12 @@ from nats.js import api
 
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
+from looptool.kernel.events import decode_event
 from looptool.kernel.logs import configure_logging
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.runtime import Context, Service, run_service
-from looptool.loop.events import ProbeResult
-from looptool.kernel.events import decode_event
 from looptool.kernel.settings import LogSettings, NatsSettings, RuntimeSettings
+from looptool.loop.events import ProbeResult
 from looptool.loop.settings import Settings
 
 
@@ -104,7 +104,9 @@ async def runtime(url: str, n: int) -> dict[str, float | str]:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         ready = anyio.Event()
-        tg.start_soon(lambda: run_service(service, settings, replica="bench", stop=stop, ready=ready, handle_signals=False))
+        tg.start_soon(
+            lambda: run_service(service, settings, replica="bench", stop=stop, ready=ready, handle_signals=False)
+        )
         await ready.wait()
         start = time.perf_counter()
         tg.start_soon(publish_all, bus, make_events(run, n))
@@ -134,12 +136,16 @@ async def main(events: int, rounds: int) -> None:
                 print(encoder.encode(result).decode(), flush=True)
         best = {name: statistics.median(float(r["events_per_s"]) for r in rs) for name, rs in results.items()}
         p99 = {name: statistics.median(float(r["p99_ms"]) for r in rs) for name, rs in results.items()}
-        print(encoder.encode({
-            "ratio_events_per_s": round(best["runtime"] / best["bare"], 3),
-            "median_events_per_s": best,
-            "median_p99_ms": p99,
-            "goal": ">= 0.8",
-        }).decode())
+        print(
+            encoder.encode(
+                {
+                    "ratio_events_per_s": round(best["runtime"] / best["bare"], 3),
+                    "median_events_per_s": best,
+                    "median_p99_ms": p99,
+                    "goal": ">= 0.8",
+                }
+            ).decode()
+        )
 
 
 if __name__ == "__main__":

@@ -21,21 +21,19 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.kernel.bus import Bus
 from looptool.app.demo import demo_env, prepare
-from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
-from looptool.data.formats import read_samples
-from looptool.loop.runconfig import PplCut
-from looptool.llm.client import ModelClient
-from looptool.loop.runconfig import RunConfig
 from looptool.app.runs import fold_run, submit_run
-from looptool.llm.serving import load_adapter
-from looptool.llm.client import ModelSettings
-from looptool.kernel.settings import NatsSettings
-from looptool.loop.settings import TrainerSettings
-from looptool.loop.training import train_round
 from looptool.app.up import Topology
 from looptool.app.watch import watch
+from looptool.data.formats import read_samples
+from looptool.kernel.bus import Bus
+from looptool.kernel.settings import NatsSettings
+from looptool.llm.client import ModelClient, ModelSettings
+from looptool.llm.serving import load_adapter
+from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
+from looptool.loop.runconfig import PplCut, RunConfig
+from looptool.loop.settings import TrainerSettings
+from looptool.loop.training import train_round
 
 
 def trainer_settings(model_dir: Path) -> TrainerSettings:
@@ -54,8 +52,23 @@ def trainer_settings(model_dir: Path) -> TrainerSettings:
 def one_seed(workdir: Path, rounds: int, train: int, test: int, seed: int) -> dict[str, object]:
     seed_data, model_dir, test_sets = prepare(workdir, train, test, pool=train * (rounds + 1), noise=0.15, seed=seed)
     run = f"bench-{seed}-{int(time.time())}"
-    config = RunConfig(run=run, seed_path=str(seed_data), rounds=rounds, initial_size=train, round_size=train, ppl_cut=PplCut("percentile", 50), wait_for_eval=True, seed=seed)
-    with Topology(workdir / "topology", model_dir=model_dir, env=demo_env(model_dir, test_sets, workdir / "artifacts"), max_loras=rounds + 2, quiet=True) as topology:
+    config = RunConfig(
+        run=run,
+        seed_path=str(seed_data),
+        rounds=rounds,
+        initial_size=train,
+        round_size=train,
+        ppl_cut=PplCut("percentile", 50),
+        wait_for_eval=True,
+        seed=seed,
+    )
+    with Topology(
+        workdir / "topology",
+        model_dir=model_dir,
+        env=demo_env(model_dir, test_sets, workdir / "artifacts"),
+        max_loras=rounds + 2,
+        quiet=True,
+    ) as topology:
         assert topology.vllm is not None
         endpoint = ModelSettings(base_url=topology.vllm.base_url, model="policy")
 
@@ -98,7 +111,13 @@ def one_seed(workdir: Path, rounds: int, train: int, test: int, seed: int) -> di
 
         static_metrics = anyio.run(static_arm, backend="asyncio")
         static_seconds = time.perf_counter() - started
-    return {"seed": seed, "loop": loop_metrics, "static": static_metrics, "loop_minus_static_overall": round(loop_metrics["overall"] - static_metrics["overall"], 4), "seconds": {"loop": round(loop_seconds), "static": round(static_seconds)}}
+    return {
+        "seed": seed,
+        "loop": loop_metrics,
+        "static": static_metrics,
+        "loop_minus_static_overall": round(loop_metrics["overall"] - static_metrics["overall"], 4),
+        "seconds": {"loop": round(loop_seconds), "static": round(static_seconds)},
+    }
 
 
 def main() -> None:
@@ -114,7 +133,11 @@ def main() -> None:
         result = one_seed(Path(args.workdir).resolve() / f"seed{seed}", args.rounds, args.train, args.test, seed)
         deltas.append(result["loop_minus_static_overall"])
         print(msgspec.json.encode(result).decode(), flush=True)
-    print(msgspec.json.encode({"seeds": args.seeds, "mean_loop_minus_static_overall": round(statistics.mean(deltas), 4)}).decode())
+    print(
+        msgspec.json.encode(
+            {"seeds": args.seeds, "mean_loop_minus_static_overall": round(statistics.mean(deltas), 4)}
+        ).decode()
+    )
 
 
 if __name__ == "__main__":

@@ -21,20 +21,19 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.kernel.bus import Bus
 from looptool.data.checker import check_sample
 from looptool.data.formats import encode_samples
+from looptool.data.samples import Sample
+from looptool.kernel.bus import Bus
 from looptool.kernel.logs import configure_logging
-from looptool.llm.client import ModelClient, perplexity
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.runtime import run_service
-from looptool.loop.events import ModelReady
-from looptool.data.samples import Sample
 from looptool.kernel.settings import LogSettings, NatsSettings, RuntimeSettings
-from looptool.llm.client import ModelSettings
-from looptool.loop.settings import ProbeSettings, Settings
+from looptool.llm.client import ModelClient, ModelSettings, perplexity
 from looptool.llm.tiny_model import build_tiny_model
 from looptool.llm.vllm_server import VllmServer
+from looptool.loop.events import ModelReady
+from looptool.loop.settings import ProbeSettings, Settings
 from looptool.services.probe import service as probe
 
 MAX_TOKENS = 24
@@ -78,7 +77,9 @@ async def service(settings: Settings, samples: list[Sample]) -> float:
 
     async with anyio.create_task_group() as tg:
         ready = anyio.Event()
-        tg.start_soon(lambda: run_service(probe, settings, replica="bench", stop=stop, ready=ready, handle_signals=False))
+        tg.start_soon(
+            lambda: run_service(probe, settings, replica="bench", stop=stop, ready=ready, handle_signals=False)
+        )
         await ready.wait()
         tg.start_soon(count_results)
         start = time.perf_counter()
@@ -96,7 +97,10 @@ async def main(n: int, concurrency: int, rounds: int, workdir: Path) -> None:
 
     samples = build(n, 0, seed=99).train
     model_dir = build_tiny_model(workdir / "model")
-    with NatsServer(workdir / "nats") as nats, VllmServer(model_dir, served_name="policy", log_file=workdir / "vllm.log") as vllm:
+    with (
+        NatsServer(workdir / "nats") as nats,
+        VllmServer(model_dir, served_name="policy", log_file=workdir / "vllm.log") as vllm,
+    ):
         settings = Settings(
             nats=NatsSettings(url=nats.url),
             runtime=RuntimeSettings(concurrency=concurrency, fetch_batch=concurrency),
@@ -110,9 +114,21 @@ async def main(n: int, concurrency: int, rounds: int, workdir: Path) -> None:
             for name, fn in (("bare", bare), ("service", service)):
                 rate = await fn(settings, samples)
                 rates[name].append(rate)
-                print(msgspec.json.encode({"kind": name, "samples": n, "samples_per_s": round(rate, 2)}).decode(), flush=True)
+                print(
+                    msgspec.json.encode({"kind": name, "samples": n, "samples_per_s": round(rate, 2)}).decode(),
+                    flush=True,
+                )
         median = {name: statistics.median(values) for name, values in rates.items()}
-        print(msgspec.json.encode({"ratio": round(median["service"] / median["bare"], 3), "median_samples_per_s": median, "concurrency": concurrency, "goal": ">= 0.9"}).decode())
+        print(
+            msgspec.json.encode(
+                {
+                    "ratio": round(median["service"] / median["bare"], 3),
+                    "median_samples_per_s": median,
+                    "concurrency": concurrency,
+                    "goal": ">= 0.9",
+                }
+            ).decode()
+        )
 
 
 if __name__ == "__main__":

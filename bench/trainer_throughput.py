@@ -20,19 +20,19 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.kernel.bus import Bus
 from looptool.data.formats import encode_samples
+from looptool.data.worlds.synthetic import build
+from looptool.kernel.bus import Bus
 from looptool.kernel.logs import configure_logging
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.runtime import run_service
-from looptool.loop.events import DatasetReady, ModelReady
 from looptool.kernel.settings import LogSettings, NatsSettings
 from looptool.llm.client import ModelSettings
-from looptool.loop.settings import Settings, TrainerSettings
 from looptool.llm.tiny_model import build_tiny_model
-from looptool.loop.training import train_round
 from looptool.llm.vllm_server import VllmServer
-from looptool.data.worlds.synthetic import build
+from looptool.loop.events import DatasetReady, ModelReady
+from looptool.loop.settings import Settings, TrainerSettings
+from looptool.loop.training import train_round
 from looptool.services.trainer import service as trainer
 
 
@@ -49,7 +49,9 @@ async def service_arm(settings: Settings, samples: list) -> tuple[ModelReady, fl
             return
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(lambda: run_service(trainer, settings, replica="bench", stop=stop, ready=ready, handle_signals=False))
+        tg.start_soon(
+            lambda: run_service(trainer, settings, replica="bench", stop=stop, ready=ready, handle_signals=False)
+        )
         await ready.wait()
         start = time.perf_counter()
         async with anyio.create_task_group() as waiter:
@@ -65,26 +67,41 @@ def main(n: int, epochs: float, workdir: Path) -> None:
     configure_logging(LogSettings(level="warning"))
     model_dir = build_tiny_model(workdir / "model")
     samples = build(n, 0, seed=5).train
-    trainer_settings = TrainerSettings(base_model=str(model_dir), use_cpu=True, epochs=epochs, learning_rate=5e-3, max_length=1024, logging_steps=5)
+    trainer_settings = TrainerSettings(
+        base_model=str(model_dir), use_cpu=True, epochs=epochs, learning_rate=5e-3, max_length=1024, logging_steps=5
+    )
     with NatsServer(workdir / "nats") as nats, VllmServer(model_dir, log_file=workdir / "vllm.log") as vllm:
         # Both arms run with the same servers up, so that their background load hits both; the
         # bare arm runs before and after the service arm, so that drift hits both alike.
         bare = [train_round(samples, trainer_settings, workdir / "bare-adapter-1")]
-        settings = Settings(nats=NatsSettings(url=nats.url), model=ModelSettings(base_url=vllm.base_url), trainer=trainer_settings, log=LogSettings(level="warning"))
+        settings = Settings(
+            nats=NatsSettings(url=nats.url),
+            model=ModelSettings(base_url=vllm.base_url),
+            trainer=trainer_settings,
+            log=LogSettings(level="warning"),
+        )
         settings.artifact_dir = str(workdir / "artifacts")
         ready, end_to_end = anyio.run(service_arm, settings, samples, backend="asyncio")
         bare.append(train_round(samples, trainer_settings, workdir / "bare-adapter-2"))
     bare_rates = [b.tokens / b.seconds for b in bare]
     bare_rate = sum(bare_rates) / len(bare_rates)
     service_rate = ready.train_tokens / ready.train_seconds
-    print(msgspec.json.encode({
-        "samples": n,
-        "tokens": {"bare": bare[0].tokens, "service": ready.train_tokens},
-        "tokens_per_s": {"bare_before": round(bare_rates[0], 1), "service": round(service_rate, 1), "bare_after": round(bare_rates[1], 1)},
-        "ratio": round(service_rate / bare_rate, 3),
-        "service_dataset_to_model_ready_s": round(end_to_end, 1),
-        "goal": ">= 0.95",
-    }).decode())
+    print(
+        msgspec.json.encode(
+            {
+                "samples": n,
+                "tokens": {"bare": bare[0].tokens, "service": ready.train_tokens},
+                "tokens_per_s": {
+                    "bare_before": round(bare_rates[0], 1),
+                    "service": round(service_rate, 1),
+                    "bare_after": round(bare_rates[1], 1),
+                },
+                "ratio": round(service_rate / bare_rate, 3),
+                "service_dataset_to_model_ready_s": round(end_to_end, 1),
+                "goal": ">= 0.95",
+            }
+        ).decode()
+    )
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import make_settings
 
 from looptool.kernel.nats_server import NatsServer
 from looptool.llm.vllm_server import VllmServer
-from helpers import make_settings
 from looptool.loop.settings import Settings
 
 

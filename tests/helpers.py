@@ -39,7 +39,11 @@ async def running(service: Service, settings: Settings, replicas: int = 1) -> As
     async with anyio.create_task_group() as tg:
         for name in names:
             ready = anyio.Event()
-            tg.start_soon(lambda n=name, r=ready: run_service(service, settings, replica=n, stop=stop, ready=r, handle_signals=False))
+            tg.start_soon(
+                lambda n=name, r=ready: run_service(
+                    service, settings, replica=n, stop=stop, ready=r, handle_signals=False
+                )
+            )
             await ready.wait()
         try:
             yield names

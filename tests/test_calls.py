@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from looptool.data.calls import CallParseError, extract_calls, format_python_calls, format_tool_call_blocks, parse_calls, parse_python_calls, split_reasoning
+from looptool.data.calls import (
+    CallParseError,
+    extract_calls,
+    format_python_calls,
+    format_tool_call_blocks,
+    parse_calls,
+    parse_python_calls,
+    split_reasoning,
+)
 from looptool.data.checker import check, possible_answer
 from looptool.data.samples import FunctionSpec, ToolCall, ToolSpec
 
@@ -78,9 +86,21 @@ names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}(\.[A-Za-z_][A-Za-z0-9_]{0,8}
     lambda n: not any(keyword.iskeyword(part) or part in {"True", "False", "None"} for part in n.split("."))
 )
 keys = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(lambda k: not keyword.iskeyword(k))
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)), max_leaves=12)
-calls = st.lists(st.builds(ToolCall, name=names, arguments=st.dictionaries(keys, values, max_size=4)), min_size=1, max_size=4)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=12,
+)
+calls = st.lists(
+    st.builds(ToolCall, name=names, arguments=st.dictionaries(keys, values, max_size=4)), min_size=1, max_size=4
+)
 
 
 @settings(max_examples=int(os.environ.get("LOOPTOOL_HYPOTHESIS_EXAMPLES", "300")), deadline=None)
@@ -99,7 +119,12 @@ def test_python_call_parser_never_crashes_on_junk(text: str) -> None:
         pass
 
 
-json_types = {"string": st.text(max_size=12), "integer": st.integers(-1000, 1000), "number": st.floats(-1e6, 1e6, allow_nan=False), "boolean": st.booleans()}
+json_types = {
+    "string": st.text(max_size=12),
+    "integer": st.integers(-1000, 1000),
+    "number": st.floats(-1e6, 1e6, allow_nan=False),
+    "boolean": st.booleans(),
+}
 
 
 @st.composite
@@ -111,7 +136,11 @@ def tool_and_label(draw):
     if nested:
         properties["items_list"] = {"type": "array", "items": {"type": "string"}}
         properties["opts"] = {"type": "object", "properties": {"x": {"type": "integer"}}}
-    tool = ToolSpec(function=FunctionSpec(name=draw(names), parameters={"type": "object", "properties": properties, "required": required}))
+    tool = ToolSpec(
+        function=FunctionSpec(
+            name=draw(names), parameters={"type": "object", "properties": properties, "required": required}
+        )
+    )
     arguments = {}
     for p, t in params.items():
         if p in required or draw(st.booleans()):

@@ -29,7 +29,10 @@ AREA = {
         "required": ["base", "height"],
     },
 }
-WEATHER = {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 def answer(**params: list) -> list:
@@ -44,17 +47,53 @@ CASES = [
     # (rule, predicted calls, possible answer, category, expected error type or "" for valid)
     ("exact", call(), answer(), "simple", ""),
     ("dotted name as underscores", [ToolCall("geometry_area", {"base": 10, "height": 5.0})], answer(), "simple", ""),
-    ("wrong function name", [ToolCall("geometry.volume", {"base": 10, "height": 5.0})], answer(), "simple", "simple_function_checker:wrong_func_name"),
+    (
+        "wrong function name",
+        [ToolCall("geometry.volume", {"base": 10, "height": 5.0})],
+        answer(),
+        "simple",
+        "simple_function_checker:wrong_func_name",
+    ),
     ("required present", call(unit="cm"), answer(), "simple", ""),
-    ("required missing", [ToolCall("geometry.area", {"base": 10})], answer(), "simple", "simple_function_checker:missing_required"),
+    (
+        "required missing",
+        [ToolCall("geometry.area", {"base": 10})],
+        answer(),
+        "simple",
+        "simple_function_checker:missing_required",
+    ),
     ("unknown param", call(colour="red"), answer(), "simple", "simple_function_checker:unexpected_param"),
     ("param not in answer", call(strict=True), answer(), "simple", "simple_function_checker:unexpected_param"),
     ("int accepted for float", [ToolCall("geometry.area", {"base": 10, "height": 5})], answer(), "simple", ""),
-    ("float refused for int", [ToolCall("geometry.area", {"base": 10.0, "height": 5.0})], answer(), "simple", "type_error:simple"),
-    ("string refused for int", [ToolCall("geometry.area", {"base": "10", "height": 5.0})], answer(), "simple", "type_error:simple"),
-    ("bool is not int", [ToolCall("geometry.area", {"base": True, "height": 5.0})], answer(), "simple", "type_error:simple"),
+    (
+        "float refused for int",
+        [ToolCall("geometry.area", {"base": 10.0, "height": 5.0})],
+        answer(),
+        "simple",
+        "type_error:simple",
+    ),
+    (
+        "string refused for int",
+        [ToolCall("geometry.area", {"base": "10", "height": 5.0})],
+        answer(),
+        "simple",
+        "type_error:simple",
+    ),
+    (
+        "bool is not int",
+        [ToolCall("geometry.area", {"base": True, "height": 5.0})],
+        answer(),
+        "simple",
+        "type_error:simple",
+    ),
     ("value accepted", call(), answer(base=[9, 10]), "simple", ""),
-    ("value refused", [ToolCall("geometry.area", {"base": 11, "height": 5.0})], answer(), "simple", "value_error:others"),
+    (
+        "value refused",
+        [ToolCall("geometry.area", {"base": 11, "height": 5.0})],
+        answer(),
+        "simple",
+        "value_error:others",
+    ),
     ("string normalised", call(unit="C.M"), answer(), "simple", ""),
     ("string refused", call(unit="inch"), answer(), "simple", "value_error:string"),
     ("optional absent", call(), answer(), "simple", ""),
@@ -64,14 +103,50 @@ CASES = [
     ("nested list types", call(grid=[[1, 2], [3]]), answer(grid=[[[1, 2], [3]]]), "simple", ""),
     # BFCL then treats the list as a "variable" and reports the value, not the item type.
     ("nested item type wrong", call(tags=["a", 2]), answer(tags=[["a", "2"]]), "simple", "value_error:others"),
-    ("dict accepted", call(options={"round": True, "mode": "Fast"}), answer(options=[{"round": [True], "mode": ["fast"]}]), "simple", ""),
-    ("dict value refused", call(options={"round": False}), answer(options=[{"round": [True], "mode": ["fast", ""]}]), "simple", "value_error:dict_value"),
-    ("dict key unknown", call(options={"speed": 1}), answer(options=[{"round": [True]}]), "simple", "value_error:dict_key"),
+    (
+        "dict accepted",
+        call(options={"round": True, "mode": "Fast"}),
+        answer(options=[{"round": [True], "mode": ["fast"]}]),
+        "simple",
+        "",
+    ),
+    (
+        "dict value refused",
+        call(options={"round": False}),
+        answer(options=[{"round": [True], "mode": ["fast", ""]}]),
+        "simple",
+        "value_error:dict_value",
+    ),
+    (
+        "dict key unknown",
+        call(options={"speed": 1}),
+        answer(options=[{"round": [True]}]),
+        "simple",
+        "value_error:dict_key",
+    ),
     ("list of dicts", call(points=[{"x": 1}, {"x": 2}]), answer(points=[[{"x": [1]}, {"x": [2]}]]), "simple", ""),
-    ("list of dicts count", call(points=[{"x": 1}]), answer(points=[[{"x": [1]}, {"x": [2]}]]), "simple", "value_error:list_dict_count"),
+    (
+        "list of dicts count",
+        call(points=[{"x": 1}]),
+        answer(points=[[{"x": [1]}, {"x": [2]}]]),
+        "simple",
+        "value_error:list_dict_count",
+    ),
     ("one call expected", call() + call(), answer(), "simple", "simple_function_checker:wrong_count"),
-    ("multiple: right choice", [ToolCall("get_weather", {"city": "Oslo"})], [{"get_weather": {"city": ["Oslo"]}}], "multiple", ""),
-    ("multiple: wrong choice", call(), [{"get_weather": {"city": ["Oslo"]}}], "multiple", "simple_function_checker:wrong_func_name"),
+    (
+        "multiple: right choice",
+        [ToolCall("get_weather", {"city": "Oslo"})],
+        [{"get_weather": {"city": ["Oslo"]}}],
+        "multiple",
+        "",
+    ),
+    (
+        "multiple: wrong choice",
+        call(),
+        [{"get_weather": {"city": ["Oslo"]}}],
+        "multiple",
+        "simple_function_checker:wrong_func_name",
+    ),
     (
         "parallel in any order",
         [ToolCall("get_weather", {"city": "Lima"}), ToolCall("get_weather", {"city": "Oslo"})],
@@ -86,9 +161,21 @@ CASES = [
         "parallel",
         "parallel_function_checker_no_order:cannot_find_match",
     ),
-    ("parallel count", [ToolCall("get_weather", {"city": "Lima"})], [{"get_weather": {"city": ["Oslo"]}}, {"get_weather": {"city": ["Lima"]}}], "parallel", "parallel_function_checker_no_order:wrong_count"),
+    (
+        "parallel count",
+        [ToolCall("get_weather", {"city": "Lima"})],
+        [{"get_weather": {"city": ["Oslo"]}}, {"get_weather": {"city": ["Lima"]}}],
+        "parallel",
+        "parallel_function_checker_no_order:wrong_count",
+    ),
     ("irrelevance: no call", [], [], "irrelevance", ""),
-    ("irrelevance: a call", [ToolCall("get_weather", {"city": "Oslo"})], [], "irrelevance", "irrelevance_error:decoder_success"),
+    (
+        "irrelevance: a call",
+        [ToolCall("get_weather", {"city": "Oslo"})],
+        [],
+        "irrelevance",
+        "irrelevance_error:decoder_success",
+    ),
     ("a call needed", [], answer(), "simple", "no_call"),
 ]
 
@@ -112,12 +199,32 @@ def test_standardize_string_matches_bfcl() -> None:
 
 
 def test_concrete_labels_become_possible_answers() -> None:
-    tools = [ToolSpec(function=FunctionSpec(name="f", parameters={"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "o": {"type": "object"}}, "required": ["a"]}))]
+    tools = [
+        ToolSpec(
+            function=FunctionSpec(
+                name="f",
+                parameters={
+                    "type": "object",
+                    "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "o": {"type": "object"}},
+                    "required": ["a"],
+                },
+            )
+        )
+    ]
     label = [ToolCall("f", {"a": 1, "o": {"k": "v"}})]
     assert possible_answer(label, tools) == [{"f": {"a": [1], "o": [{"k": ["v"]}], "b": [""]}}]
 
 
-PYTHON_CATEGORIES = ["simple_python", "multiple", "parallel", "parallel_multiple", "live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"]
+PYTHON_CATEGORIES = [
+    "simple_python",
+    "multiple",
+    "parallel",
+    "parallel_multiple",
+    "live_simple",
+    "live_multiple",
+    "live_parallel",
+    "live_parallel_multiple",
+]
 
 
 @pytest.mark.parametrize("category", PYTHON_CATEGORIES)
@@ -127,7 +234,10 @@ def test_verdicts_identical_to_bfcl_on_bfcl_data(category: str) -> None:
     rng = random.Random(category)
     compared = disagreements = 0
     for sample in import_file(questions, "bfcl", answers).samples:
-        functions = [{"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters} for t in sample.tools]
+        functions = [
+            {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+            for t in sample.tools
+        ]
         predictions = [sample.label] + [noise(sample.label, sample.tools, rng) for noise in PREDICTION_ERRORS.values()]
         for calls in filter(None, predictions):
             ours = check(functions, calls, sample.meta["possible_answer"], category)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from looptool.app.cli import build_parser
-from looptool.loop.settings import load_settings
 from looptool.app.up import SERVICES
+from looptool.loop.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,15 @@ import msgspec
 import pytest
 
 from looptool.data import bfcl_reference
-from looptool.data.formats import FORMATS, decode_samples, encode_samples, export_jsonl, import_file, read_samples, write_samples
+from looptool.data.formats import (
+    FORMATS,
+    decode_samples,
+    encode_samples,
+    export_jsonl,
+    import_file,
+    read_samples,
+    write_samples,
+)
 from looptool.data.formats.bfcl import AST_CATEGORIES, answer_path
 from looptool.data.samples import Sample, ToolCall, sample_id
 from looptool.data.worlds.synthetic import build
@@ -78,7 +86,9 @@ def test_looptool23k_layout() -> None:
 def test_toolace_python_calls_are_parsed_never_evaluated() -> None:
     report = import_file(FIXTURES / "toolace.jsonl", "toolace")
     assert len(report.samples) == 1
-    assert report.samples[0].label == [ToolCall(name="get_stock_prices", arguments={"symbols": ["AAPL", "MSFT"], "limit": -3})]
+    assert report.samples[0].label == [
+        ToolCall(name="get_stock_prices", arguments={"symbols": ["AAPL", "MSFT"], "limit": -3})
+    ]
     errors = located(report)
     assert errors[2].startswith("conversations[1].value: argument is not a literal: __import__('os').system('id')")
     assert errors[3].startswith("conversations[1].value: argument is not a literal: 1 + 2")

@@ -8,19 +8,19 @@ from collections import Counter, defaultdict
 import anyio
 import msgspec
 import pytest
-
 from helpers import count, make_settings, read_all, running, wait_for
-from looptool.kernel.bus import Bus
+
 from looptool.data.checker import check_sample
-from looptool.loop.judging import load_prompt, render_judge_prompt, tally
-from looptool.loop.rules import decide, ungrounded_values, validate_calls
-from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, ProbeResult
-from looptool.data.samples import Message, Sample, ToolCall
-from looptool.loop.settings import ExpanderSettings, JudgeSettings, Settings
-from looptool.llm.client import ModelSettings
 from looptool.data.formats import encode_samples
+from looptool.data.samples import Message, Sample, ToolCall
 from looptool.data.worlds.noise import LABEL_NOISE
 from looptool.data.worlds.synthetic import build
+from looptool.kernel.bus import Bus
+from looptool.llm.client import ModelSettings
+from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, ProbeResult
+from looptool.loop.judging import load_prompt, render_judge_prompt, tally
+from looptool.loop.rules import decide, ungrounded_values, validate_calls
+from looptool.loop.settings import ExpanderSettings, JudgeSettings, Settings
 from looptool.services.expander import service as expander
 from looptool.services.judge import service as judge
 
@@ -77,7 +77,10 @@ def test_rules_details() -> None:
     sample = build(10, 0, seed=1).train[0]
     call = sample.label[0]
     assert validate_calls([ToolCall("nope", {})], sample.tools)[0].kind == "unknown_function"
-    assert validate_calls([ToolCall(call.name, {**call.arguments, "zzz": 1})], sample.tools)[0].kind == "hallucinated_param"
+    assert (
+        validate_calls([ToolCall(call.name, {**call.arguments, "zzz": 1})], sample.tools)[0].kind
+        == "hallucinated_param"
+    )
     assert ungrounded_values([ToolCall(call.name, {"city": "Atlantis"})], sample.messages)[0].param == "city"
     assert decide(sample, list(reversed(sample.label))).verdict == "both_right"
     assert decide(sample, [], parse_error="invalid JSON").verdict == "prediction_wrong"
@@ -109,10 +112,19 @@ def test_sample_text_cannot_steer_the_judge() -> None:
 
 def failed_results(run: str, samples: list[Sample], predictions: list[list[ToolCall]]) -> list[ProbeResult]:
     results = []
-    for sample, prediction in zip(samples, predictions):
+    for sample, prediction in zip(samples, predictions, strict=False):
         verdict = check_sample(sample, prediction)
         results.append(
-            ProbeResult(run=run, sample_id=sample.id, outcome="mastered" if verdict.valid else "failed", ppl=2.0, prediction=prediction, error_type=verdict.error_type or None, error=verdict.error or None, sample=sample)
+            ProbeResult(
+                run=run,
+                sample_id=sample.id,
+                outcome="mastered" if verdict.valid else "failed",
+                ppl=2.0,
+                prediction=prediction,
+                error_type=verdict.error_type or None,
+                error=verdict.error or None,
+                sample=sample,
+            )
         )
     return results
 
@@ -125,15 +137,25 @@ def judge_settings(nats_url: str, vllm_url: str = "http://127.0.0.1:9/v1", **jud
     return settings
 
 
-def run_services(settings: Settings, run: str, events: list, wait_type: type, expected: int, services: tuple = (judge,), replicas: int = 2) -> Bus:
+def run_services(
+    settings: Settings,
+    run: str,
+    events: list,
+    wait_type: type,
+    expected: int,
+    services: tuple = (judge,),
+    replicas: int = 2,
+) -> Bus:
     async def main():
         bus = await Bus.connect(settings.nats)
         async with anyio.create_task_group() as tg:
             stop = anyio.Event()
             for service in services:
+
                 async def serve(service=service):
                     async with running(service, settings, replicas=replicas):
                         await stop.wait()
+
                 tg.start_soon(serve)
             await anyio.sleep(1.0)
             await bus.publish_many(events)
@@ -170,7 +192,7 @@ def test_llm_judge_turns_garbage_into_counted_unclear_verdicts(nats_server, vllm
     samples = [s for s in build(300, 0, seed=12).train if s.category == "parallel"][:6]
     predictions = [s.label[:1] for s in samples]  # valid and grounded, but one call short
     results = failed_results(run_id, samples, predictions)
-    assert all(decide(s, p).verdict is None for s, p in zip(samples, predictions))  # really for the LLM
+    assert all(decide(s, p).verdict is None for s, p in zip(samples, predictions, strict=False))  # really for the LLM
     settings = judge_settings(nats_server.url, vllm_server.base_url, mode="llm", votes=3, quorum=2, reply_retries=1)
     verdicts = run_services(settings, run_id, results, JudgeVerdict, len(samples), replicas=2)[JudgeVerdict]
     assert Counter(v.sample_id for v in verdicts) == Counter(s.id for s in samples)
@@ -187,7 +209,13 @@ def test_a_single_judge_model_can_reach_a_two_of_three_majority(nats_server, vll
     sample = [s for s in build(100, 0, seed=13).train if s.category == "parallel"][0]
     results = failed_results(run_id, [sample], [sample.label[:1]])
     reply = '{"verdict": "prediction_wrong", "analysis": "One call is missing.", "approach": "Make every call."}'
-    settings = judge_settings(nats_server.url, vllm_server.base_url, mode="llm", extra_body={"structured_outputs": {"choice": [reply]}}, max_tokens=256)
+    settings = judge_settings(
+        nats_server.url,
+        vllm_server.base_url,
+        mode="llm",
+        extra_body={"structured_outputs": {"choice": [reply]}},
+        max_tokens=256,
+    )
     (verdict,) = run_services(settings, run_id, results, JudgeVerdict, 1, replicas=1)[JudgeVerdict]
     assert verdict.votes == ["prediction_wrong"] * 3 and verdict.llm_calls == 3
     assert verdict.verdict == "prediction_wrong" and verdict.action == "label_ok"
@@ -197,7 +225,16 @@ def test_a_single_judge_model_can_reach_a_two_of_three_majority(nats_server, vll
 def verdict_events(run: str, n: int, seed: int) -> tuple[list[Sample], list[JudgeVerdict]]:
     samples = [s for s in build(n * 3, 0, seed=seed).train if s.label][:n]
     verdicts = [
-        JudgeVerdict(run=run, sample_id=s.id, verdict="prediction_wrong", action="label_ok", analysis="missed a call", approach="call it", sample=s, prediction=[])
+        JudgeVerdict(
+            run=run,
+            sample_id=s.id,
+            verdict="prediction_wrong",
+            action="label_ok",
+            analysis="missed a call",
+            approach="call it",
+            sample=s,
+            prediction=[],
+        )
         for s in samples
     ]
     return samples, verdicts
@@ -233,7 +270,9 @@ def test_llm_expansion_of_garbage_is_counted_and_rejected(nats_server, vllm_serv
     seeds, verdicts = verdict_events(run_id, 3, seed=15)
     settings = judge_settings(nats_server.url, vllm_server.base_url)
     settings.expander = ExpanderSettings(mode="llm", k=2, retries=1, max_tokens=24)
-    results = run_services(settings, run_id, verdicts, ExpandResult, len(seeds), services=(expander,), replicas=1)[ExpandResult]
+    results = run_services(settings, run_id, verdicts, ExpandResult, len(seeds), services=(expander,), replicas=1)[
+        ExpandResult
+    ]
     assert Counter(r.seed_id for r in results) == Counter(s.id for s in seeds)
     for result in results:
         assert result.samples == []

@@ -14,17 +14,26 @@ import anyio
 import msgspec
 import pytest
 
-from looptool.kernel.bus import Bus
-from looptool.data.formats import decode_samples
-from looptool.loop.ledger import OUTCOMES, RunLedger
 from looptool.app.report import write_report
-from looptool.loop.runconfig import RunConfig
 from looptool.app.runs import fold_run, submit_run
-from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RunFinished, TrainProgress
-from looptool.kernel.settings import NatsSettings
-from looptool.kernel import names
 from looptool.app.up import Topology
+from looptool.data.formats import decode_samples
 from looptool.data.worlds.synthetic import build, write
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.kernel.settings import NatsSettings
+from looptool.loop.events import (
+    DatasetReady,
+    ExpandResult,
+    JudgeVerdict,
+    ModelReady,
+    ProbeResult,
+    ProbeTask,
+    RunFinished,
+    TrainProgress,
+)
+from looptool.loop.ledger import OUTCOMES, RunLedger
+from looptool.loop.runconfig import RunConfig
 
 ROUNDS = 2
 
@@ -37,7 +46,12 @@ def loop_vllm(tiny_model, tmp_path_factory):
     sample of 200 in a CI run) — and the fault test compares two runs sample for sample."""
     from looptool.llm.vllm_server import VllmServer
 
-    server = VllmServer(tiny_model, served_name="policy", log_file=tmp_path_factory.mktemp("loop-vllm") / "vllm.log", extra_args=["--max-num-seqs", "1", "--no-enable-prefix-caching"])
+    server = VllmServer(
+        tiny_model,
+        served_name="policy",
+        log_file=tmp_path_factory.mktemp("loop-vllm") / "vllm.log",
+        extra_args=["--max-num-seqs", "1", "--no-enable-prefix-caching"],
+    )
     server.start()
     yield server
     server.stop()
@@ -74,7 +88,14 @@ def service_env(vllm_url: str, model_dir: Path, world: dict[str, Path], artifact
     }
 
 
-def run_loop(nats_url: str, env: dict[str, str], workdir: Path, run: str, seed_path: Path, faults: list[tuple[type, int, str]] | None = None) -> RunLedger:
+def run_loop(
+    nats_url: str,
+    env: dict[str, str],
+    workdir: Path,
+    run: str,
+    seed_path: Path,
+    faults: list[tuple[type, int, str]] | None = None,
+) -> RunLedger:
     """Run a whole loop; ``faults``: (event type, round, service) — on the first such event,
     SIGKILL that service's replica after a seeded random delay and start it again."""
     config = RunConfig(run=run, seed_path=str(seed_path), rounds=ROUNDS, wait_for_eval=True, seed=3)
@@ -145,14 +166,27 @@ def test_full_flow_and_a_balanced_ledger(undisturbed, nats_server) -> None:
             await bus.close()
 
     kinds, (dataset1, samples) = anyio.run(flow)
-    order = ["RunRequested", "DatasetReady", "TrainProgress", "ModelReady", "ProbeTask", "ProbeResult", "JudgeVerdict", "ExpandResult", "EvalCompleted", "RunFinished"]
+    order = [
+        "RunRequested",
+        "DatasetReady",
+        "TrainProgress",
+        "ModelReady",
+        "ProbeTask",
+        "ProbeResult",
+        "JudgeVerdict",
+        "ExpandResult",
+        "EvalCompleted",
+        "RunFinished",
+    ]
     assert set(order) <= set(kinds)
     assert kinds[0] == "RunRequested" and kinds[-1] == "RunFinished"
     assert kinds.index("ModelReady") < kinds.index("ProbeResult") < kinds.index("JudgeVerdict")
 
     # Dataset r+1's composition is what the ledger says round r produced.
     r0 = ledger.rounds[0].composition(_cut())
-    assert {k: dataset1.composition[k] for k in ("kept", "hard", "corrected", "dropped", "discarded")} == {k: r0[k] for k in ("kept", "hard", "corrected", "dropped", "discarded")}
+    assert {k: dataset1.composition[k] for k in ("kept", "hard", "corrected", "dropped", "discarded")} == {
+        k: r0[k] for k in ("kept", "hard", "corrected", "dropped", "discarded")
+    }
     assert dataset1.size == len(samples) == r0["kept"] + r0["hard"] + r0["corrected"] + dataset1.composition["expanded"]
     origins = [s.lineage.origin for s in samples]
     assert origins.count("expansion") == dataset1.composition["expanded"]
@@ -171,7 +205,9 @@ def _cut():
     return PplCut()
 
 
-def test_killing_each_service_in_turn_changes_no_totals(undisturbed, nats_server, loop_vllm, tiny_model, world, tmp_path) -> None:
+def test_killing_each_service_in_turn_changes_no_totals(
+    undisturbed, nats_server, loop_vllm, tiny_model, world, tmp_path
+) -> None:
     calm, _ = undisturbed
     env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
     faults = [

@@ -7,19 +7,18 @@ from collections import Counter
 import anyio
 import pytest
 import torch
+from helpers import count, make_settings, read_all, running, wait_for
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from helpers import count, make_settings, read_all, running, wait_for
-from looptool.kernel.bus import Bus
 from looptool.data.checker import check_sample
 from looptool.data.formats import encode_samples
 from looptool.data.formats.openai import export_row
-from looptool.llm.client import ModelClient, perplexity
-from looptool.loop.events import ModelReady, ProbeResult
 from looptool.data.samples import Sample
-from looptool.llm.client import ModelSettings
-from looptool.loop.settings import ProbeSettings, Settings
 from looptool.data.worlds.synthetic import build
+from looptool.kernel.bus import Bus
+from looptool.llm.client import ModelClient, ModelSettings, perplexity
+from looptool.loop.events import ModelReady, ProbeResult
+from looptool.loop.settings import ProbeSettings, Settings
 from looptool.services.probe import service as probe
 
 # vLLM's CPU kernels and transformers' eager float32 agree to ~1e-5 on this model; 1e-3
@@ -85,10 +84,12 @@ class LocalScorer:
     def label_ppl(self, sample: Sample) -> float:
         row = export_row(sample)
         tools = row["tools"] or None
-        prompt = self.tokenizer.apply_chat_template(row["messages"][:-1], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False)
+        prompt = self.tokenizer.apply_chat_template(
+            row["messages"][:-1], tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         full = self.tokenizer.apply_chat_template(row["messages"], tools=tools, tokenize=True, return_dict=False)
         end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        label = full[len(prompt):]
+        label = full[len(prompt) :]
         label = label[: label.index(end_of_turn) + 1]
         return perplexity(self.logprobs(prompt, label))
 
@@ -116,7 +117,7 @@ def test_probe_round_on_two_replicas_output_ppl(nats_server, vllm_server, run_id
         finally:
             await client.close()
 
-    for sample, prediction in zip(samples[:6], anyio.run(predictions)):
+    for sample, prediction in zip(samples[:6], anyio.run(predictions), strict=False):
         assert prediction.token_ids and prediction.prompt_token_ids
         local = perplexity(scorer.logprobs(prediction.prompt_token_ids, prediction.token_ids))
         assert by_id[sample.id].ppl == pytest.approx(local, rel=PPL_TOLERANCE)

@@ -8,16 +8,15 @@ import sys
 from pathlib import Path
 
 import anyio
-import msgspec
 import pytest
-
 from helpers import make_settings, read_all
-from looptool.kernel.bus import Bus
-from looptool.data.formats import decode_samples, write_samples
-from looptool.loop.runconfig import RunConfig, RunConfigError, load_run_config
+
 from looptool.app.runs import submit_run
-from looptool.loop.events import RunRequested
+from looptool.data.formats import decode_samples, write_samples
 from looptool.data.worlds.synthetic import build
+from looptool.kernel.bus import Bus
+from looptool.loop.events import RunRequested
+from looptool.loop.runconfig import RunConfig, RunConfigError, load_run_config
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 
@@ -37,7 +36,9 @@ def test_run_config_errors_name_the_file_and_the_problem(tmp_path: Path) -> None
 def test_relative_seed_paths_are_relative_to_the_config(tmp_path: Path) -> None:
     path = tmp_path / "conf" / "run.toml"
     path.parent.mkdir()
-    path.write_text('[run]\nrun = "r1"\nseed_path = "../data/seed.jsonl"\nrounds = 2\nppl_cut = { mode = "threshold", value = 3.5 }\n')
+    path.write_text(
+        '[run]\nrun = "r1"\nseed_path = "../data/seed.jsonl"\nrounds = 2\nppl_cut = { mode = "threshold", value = 3.5 }\n'
+    )
     config = load_run_config(path)
     assert config.seed_path == str((tmp_path / "data" / "seed.jsonl").resolve())
     assert config.ppl_cut.mode == "threshold" and config.ppl_cut.value == 3.5
@@ -66,7 +67,10 @@ def test_seed_data_with_bad_rows_is_refused_with_their_place(nats_server, tmp_pa
     run.write_text(f'[run]\nrun = "badseed"\nseed_path = "{FIXTURES / "xlam.jsonl"}"\nseed_format = "xlam"\n')
     result = subprocess.run(
         [sys.executable, "-m", "looptool", "run", str(run), "--detach"],
-        env={**os.environ, "LOOPTOOL_NATS__URL": nats_server.url}, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "LOOPTOOL_NATS__URL": nats_server.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert f"{FIXTURES / 'xlam.jsonl'}: 4 rows: 1 imported, 3 rejected" in result.stderr

@@ -11,22 +11,26 @@ from pathlib import Path
 
 import anyio
 import msgspec
-
 import toy_service
+from helpers import make_settings, read_all, wait_for
+
+from looptool.data.samples import Message, Sample
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
-from looptool.kernel.runtime import run_service
 from looptool.kernel.events import DeadLetter, ServiceError
+from looptool.kernel.runtime import run_service
 from looptool.loop.events import ExpandResult, ProbeResult, ProbeTask
-from looptool.data.samples import Message, Sample
-from helpers import make_settings, read_all, wait_for
 
 TESTS = Path(__file__).resolve().parent
 
 
 def tasks(run: str, n: int, **meta: object) -> list[ProbeTask]:
     return [
-        ProbeTask(run=run, sample=Sample(id=f"s-{i:05d}", tools=[], messages=[Message(role="user", content=str(i))], meta=dict(meta)), model="m")
+        ProbeTask(
+            run=run,
+            sample=Sample(id=f"s-{i:05d}", tools=[], messages=[Message(role="user", content=str(i))], meta=dict(meta)),
+            model="m",
+        )
         for i in range(n)
     ]
 
@@ -41,7 +45,11 @@ def test_two_replicas_share_the_work_exactly_once(settings, run_id: str) -> None
         async with anyio.create_task_group() as tg:
             for replica in ("a", "b"):
                 ready = anyio.Event()
-                tg.start_soon(lambda r=replica, e=ready: run_service(toy_service.echo, settings, replica=r, stop=stop, ready=e, handle_signals=False))
+                tg.start_soon(
+                    lambda r=replica, e=ready: run_service(
+                        toy_service.echo, settings, replica=r, stop=stop, ready=e, handle_signals=False
+                    )
+                )
                 await ready.wait()
             await bus.publish_many(tasks(run_id, n))
             await wait_for(lambda: _count(len(toy_service.handled) >= n))
@@ -73,13 +81,21 @@ def test_failing_message_is_retried_then_dead_lettered_and_listed(settings, run_
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             ready = anyio.Event()
-            tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False))
+            tg.start_soon(
+                lambda: run_service(
+                    toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False
+                )
+            )
             await ready.wait()
             await bus.publish_many([*good[:10], bad, *good[10:]])
             await wait_for(lambda: _has(bus, run_id, DeadLetter))
             await wait_for(lambda: _count(len(toy_service.handled) >= 20))
             stop.set()
-        out = (await read_all(bus, run_id, DeadLetter), await read_all(bus, run_id, ServiceError), await read_all(bus, run_id, ProbeResult))
+        out = (
+            await read_all(bus, run_id, DeadLetter),
+            await read_all(bus, run_id, ServiceError),
+            await read_all(bus, run_id, ProbeResult),
+        )
         await bus.close()
         return out
 
@@ -109,7 +125,11 @@ def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> 
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             ready = anyio.Event()
-            tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False))
+            tg.start_soon(
+                lambda: run_service(
+                    toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False
+                )
+            )
             await ready.wait()
             await bus.publish_raw(names.for_type(ProbeTask, run_id), b"{not json")
             await bus.publish_many(tasks(run_id, 3))
@@ -134,7 +154,17 @@ def test_dead_letters_can_be_replayed(settings, run_id: str) -> None:
     async def main() -> None:
         bus = await Bus.connect(settings.nats)
         original = tasks(run_id, 1)[0]
-        await bus.publish(DeadLetter(run=run_id, service="echo", subject=names.for_event(original), stream_seq=1, num_delivered=3, error="x", data=msgspec.json.encode(original)))
+        await bus.publish(
+            DeadLetter(
+                run=run_id,
+                service="echo",
+                subject=names.for_event(original),
+                stream_seq=1,
+                num_delivered=3,
+                error="x",
+                data=msgspec.json.encode(original),
+            )
+        )
         await bus.close()
 
     anyio.run(main)
@@ -153,13 +183,17 @@ def test_dead_letters_can_be_replayed(settings, run_id: str) -> None:
 
 def _serve(env: dict[str, str], replica: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "looptool", "serve", "toy_service:echo", "--replica", replica], env=env, stderr=open(log, "wb")
+        [sys.executable, "-m", "looptool", "serve", "toy_service:echo", "--replica", replica],
+        env=env,
+        stderr=open(log, "wb"),
     )
 
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LOOPTOOL_NATS__URL": settings.nats.url}
-    return subprocess.run([sys.executable, "-m", "looptool", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "looptool", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 async def _consumer_info(bus: Bus):
@@ -224,7 +258,11 @@ def test_service_survives_a_nats_restart(own_nats, run_id: str) -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             ready = anyio.Event()
-            tg.start_soon(lambda: run_service(toy_service.echo, settings, replica="r", stop=stop, ready=ready, handle_signals=False))
+            tg.start_soon(
+                lambda: run_service(
+                    toy_service.echo, settings, replica="r", stop=stop, ready=ready, handle_signals=False
+                )
+            )
             await ready.wait()
             bus = await Bus.connect(settings.nats)
             await bus.publish_many(tasks(run_id, 50)[:25])
@@ -253,7 +291,7 @@ def test_oversized_events_travel_by_claim_check(settings, run_id: str) -> None:
         event = ExpandResult(run=run_id, seed_id="s-seed", samples=[big])
         await bus.publish(event)
         stored = []
-        async for msg, item in bus.read(names.run_filter(run_id)):
+        async for msg, _item in bus.read(names.run_filter(run_id)):
             stored.append(len(msg.data))
         got = await read_all(bus, run_id, ExpandResult)
         limit = bus.max_payload

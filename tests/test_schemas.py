@@ -7,11 +7,33 @@ import msgspec
 import pytest
 
 from looptool.app import schema_files
+from looptool.data.samples import FunctionSpec, Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
-from looptool.loop.events import EVENT_TYPES, DatasetReady, EvalCompleted, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, ProbeTask, RoundStalled, RunFinished, RunRequested, TrainProgress
-from looptool.kernel.events import ArtifactRef, DeadLetter, Event, ServiceError, ServiceHeartbeat, decode_event, encode_event, event_tag
-from looptool.data.samples import FunctionSpec, Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from looptool.kernel.events import (
+    ArtifactRef,
+    DeadLetter,
+    Event,
+    ServiceError,
+    ServiceHeartbeat,
+    decode_event,
+    encode_event,
+    event_tag,
+)
+from looptool.loop.events import (
+    EVENT_TYPES,
+    DatasetReady,
+    EvalCompleted,
+    ExpandResult,
+    JudgeVerdict,
+    ModelReady,
+    ProbeResult,
+    ProbeTask,
+    RoundStalled,
+    RunFinished,
+    RunRequested,
+    TrainProgress,
+)
 from looptool.loop.runconfig import PplCut, RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,16 +70,45 @@ def one_of_each(run: str) -> list[Event]:
         DatasetReady(run=run, round=1, dataset=ref, size=10, composition={"hard": 3}),
         ModelReady(run=run, round=1, model="m-r1", adapter=ref, base_model="tiny"),
         ProbeTask(run=run, round=1, sample=sample, model="m-r1"),
-        ProbeResult(run=run, round=1, sample_id=sample.id, outcome="failed", ppl=3.5, prediction=[call], error_type="parse", error="x"),
-        JudgeVerdict(run=run, round=1, sample_id=sample.id, verdict="label_wrong", action="label_fixed", corrected_label=[call], votes=["label_wrong"]),
+        ProbeResult(
+            run=run,
+            round=1,
+            sample_id=sample.id,
+            outcome="failed",
+            ppl=3.5,
+            prediction=[call],
+            error_type="parse",
+            error="x",
+        ),
+        JudgeVerdict(
+            run=run,
+            round=1,
+            sample_id=sample.id,
+            verdict="label_wrong",
+            action="label_fixed",
+            corrected_label=[call],
+            votes=["label_wrong"],
+        ),
         ExpandResult(run=run, round=1, seed_id=sample.id, samples=[sample], rejected={"duplicate": 2}),
         TrainProgress(run=run, round=1, step=5, total_steps=25, loss=6.5, epoch=0.2, learning_rate=1e-3),
         EvalCompleted(run=run, round=1, model="m-r1", metrics={"overall": 0.5}, n_items=20, details=ref),
         RunFinished(run=run, round=3, reason="max rounds"),
-        RoundStalled(run=run, round=1, waiting={"judge": 2}, samples={"judge": ["s-1", "s-2"]}, idle_seconds=600.0, progress=41),
+        RoundStalled(
+            run=run, round=1, waiting={"judge": 2}, samples={"judge": ["s-1", "s-2"]}, idle_seconds=600.0, progress=41
+        ),
         ServiceHeartbeat(run=run, service="probe", replica="a", in_flight=2),
         ServiceError(run=run, service="probe", replica="a", error="boom", sample_id="s-1"),
-        DeadLetter(run=run, service="probe", subject="looptool.x.probe.task", stream_seq=7, num_delivered=3, error="e", data=b"\x00\xffraw", stage="probe.task", sample_id="s-1"),
+        DeadLetter(
+            run=run,
+            service="probe",
+            subject="looptool.x.probe.task",
+            stream_seq=7,
+            num_delivered=3,
+            error="e",
+            data=b"\x00\xffraw",
+            stage="probe.task",
+            sample_id="s-1",
+        ),
     ]
     return events
 

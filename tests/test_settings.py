@@ -14,7 +14,9 @@ from looptool.loop.settings import load_settings
 def test_defaults_file_and_env_layer_in_that_order(tmp_path: Path) -> None:
     config = tmp_path / "looptool.toml"
     config.write_text('[nats]\nurl = "nats://file:4222"\n[runtime]\nconcurrency = 3\nmax_deliver = 9\n')
-    settings = load_settings(config, environ={"LOOPTOOL_RUNTIME__MAX_DELIVER": "7", "LOOPTOOL_RUNTIME__BACKOFF": "[1, 2.5]"})
+    settings = load_settings(
+        config, environ={"LOOPTOOL_RUNTIME__MAX_DELIVER": "7", "LOOPTOOL_RUNTIME__BACKOFF": "[1, 2.5]"}
+    )
     assert settings.nats.url == "nats://file:4222"
     assert settings.runtime.concurrency == 3
     assert settings.runtime.max_deliver == 7  # env wins over the file
@@ -31,10 +33,13 @@ def test_config_path_may_come_from_the_environment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("environ", "expected"),
     [
-        ({"LOOPTOOL_RUNTIME__MAX_DELIVER": "many"}, r"LOOPTOOL_RUNTIME__MAX_DELIVER: bad setting runtime\.max_deliver: Expected `int`"),
+        (
+            {"LOOPTOOL_RUNTIME__MAX_DELIVER": "many"},
+            r"LOOPTOOL_RUNTIME__MAX_DELIVER: bad setting runtime\.max_deliver: Expected `int`",
+        ),
         ({"LOOPTOOL_NATS__URLL": "x"}, r"LOOPTOOL_NATS__URLL: bad setting nats\.urll: .*unknown field"),
         ({"LOOPTOOL_LOG__LEVEL": "loud"}, r"LOOPTOOL_LOG__LEVEL: bad setting log\.level: Invalid enum value 'loud'"),
-        ({"LOOPTOOL_RUNTIME__BACKOFF": "[1, \"x\"]"}, r"LOOPTOOL_RUNTIME__BACKOFF: bad setting runtime\.backoff\[1\]"),
+        ({"LOOPTOOL_RUNTIME__BACKOFF": '[1, "x"]'}, r"LOOPTOOL_RUNTIME__BACKOFF: bad setting runtime\.backoff\[1\]"),
     ],
 )
 def test_bad_environment_values_name_the_variable(environ: dict[str, str], expected: str) -> None:

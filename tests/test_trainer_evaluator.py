@@ -10,25 +10,28 @@ from pathlib import Path
 
 import anyio
 import msgspec
-
 from helpers import count, make_settings, read_all, running, wait_for
-from looptool.kernel.bus import Bus
+
 from looptool.data.formats import encode_samples
-from looptool.llm.client import ModelClient
+from looptool.data.worlds.synthetic import build, write
+from looptool.kernel.bus import Bus
+from looptool.kernel.names import adapter_dir
+from looptool.llm.client import ModelClient, ModelSettings
 from looptool.loop.events import DatasetReady, EvalCompleted, ModelReady, TrainProgress
 from looptool.loop.settings import EvaluatorSettings, Settings, TrainerSettings
-from looptool.llm.client import ModelSettings
 from looptool.loop.training import train_round
-from looptool.data.worlds.synthetic import build, write
 from looptool.services.evaluator import service as evaluator
-from looptool.kernel.names import adapter_dir
 from looptool.services.trainer import service as trainer
 
 
-def loop_settings(nats_url: str, vllm_url: str, model_dir: Path, artifacts: Path, eval_sets: list[str], **trainer_options) -> Settings:
+def loop_settings(
+    nats_url: str, vllm_url: str, model_dir: Path, artifacts: Path, eval_sets: list[str], **trainer_options
+) -> Settings:
     settings = make_settings(nats_url, concurrency=4, ack_wait=10.0)
     settings.model = ModelSettings(base_url=vllm_url, model="policy", unavailable_timeout=120)
-    options = dict(base_model=str(model_dir), learning_rate=3e-3, batch_size=8, logging_steps=2, use_cpu=True, max_length=1024)
+    options = dict(
+        base_model=str(model_dir), learning_rate=3e-3, batch_size=8, logging_steps=2, use_cpu=True, max_length=1024
+    )
     options.update(trainer_options)
     settings.trainer = TrainerSettings(**options)
     settings.evaluator = EvaluatorSettings(sets=eval_sets, max_tokens=16)
@@ -93,7 +96,14 @@ async def _at_least(bus, run, event_type, n) -> bool:
 
 def test_grpo_smoke_run_with_the_checker_reward(tiny_model, tmp_path) -> None:
     settings = TrainerSettings(
-        base_model=str(tiny_model), method="grpo", max_steps=2, batch_size=2, grpo_generations=2, grpo_max_completion_length=8, logging_steps=1, use_cpu=True
+        base_model=str(tiny_model),
+        method="grpo",
+        max_steps=2,
+        batch_size=2,
+        grpo_generations=2,
+        grpo_max_completion_length=8,
+        logging_steps=1,
+        use_cpu=True,
     )
     samples = build(8, 0, seed=32).train
     outcome = train_round(samples, settings, tmp_path / "grpo-adapter")
@@ -102,7 +112,9 @@ def test_grpo_smoke_run_with_the_checker_reward(tiny_model, tmp_path) -> None:
     assert not list(tmp_path.glob("grpo-adapter.tmp-*"))
 
 
-def test_killed_trainer_retrains_the_round_and_announces_it_once(nats_server, vllm_server, tiny_model, run_id, tmp_path) -> None:
+def test_killed_trainer_retrains_the_round_and_announces_it_once(
+    nats_server, vllm_server, tiny_model, run_id, tmp_path
+) -> None:
     artifacts = tmp_path / "artifacts"
     env = {
         **os.environ,
@@ -119,7 +131,11 @@ def test_killed_trainer_retrains_the_round_and_announces_it_once(nats_server, vl
     samples = build(160, 0, seed=33).train
 
     def serve(name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "looptool", "serve", "trainer", "--replica", name], env=env, stderr=open(tmp_path / f"{name}.log", "wb"))
+        return subprocess.Popen(
+            [sys.executable, "-m", "looptool", "serve", "trainer", "--replica", name],
+            env=env,
+            stderr=open(tmp_path / f"{name}.log", "wb"),
+        )
 
     async def main():
         bus = await Bus.connect(make_settings(nats_server.url).nats)

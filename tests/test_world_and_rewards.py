@@ -14,10 +14,10 @@ import msgspec
 from looptool.data.checker import check_sample
 from looptool.data.formats import import_file, read_samples
 from looptool.data.formats.bfcl import answer_path
-from looptool.loop.rewards import correctness_reward, format_reward, grpo_row
 from looptool.data.samples import ToolCall
 from looptool.data.worlds.noise import LABEL_NOISE
 from looptool.data.worlds.synthetic import CATEGORIES, World, build, write
+from looptool.loop.rewards import correctness_reward, format_reward, grpo_row
 
 
 def test_world_is_seeded_and_covers_every_category() -> None:
@@ -91,10 +91,16 @@ def test_grpo_rewards_with_trl_calling_convention() -> None:
     sample = next(s for s in build(50, 0, seed=1).train if s.category == "parallel")
     row = grpo_row(sample)
     right = "\n".join(
-        f'<tool_call>{msgspec.json.encode({"name": c.name, "arguments": c.arguments}).decode()}</tool_call>' for c in reversed(sample.label)
+        f"<tool_call>{msgspec.json.encode({'name': c.name, 'arguments': c.arguments}).decode()}</tool_call>"
+        for c in reversed(sample.label)
     )
     wrong = right.replace(sample.label[0].name, "nope")
-    completions = [[{"role": "assistant", "content": right}], [{"role": "assistant", "content": wrong}], [{"role": "assistant", "content": "<tool_call>{oops"}], [{"role": "assistant", "content": "no call"}]]
+    completions = [
+        [{"role": "assistant", "content": right}],
+        [{"role": "assistant", "content": wrong}],
+        [{"role": "assistant", "content": "<tool_call>{oops"}],
+        [{"role": "assistant", "content": "no call"}],
+    ]
     columns = {key: [row[key]] * 4 for key in ("tools", "answer", "category")}
     prompts = [row["prompt"]] * 4
     assert correctness_reward(prompts=prompts, completions=completions, **columns) == [1.0, 0.0, 0.0, 0.0]
@@ -121,12 +127,20 @@ def test_score_command_prints_items_and_a_table(tmp_path: Path) -> None:
         elif index == 1:
             continue  # no prediction at all
         else:
-            lines.append({"id": sample.meta["bfcl_id"], "calls": [{"name": c.name, "arguments": c.arguments} for c in sample.label]})
+            lines.append(
+                {
+                    "id": sample.meta["bfcl_id"],
+                    "calls": [{"name": c.name, "arguments": c.arguments} for c in sample.label],
+                }
+            )
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_bytes(b"\n".join(msgspec.json.encode(line) for line in lines))
     result = subprocess.run(
         [sys.executable, "-m", "looptool", "score", "--questions", str(questions), "--predictions", str(predictions)],
-        capture_output=True, text=True, env={**os.environ, "COLUMNS": "120"}, timeout=60,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     items = [msgspec.json.decode(line) for line in result.stdout.splitlines()]
@@ -141,6 +155,11 @@ def test_score_command_names_a_bad_prediction_line(tmp_path: Path) -> None:
     paths = write(build(0, 20, seed=11), tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "simple_0", "calls": []}\n{"id": 7}\n')
-    result = subprocess.run([sys.executable, "-m", "looptool", "score", "--questions", str(paths["simple"]), "--predictions", str(bad)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "looptool", "score", "--questions", str(paths["simple"]), "--predictions", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert f"{bad}:2: id: expected a string id" in result.stderr

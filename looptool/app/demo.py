@@ -13,16 +13,15 @@ from pathlib import Path
 import anyio
 from rich.console import Console
 
-from looptool.kernel.bus import Bus
-from looptool.loop.runconfig import PplCut
 from looptool.app.report import write_report
-from looptool.loop.runconfig import RunConfig
 from looptool.app.runs import fold_run, submit_run
-from looptool.kernel.settings import NatsSettings
-from looptool.llm.tiny_model import build_tiny_model
 from looptool.app.up import Topology
 from looptool.app.watch import watch
 from looptool.data.worlds.synthetic import build, write
+from looptool.kernel.bus import Bus
+from looptool.kernel.settings import NatsSettings
+from looptool.llm.tiny_model import build_tiny_model
+from looptool.loop.runconfig import PplCut, RunConfig
 
 
 def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: float = 3.0) -> dict[str, str]:
@@ -58,15 +57,40 @@ def prepare(workdir: Path, train: int, test: int, pool: int, noise: float, seed:
     return world["train"], model_dir, [str(p) for name, p in world.items() if name != "train"]
 
 
-def run_demo(workdir: str | Path = ".looptool/demo", rounds: int = 3, train: int = 200, test: int = 60, noise: float = 0.15, seed: int = 0, run: str | None = None) -> Path:
+def run_demo(
+    workdir: str | Path = ".looptool/demo",
+    rounds: int = 3,
+    train: int = 200,
+    test: int = 60,
+    noise: float = 0.15,
+    seed: int = 0,
+    run: str | None = None,
+) -> Path:
     workdir = Path(workdir).resolve()
     console = Console(stderr=True)
     started = time.monotonic()
-    console.print(f"[bold]LoopTool demo[/] in {workdir}: {rounds} rounds, {train} samples a round, label noise {noise:.0%}")
+    console.print(
+        f"[bold]LoopTool demo[/] in {workdir}: {rounds} rounds, {train} samples a round, label noise {noise:.0%}"
+    )
     seed_data, model_dir, test_sets = prepare(workdir, train, test, pool=train * (rounds + 1), noise=noise, seed=seed)
     run = run or f"demo-{int(time.time())}"
-    config = RunConfig(run=run, seed_path=str(seed_data), rounds=rounds, initial_size=train, round_size=train, ppl_cut=PplCut("percentile", 50), wait_for_eval=True, seed=seed)
-    with Topology(workdir / "topology", model_dir=model_dir, env=demo_env(model_dir, test_sets, workdir / "artifacts"), max_loras=rounds + 1, quiet=True) as topology:
+    config = RunConfig(
+        run=run,
+        seed_path=str(seed_data),
+        rounds=rounds,
+        initial_size=train,
+        round_size=train,
+        ppl_cut=PplCut("percentile", 50),
+        wait_for_eval=True,
+        seed=seed,
+    )
+    with Topology(
+        workdir / "topology",
+        model_dir=model_dir,
+        env=demo_env(model_dir, test_sets, workdir / "artifacts"),
+        max_loras=rounds + 1,
+        quiet=True,
+    ) as topology:
 
         async def go() -> Path:
             bus = await Bus.connect(NatsSettings(url=topology.nats_url or ""))

@@ -6,15 +6,17 @@ import base64
 import html
 import io
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
-from looptool.loop.ledger import OUTCOMES, RunLedger
 from looptool.app.watch import _cut
+from looptool.loop.ledger import OUTCOMES, RunLedger
 
 CATEGORY_ORDER = ("overall", "simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 
@@ -29,12 +31,16 @@ def _png(figure: plt.Figure) -> bytes:
 def eval_chart(ledger: RunLedger) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 4))
     rounds = sorted(r for r in ledger.rounds if ledger.overall(r) is not None)
-    categories = [c for c in CATEGORY_ORDER if any(c in ledger.rounds[r].evals[ledger.rounds[r].model.model].metrics for r in rounds)]
+    categories = [c for c in CATEGORY_ORDER if any(c in ledger.policy_metrics(r) for r in rounds)]
     for category in categories:
-        values = [ledger.rounds[r].evals[ledger.rounds[r].model.model].metrics.get(category) for r in rounds]
+        values = [ledger.policy_metrics(r).get(category) for r in rounds]
         axis.plot(rounds, values, marker="o", linewidth=2.5 if category == "overall" else 1.2, label=category)
     first = ledger.rounds.get(0)
-    base = next((e for name, e in first.evals.items() if name != first.model.model), None) if first and first.model else None
+    base = (
+        next((e for name, e in first.evals.items() if name != first.model.model), None)
+        if first and first.model
+        else None
+    )
     if base is not None:
         axis.axhline(base.metrics.get("overall", 0), color="grey", linestyle="--", label="base model overall")
     axis.set_xlabel("round")
@@ -47,14 +53,14 @@ def eval_chart(ledger: RunLedger) -> bytes:
     return _png(figure)
 
 
-def _stacked(title: str, rows: dict[int, dict[str, int]], keys: list[str]) -> bytes:
+def _stacked(title: str, rows: Mapping[int, Mapping[Any, int]], keys: list[str]) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 3.6))
     rounds = sorted(rows)
     bottom = [0] * len(rounds)
     for key in keys:
         values = [rows[r].get(key, 0) for r in rounds]
         axis.bar([str(r) for r in rounds], values, bottom=bottom, label=key)
-        bottom = [b + v for b, v in zip(bottom, values)]
+        bottom = [b + v for b, v in zip(bottom, values, strict=False)]
     axis.set_xlabel("round")
     axis.set_title(title)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1, 1))
@@ -92,7 +98,11 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
     main_chart = eval_chart(ledger)
     (out / "report.png").write_bytes(main_chart)
 
-    composition = {r: rl.composition(cut) | {"fresh": rl.dataset.composition.get("fresh", 0) if rl.dataset else 0} for r, rl in ledger.rounds.items() if rl.probes}
+    composition = {
+        r: rl.composition(cut) | {"fresh": rl.dataset.composition.get("fresh", 0) if rl.dataset else 0}
+        for r, rl in ledger.rounds.items()
+        if rl.probes
+    }
     verdicts = {r: dict(Counter(v.verdict for v in rl.verdicts.values())) for r, rl in ledger.rounds.items()}
     tiers = {r: dict(Counter(v.tier for v in rl.verdicts.values())) for r, rl in ledger.rounds.items()}
     votes = 3
@@ -102,7 +112,9 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
     eval_rows = []
     for r in sorted(ledger.rounds):
         for name, result in sorted(ledger.rounds[r].evals.items()):
-            eval_rows.append([r, name, result.n_items, *(f"{result.metrics.get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)])
+            eval_rows.append(
+                [r, name, result.n_items, *(f"{result.metrics.get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)]
+            )
     sections = [
         f"<h1>LoopTool run <code>{html.escape(ledger.run)}</code></h1>",
         f"<p>Status: <b>{html.escape(ledger.finished.reason if ledger.finished else 'running')}</b> · service errors {ledger.errors} · dead letters {ledger.dead_letters}</p>",
@@ -112,14 +124,27 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
         "<h2>Data composition per round</h2>",
         "<p>What became of each round's samples (kept: mastered above the perplexity cut, or both right; dropped: mastered below it; hard: the policy was wrong; corrected: the label was; discarded: both wrong), the expansions grown from the verified failures, and fresh seed data added to the next round.</p>",
         _img(_stacked("samples per outcome", composition, [*OUTCOMES, "expanded", "fresh"]), "composition"),
-        _table(["round", *OUTCOMES, "expanded", "fresh"], [[r, *(c.get(k, 0) for k in (*OUTCOMES, "expanded", "fresh"))] for r, c in sorted(composition.items())]),
+        _table(
+            ["round", *OUTCOMES, "expanded", "fresh"],
+            [[r, *(c.get(k, 0) for k in (*OUTCOMES, "expanded", "fresh"))] for r, c in sorted(composition.items())],
+        ),
         "<h2>Judge decisions</h2>",
-        _img(_stacked("verdicts per round", verdicts, ["prediction_wrong", "label_wrong", "both_right", "both_wrong", "unclear"]), "verdicts"),
+        _img(
+            _stacked(
+                "verdicts per round",
+                verdicts,
+                ["prediction_wrong", "label_wrong", "both_right", "both_wrong", "unclear"],
+            ),
+            "verdicts",
+        ),
         "<h2>Rules tier vs LLM judge</h2>",
         f"<p>Verdicts settled without an LLM (exact match or rules) save about {votes} judge calls each at the default vote count.</p>",
         _table(
             ["round", "match", "rules", "llm", "LLM calls made", f"LLM calls saved (≈{votes}/verdict)"],
-            [[r, t.get("match", 0), t.get("rules", 0), t.get("llm", 0), llm_calls[r], saved[r] * votes] for r, t in sorted(tiers.items())],
+            [
+                [r, t.get("match", 0), t.get("rules", 0), t.get("llm", 0), llm_calls[r], saved[r] * votes]
+                for r, t in sorted(tiers.items())
+            ],
         ),
         "<h2>Training loss</h2>",
         _img(_loss_chart(ledger), "loss"),

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from looptool.kernel.bus import Bus
 from looptool.data.formats import encode_samples, import_file, read_samples
+from looptool.kernel import names
+from looptool.kernel.bus import Bus
+from looptool.loop.events import RunRequested
 from looptool.loop.ledger import RunLedger
 from looptool.loop.runconfig import RunConfig, RunConfigError
-from looptool.loop.events import RunRequested
-from looptool.kernel import names
 
 
 async def submit_run(bus: Bus, config: RunConfig, *, resume: bool = False) -> RunRequested:
@@ -31,13 +31,17 @@ async def submit_run(bus: Bus, config: RunConfig, *, resume: bool = False) -> Ru
         else:
             report = import_file(config.seed_path, config.seed_format, config.seed_answers)
             if report.errors:
-                raise RunConfigError(f"{config.seed_path}: {report.summary()}; first: {report.errors[0]} (fix or drop those rows, then run again)")
+                raise RunConfigError(
+                    f"{config.seed_path}: {report.summary()}; first: {report.errors[0]} (fix or drop those rows, then run again)"
+                )
             samples = report.samples
         if not samples:
             raise RunConfigError(f"{config.seed_path}: no samples")
         duplicated = sorted(sid for sid, n in Counter(s.id for s in samples).items() if n > 1)
         if duplicated:
-            raise RunConfigError(f"{config.seed_path}: {len(duplicated)} sample id(s) occur more than once: {', '.join(duplicated[:10])}")
+            raise RunConfigError(
+                f"{config.seed_path}: {len(duplicated)} sample id(s) occur more than once: {', '.join(duplicated[:10])}"
+            )
         config.seed_data = await bus.put_artifact(names.seed_artifact(config.run), encode_samples(samples))
     request = RunRequested(run=config.run, config=config)
     await bus.publish(request)

@@ -32,4 +32,8 @@ def write(directory: Path) -> list[Path]:
 
 def stale(directory: Path) -> list[str]:
     """Names of schema files that are missing or differ from what the types say now."""
-    return [name for name, data in render().items() if not (directory / name).exists() or (directory / name).read_bytes() != data]
+    return [
+        name
+        for name, data in render().items()
+        if not (directory / name).exists() or (directory / name).read_bytes() != data
+    ]

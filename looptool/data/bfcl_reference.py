@@ -24,7 +24,9 @@ def data_dir() -> Path:
     try:
         return Path(str(importlib.resources.files("bfcl_eval") / "data"))
     except ModuleNotFoundError:
-        raise ModuleNotFoundError("bfcl-eval is not installed: `pip install --no-deps bfcl-eval` (scripts/install.sh does)") from None
+        raise ModuleNotFoundError(
+            "bfcl-eval is not installed: `pip install --no-deps bfcl-eval` (scripts/install.sh does)"
+        ) from None
 
 
 def category_files(category: str) -> tuple[Path, Path | None]:
@@ -46,9 +48,12 @@ def ast_checker() -> Any:
     return module.ast_checker
 
 
-def check_python(functions: list[dict[str, Any]], calls: list[ToolCall], answer: list[Any], category: str) -> dict[str, Any]:
+def check_python(
+    functions: list[dict[str, Any]], calls: list[ToolCall], answer: list[Any], category: str
+) -> dict[str, Any]:
     """Run BFCL's checker on our calls (as BFCL's ``[{name: args}]`` model output)."""
     from bfcl_eval.constants.enums import Language
 
     output = [{call.name: dict(call.arguments)} for call in calls]
-    return ast_checker()(functions, output, answer, Language.PYTHON, category, REFERENCE_MODEL)
+    result: dict[str, Any] = ast_checker()(functions, output, answer, Language.PYTHON, category, REFERENCE_MODEL)
+    return result

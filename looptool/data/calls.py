@@ -18,11 +18,10 @@ from typing import Any
 
 import msgspec
 
-from looptool.kernel.errors import LoopToolError
 from looptool.data.samples import ToolCall
+from looptool.kernel.errors import LoopToolError
 
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
-_UNCLOSED_THINK = re.compile(r"^\s*<think>(.*)$", re.DOTALL)
+MAX_CALL_TEXT = 100_000  # characters of Python call syntax parsed at most
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _LOOKS_LIKE_PYTHON_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
 _FENCE = re.compile(r"```(?:json|python|tool_call)?\s*\n?(.*?)```", re.DOTALL)
@@ -38,13 +37,27 @@ class CallParseError(LoopToolError, ValueError):
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
-    """``(reasoning, rest)``: strip ``<think>…</think>`` (reasoning models) before parsing."""
-    found = _THINK.findall(text)
-    if found:
-        return "\n".join(part.strip() for part in found), _THINK.sub("", text).strip()
-    unclosed = _UNCLOSED_THINK.match(text)
-    if unclosed:  # generation stopped inside the reasoning: there is no answer
-        return unclosed.group(1).strip(), ""
+    """``(reasoning, rest)``: strip ``<think>…</think>`` (reasoning models) before parsing.
+
+    A linear scan: a regex over text with many unclosed ``<think>`` tags is quadratic."""
+    open_tag, close_tag = "<think>", "</think>"
+    parts: list[str] = []
+    rest: list[str] = []
+    position = 0
+    while True:
+        start = text.find(open_tag, position)
+        end = text.find(close_tag, start + len(open_tag)) if start >= 0 else -1
+        if start < 0 or end < 0:
+            if start >= 0 and not parts and not text[:start].strip():
+                # generation stopped inside the reasoning: there is no answer
+                return text[start + len(open_tag) :].strip(), ""
+            rest.append(text[position:])
+            break
+        rest.append(text[position:start])
+        parts.append(text[start + len(open_tag) : end].strip())
+        position = end + len(close_tag)
+    if parts:
+        return "\n".join(parts), "".join(rest).strip()
     return None, text.strip()
 
 
@@ -64,7 +77,7 @@ def call_from_json(obj: Any) -> ToolCall:
         if isinstance(args, str):
             try:
                 args = msgspec.json.decode(args) if args.strip() else {}
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 raise CallParseError(f"arguments of {name!r} are not valid JSON: {exc}") from None
         if not isinstance(name, str) or not name:
             raise CallParseError("call name must be a non-empty string")
@@ -89,7 +102,7 @@ def calls_from_json(obj: Any) -> list[ToolCall]:
 def _decode_json(text: str) -> Any:
     try:
         return msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise CallParseError(f"invalid JSON: {exc}", text) from None
 
 
@@ -97,16 +110,27 @@ def _decode_json(text: str) -> Any:
 
 
 def parse_python_calls(text: str) -> list[ToolCall]:
+    try:
+        return _parse_python_calls(text)
+    except (RecursionError, MemoryError):  # a dotted name or literal nested past the stack
+        raise CallParseError("Python call syntax nested too deeply", text[:200]) from None
+
+
+def _parse_python_calls(text: str) -> list[ToolCall]:
     """``[f(a=1), mod.g(b=[1, 2])]`` or ``f(a=1)`` -> calls. Literals only; nothing is evaluated.
 
     Negative numbers, ``a + b`` of literals and similar constant expressions are folded the
     way :func:`ast.literal_eval` allows; names and calls inside arguments are rejected.
     """
     source = text.strip()
+    if len(source) > MAX_CALL_TEXT:
+        raise CallParseError(f"call text of {len(source)} characters (limit {MAX_CALL_TEXT})", text[:200])
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as exc:
         raise CallParseError(f"not Python call syntax: {exc.msg}", text) from None
+    except (RecursionError, MemoryError, ValueError):  # nesting too deep for the parser
+        raise CallParseError("Python call syntax nested too deeply", text[:200]) from None
     body = tree.body
     nodes = body.elts if isinstance(body, (ast.List, ast.Tuple)) else [body]
     calls = []
@@ -135,9 +159,16 @@ def _dotted(node: ast.expr) -> str:
 def _literal(node: ast.expr, text: str) -> Any:
     try:
         value = ast.literal_eval(node)
+        return _jsonable(value)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise CallParseError(f"argument is not a literal: {ast.unparse(node)[:80]}", text) from None
-    return _jsonable(value)
+        raise CallParseError(f"argument is not a literal: {_excerpt(node)}", text[:200]) from None
+
+
+def _excerpt(node: ast.expr) -> str:
+    try:
+        return ast.unparse(node)[:80]
+    except (RecursionError, MemoryError):
+        return f"a {type(node).__name__} nested too deeply"
 
 
 def _jsonable(value: Any) -> Any:
@@ -189,9 +220,9 @@ def format_tool_call_blocks(calls: list[ToolCall]) -> str:
     """Hermes/Qwen style: one ``<tool_call>`` JSON block per call."""
     encoder = msgspec.json.Encoder()
     return "\n".join(
-        f"<tool_call>\n{encoder.encode({'name': c.name, 'arguments': c.arguments}).decode()}\n</tool_call>" for c in calls
+        f"<tool_call>\n{encoder.encode({'name': c.name, 'arguments': c.arguments}).decode()}\n</tool_call>"
+        for c in calls
     )
-
 
 
 def extract_calls(text: str) -> list[ToolCall]:

@@ -16,7 +16,7 @@ several offered functions, and irrelevance (no call expected).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -121,7 +121,7 @@ def check(functions: list[Any], calls: list[ToolCall], answer: PossibleAnswer, c
 
 
 def _name_of(function: Any) -> str:
-    return function["name"] if isinstance(function, dict) else function.name
+    return str(function["name"] if isinstance(function, dict) else function.name)
 
 
 def _params_of(function: Any) -> dict[str, Any]:
@@ -159,10 +159,15 @@ def _names_match(expected: str, got: str) -> bool:
     return got == expected or ("." in expected and got == expected.replace(".", "_"))
 
 
-def _check_call(specs: dict[str, dict[str, Any]], call: ToolCall, expected: dict[str, dict[str, list[Any]]]) -> CheckResult:
+def _check_call(
+    specs: dict[str, dict[str, Any]], call: ToolCall, expected: dict[str, dict[str, list[Any]]]
+) -> CheckResult:
     ((name, accepted),) = expected.items()
     if not _names_match(name, call.name):
-        return _fail("simple_function_checker:wrong_func_name", f"Function name {name!r} not found in model output (got {call.name!r}).")
+        return _fail(
+            "simple_function_checker:wrong_func_name",
+            f"Function name {name!r} not found in model output (got {call.name!r}).",
+        )
     schema = specs.get(name)
     if schema is None:
         return _fail("label_error:unknown_function", f"the label calls {name!r}, which no offered tool defines")
@@ -178,7 +183,10 @@ def _check_call(specs: dict[str, dict[str, Any]], call: ToolCall, expected: dict
             return result
     for param, values in accepted.items():
         if param not in call.arguments and "" not in values:
-            return _fail("simple_function_checker:missing_optional", f"Optional parameter {param!r} not provided and not marked as optional.")
+            return _fail(
+                "simple_function_checker:missing_optional",
+                f"Optional parameter {param!r} not provided and not marked as optional.",
+            )
     return OK
 
 
@@ -199,16 +207,24 @@ def _check_value(param: str, value: Any, spec: dict[str, Any], accepted: list[An
             return _check_list_of_dicts(param, value, accepted)
         if expected_type is str:
             if standardize_string(value) not in [standardize_string(a) for a in accepted if type(a) is str]:
-                return _fail("value_error:string", f"Invalid value for parameter {param!r}: {value!r}. Expected one of {accepted}. Case insensitive.")
+                return _fail(
+                    "value_error:string",
+                    f"Invalid value for parameter {param!r}: {value!r}. Expected one of {accepted}. Case insensitive.",
+                )
             return OK
         if expected_type is list:
             standard = [_standardize(v) for v in value]
             # BFCL iterates each option, so the optional marker "" stands for the empty list.
             if standard not in [[_standardize(v) for v in a] for a in accepted if isinstance(a, (list, str))]:
-                return _fail("value_error:list/tuple", f"Invalid value for parameter {param!r}: {value!r}. Expected one of {accepted}.")
+                return _fail(
+                    "value_error:list/tuple",
+                    f"Invalid value for parameter {param!r}: {value!r}. Expected one of {accepted}.",
+                )
             return OK
     if value not in accepted:
-        return _fail("value_error:others", f"Invalid value for parameter {param!r}: {value!r}. Expected one of {accepted}.")
+        return _fail(
+            "value_error:others", f"Invalid value for parameter {param!r}: {value!r}. Expected one of {accepted}."
+        )
     return OK
 
 
@@ -224,7 +240,9 @@ def _answer_type(accepted: list[Any]) -> type | None:
     return None
 
 
-def _check_type(param: str, value: Any, accepted: list[Any], declared: str, expected_type: type, item_spec: dict[str, Any] | None) -> CheckResult:
+def _check_type(
+    param: str, value: Any, accepted: list[Any], declared: str, expected_type: type, item_spec: dict[str, Any] | None
+) -> CheckResult:
     answer_type = _answer_type(accepted)
     is_variable = answer_type is not None and answer_type is not expected_type
     if type(value) is expected_type:
@@ -236,7 +254,8 @@ def _check_type(param: str, value: Any, accepted: list[Any], declared: str, expe
         for option in accepted:
             # As in BFCL, a non-list option (the optional marker "") waives the item check.
             if type(option) is not list or all(
-                _check_type(param, item, option, item_declared, item_type, nested_items).valid for item in value
+                _check_type(param, item, option, item_declared, item_type, nested_items).valid
+                for item in cast(list[Any], value)
             ):
                 return _VARIABLE if is_variable else OK
         # BFCL falls through to the "variable" test below before failing.
@@ -248,7 +267,10 @@ def _check_type(param: str, value: Any, accepted: list[Any], declared: str, expe
         )
     if answer_type is not None and type(value) is answer_type:
         return _VARIABLE
-    return _fail("type_error:simple", f"Incorrect type for parameter {param!r}. Expected type {declared}, got {type(value).__name__}. Parameter value: {value!r}.")
+    return _fail(
+        "type_error:simple",
+        f"Incorrect type for parameter {param!r}. Expected type {declared}, got {type(value).__name__}. Parameter value: {value!r}.",
+    )
 
 
 def _check_dict(param: str, value: dict[str, Any], accepted: list[Any]) -> CheckResult:
@@ -268,7 +290,9 @@ def _dict_matches(value: dict[str, Any], option: dict[str, list[Any]]) -> CheckR
             return _fail("value_error:dict_key", f"Unexpected dict key parameter: {key!r}.")
         standard = [_standardize(v) for v in option[key]]
         if _standardize(item) not in standard:
-            return _fail("value_error:dict_value", f"Invalid value for parameter {key!r}: {item!r}. Expected one of {standard}.")
+            return _fail(
+                "value_error:dict_value", f"Invalid value for parameter {key!r}: {item!r}. Expected one of {standard}."
+            )
     for key, values in option.items():
         if key not in value and "" not in values:
             return _fail("value_error:dict_key", f"Missing dict key parameter: {key!r}.")
@@ -281,8 +305,12 @@ def _check_list_of_dicts(param: str, value: list[Any], accepted: list[Any]) -> C
         if len(value) != len(option):
             result = _fail("value_error:list_dict_count", "Wrong number of dictionaries in the list.")
             continue
-        for item, expected in zip(value, option):
-            result = _check_dict(param, item, [expected]) if isinstance(item, dict) else _fail("value_error:dict_value", f"{item!r} is not a dictionary")
+        for item, expected in zip(value, option, strict=False):
+            result = (
+                _check_dict(param, item, [expected])
+                if isinstance(item, dict)
+                else _fail("value_error:dict_value", f"{item!r} is not a dictionary")
+            )
             if not result.valid:
                 break
         else:

@@ -23,7 +23,13 @@ _encoder = msgspec.json.Encoder(order="sorted")
 def sample_text(sample: Sample) -> str:
     request = " ".join(m.content or "" for m in sample.messages if m.role == "user")
     tools = " ".join(sorted(t.function.name for t in sample.tools))
-    return " ".join(_WORD.findall(request.lower())) + " || " + tools + " || " + _encoder.encode(sample.label).decode().lower()
+    return (
+        " ".join(_WORD.findall(request.lower()))
+        + " || "
+        + tools
+        + " || "
+        + _encoder.encode(sample.label).decode().lower()
+    )
 
 
 def exact_key(sample: Sample) -> str:

@@ -9,12 +9,12 @@ from typing import Any
 
 import msgspec
 
-from looptool.kernel.errors import LoopToolError
 from looptool.data.calls import CallParseError, call_from_json, extract_calls
 from looptool.data.checker import CheckResult, check_sample
 from looptool.data.formats import ImportReport, RowError, import_file
 from looptool.data.formats._common import read_rows
 from looptool.data.samples import Sample, ToolCall
+from looptool.kernel.errors import LoopToolError
 
 
 class ScoredItem(msgspec.Struct):
@@ -55,7 +55,9 @@ def read_predictions(path: str | Path) -> dict[str, list[ToolCall] | CheckResult
     return predictions
 
 
-def score(questions: str | Path, answers: str | Path | None, predictions: str | Path) -> tuple[ImportReport, Iterator[ScoredItem]]:
+def score(
+    questions: str | Path, answers: str | Path | None, predictions: str | Path
+) -> tuple[ImportReport, Iterator[ScoredItem]]:
     report = import_file(questions, "bfcl", answers)
     predicted = read_predictions(predictions)
 
@@ -74,7 +76,9 @@ def score_item(sample: Sample, prediction: list[ToolCall] | CheckResult | None) 
         result = prediction
     else:
         result = check_sample(sample, prediction)
-    return ScoredItem(id=item_id, category=sample.category, valid=result.valid, error_type=result.error_type, error=result.error)
+    return ScoredItem(
+        id=item_id, category=sample.category, valid=result.valid, error_type=result.error_type, error=result.error
+    )
 
 
 def accuracy_table(items: list[ScoredItem]) -> list[tuple[str, int, int, float]]:

@@ -287,7 +287,7 @@ class Bus:
         )
         sub = await self.js.pull_subscribe(filter_subject, stream=names.STREAM, config=config)
         try:
-            remaining = (await sub.consumer_info()).num_pending
+            remaining = (await sub.consumer_info()).num_pending or 0
             while follow or remaining > 0:
                 try:
                     batch = await sub.fetch(256, timeout=idle_timeout)

@@ -120,7 +120,7 @@ class EventCodec:
         """Decode a registered event; raises msgspec's ``DecodeError`` / ``ValidationError``
         (both :class:`msgspec.MsgspecError`) on garbage, an unknown tag included."""
         if self._decoder is None:
-            self._decoder = msgspec.json.Decoder(Union[tuple(self._types.values())])  # type: ignore[arg-type]  # noqa: UP007
+            self._decoder = msgspec.json.Decoder(Union[tuple(self._types.values())])  # noqa: UP007
         event: Event = self._decoder.decode(data)
         return event
 

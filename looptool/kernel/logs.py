@@ -23,7 +23,9 @@ def configure_logging(settings: LogSettings | None = None) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks if settings.format == "json" else structlog.processors.StackInfoRenderer(),
+            structlog.processors.dict_tracebacks
+            if settings.format == "json"
+            else structlog.processors.StackInfoRenderer(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, settings.level.upper())),
@@ -33,4 +35,5 @@ def configure_logging(settings: LogSettings | None = None) -> None:
 
 
 def get_logger(name: str | None = None) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -26,13 +26,20 @@ def find_nats_server() -> str:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class NatsServer:
     """Start/stop a JetStream-enabled nats-server; restartable on the same port and store."""
 
-    def __init__(self, store_dir: str | os.PathLike[str], port: int | None = None, host: str = "127.0.0.1", log_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.port = port or free_port()
         self.host = host

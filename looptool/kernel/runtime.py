@@ -36,9 +36,17 @@ import structlog
 from nats.aio.msg import Msg
 
 from looptool.kernel import names
-from looptool.kernel.errors import PermanentError, PoisonMessage
-from looptool.kernel.events import ArtifactRef, DeadLetter, Event, ServiceError, ServiceHeartbeat, encode_event, event_tag
 from looptool.kernel.bus import Bus
+from looptool.kernel.errors import PermanentError, PoisonMessage
+from looptool.kernel.events import (
+    ArtifactRef,
+    DeadLetter,
+    Event,
+    ServiceError,
+    ServiceHeartbeat,
+    encode_event,
+    event_tag,
+)
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import KernelSettings
 
@@ -222,7 +230,7 @@ async def run_service(
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_stop_on_signal, stop)
-            tg.start_soon(_heartbeat, ctx, stats, stop)
+            tg.start_soon(_heartbeat, bus, ctx, stats, stop)
             for timer, period in service.timers:
                 tg.start_soon(_every, ctx, timer, period(settings), stop)
             # Each consumer has its own slots: a consumer idling in a long-poll must not hold
@@ -267,7 +275,7 @@ async def _every(ctx: Context, timer: Timer, period: float, stop: anyio.Event) -
             ctx.log.warning("timer failed", timer=timer.__name__, error=repr(exc))
 
 
-async def _heartbeat(ctx: Context, stats: _Stats, stop: anyio.Event) -> None:
+async def _heartbeat(bus: Bus, ctx: Context, stats: _Stats, stop: anyio.Event) -> None:
     # Heartbeats go over core NATS (not stored in the log): they are liveness, not history.
     while not stop.is_set():
         beat = ServiceHeartbeat(
@@ -279,7 +287,7 @@ async def _heartbeat(ctx: Context, stats: _Stats, stop: anyio.Event) -> None:
             failed=stats.failed,
         )
         try:
-            await ctx.bus.nc.publish(names.HEARTBEAT_SUBJECT, encode_event(beat))
+            await bus.nc.publish(names.HEARTBEAT_SUBJECT, encode_event(beat))
         except Exception as exc:  # a disconnected client must not kill the service
             ctx.log.debug("heartbeat not sent", error=repr(exc))
         with anyio.move_on_after(ctx.settings.runtime.heartbeat_interval):
@@ -289,7 +297,15 @@ async def _heartbeat(ctx: Context, stats: _Stats, stop: anyio.Event) -> None:
 class _Consumer:
     """Pulls one event type from its durable consumer and runs the handler on each message."""
 
-    def __init__(self, ctx: Context, event_type: type[Event], subscription: Subscription, limit: int, stats: _Stats, stop: anyio.Event) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        event_type: type[Event],
+        subscription: Subscription,
+        limit: int,
+        stats: _Stats,
+        stop: anyio.Event,
+    ) -> None:
         self.ctx = ctx
         self.event_type = event_type
         self.handler = subscription.handler

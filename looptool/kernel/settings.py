@@ -7,8 +7,6 @@ decoded by msgspec; a bad key or value raises :class:`SettingsError` naming wher
 
 from __future__ import annotations
 
-from looptool.kernel.errors import LoopToolError
-
 import os
 import re
 import tomllib
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import msgspec
+
+from looptool.kernel.errors import LoopToolError
 
 ENV_PREFIX = "LOOPTOOL_"
 CONFIG_ENV = "LOOPTOOL_CONFIG"  # path of the TOML file, when not given on the command line

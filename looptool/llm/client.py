@@ -89,11 +89,18 @@ def perplexity(logprobs: list[float]) -> float | None:
 class ModelClient:
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
-        self.client = AsyncOpenAI(base_url=settings.base_url, api_key=settings.api_key, timeout=settings.timeout, max_retries=settings.max_retries)
+        self.client = AsyncOpenAI(
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            timeout=settings.timeout,
+            max_retries=settings.max_retries,
+        )
         self.limiter = anyio.CapacityLimiter(settings.max_concurrency)
         # The server's own routes (/tokenize) live beside /v1.
         self.root_url = settings.base_url.rstrip("/").removesuffix("/v1")
-        self.http = httpx.AsyncClient(base_url=self.root_url, timeout=settings.timeout, headers={"Authorization": f"Bearer {settings.api_key}"})
+        self.http = httpx.AsyncClient(
+            base_url=self.root_url, timeout=settings.timeout, headers={"Authorization": f"Bearer {settings.api_key}"}
+        )
 
     async def close(self) -> None:
         await self.client.close()
@@ -107,25 +114,47 @@ class ModelClient:
                 async with self.limiter:
                     return await request()
             except openai.NotFoundError as exc:
-                raise ModelNotFound(f"{self.settings.base_url}: model {model!r} not found ({what}): {exc.message}") from None
+                raise ModelNotFound(
+                    f"{self.settings.base_url}: model {model!r} not found ({what}): {exc.message}"
+                ) from None
             except (openai.APIConnectionError, httpx.TransportError) as exc:
                 attempt += 1
                 if anyio.current_time() >= deadline:
-                    raise ModelUnavailable(f"{self.settings.base_url} unreachable for {self.settings.unavailable_timeout:.0f}s: {exc!r}") from None
+                    raise ModelUnavailable(
+                        f"{self.settings.base_url} unreachable for {self.settings.unavailable_timeout:.0f}s: {exc!r}"
+                    ) from None
                 delay = min(10.0, 0.5 * 2 ** min(attempt, 5)) * random.uniform(0.5, 1.0)
-                log.warning("model server unreachable; waiting", url=self.settings.base_url, attempt=attempt, retry_in=round(delay, 2))
+                log.warning(
+                    "model server unreachable; waiting",
+                    url=self.settings.base_url,
+                    attempt=attempt,
+                    retry_in=round(delay, 2),
+                )
                 await anyio.sleep(delay)
             except openai.APIStatusError as exc:
                 if exc.status_code >= 500 or exc.status_code in (408, 409, 429):
                     raise  # the SDK already retried these max_retries times: let the runtime retry later
-                raise ModelRequestError(f"{self.settings.base_url} refused {what} for {model!r}: {exc.status_code} {exc.message}") from None
+                raise ModelRequestError(
+                    f"{self.settings.base_url} refused {what} for {model!r}: {exc.status_code} {exc.message}"
+                ) from None
 
     # ------------------------------------------------------------------ chat
 
     async def chat(self, model: str, **kwargs: Any) -> Any:
-        return await self._call("chat completion", model, lambda: self.client.chat.completions.create(model=model, **kwargs))
+        return await self._call(
+            "chat completion", model, lambda: self.client.chat.completions.create(model=model, **kwargs)
+        )
 
-    async def predict(self, sample: Sample, model: str, *, max_tokens: int, seed: int = 0, temperature: float = 0.0, extra_body: dict[str, Any] | None = None) -> Prediction:
+    async def predict(
+        self,
+        sample: Sample,
+        model: str,
+        *,
+        max_tokens: int,
+        seed: int = 0,
+        temperature: float = 0.0,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Prediction:
         """Greedy (by default) decode of ``sample``'s context, with the output's logprobs."""
         request = render_request(sample)
         response = await self.chat(
@@ -155,7 +184,9 @@ class ModelClient:
         full = await self._tokenize(messages, tools, model, add_generation_prompt=False)
         ids, strings = full["tokens"], full.get("token_strs") or []
         if ids[: len(prompt["tokens"])] != prompt["tokens"]:
-            raise ModelError("the chat template renders the prompt differently with the label appended; cannot isolate label tokens")
+            raise ModelError(
+                "the chat template renders the prompt differently with the label appended; cannot isolate label tokens"
+            )
         start = len(prompt["tokens"])
         end = len(ids)
         eos = {"<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"}
@@ -166,17 +197,30 @@ class ModelClient:
         scored = await self._call(
             "completion",
             model,
-            lambda: self.client.completions.create(model=model, prompt=ids[:end], max_tokens=1, temperature=0, extra_body={"prompt_logprobs": 0}),
+            lambda: self.client.completions.create(
+                model=model, prompt=ids[:end], max_tokens=1, temperature=0, extra_body={"prompt_logprobs": 0}
+            ),
         )
-        entries = scored.choices[0].model_extra["prompt_logprobs"]
+        entries = (scored.choices[0].model_extra or {})["prompt_logprobs"]
         values = []
         for position in range(start, end):
             entry = entries[position]
             values.append(entry[str(ids[position])]["logprob"])
         return values
 
-    async def _tokenize(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, model: str, add_generation_prompt: bool) -> Any:
-        body: dict[str, Any] = {"model": model, "messages": messages, "add_generation_prompt": add_generation_prompt, "return_token_strs": True}
+    async def _tokenize(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        model: str,
+        add_generation_prompt: bool,
+    ) -> Any:
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "return_token_strs": True,
+        }
         if tools:
             body["tools"] = tools
         return await self._call("tokenize", model, lambda: self._tokenize_raw(body))
@@ -186,7 +230,9 @@ class ModelClient:
         if response.status_code == 404:
             raise ModelNotFound(f"{self.root_url}/tokenize: {response.text[:300]}")
         if response.status_code >= 400:
-            raise ModelRequestError(f"{self.root_url}/tokenize refused the request: {response.status_code} {response.text[:300]}")
+            raise ModelRequestError(
+                f"{self.root_url}/tokenize refused the request: {response.status_code} {response.text[:300]}"
+            )
         return response.json()
 
 
@@ -206,7 +252,16 @@ def wire_messages(sample: Sample, with_label: bool = False) -> list[dict[str, An
         if message.get("tool_calls"):
             calls = []
             for call in message["tool_calls"]:
-                calls.append({"id": f"call_{counter}", "type": "function", "function": {"name": call["function"]["name"], "arguments": json.dumps(call["function"]["arguments"], ensure_ascii=False)}})
+                calls.append(
+                    {
+                        "id": f"call_{counter}",
+                        "type": "function",
+                        "function": {
+                            "name": call["function"]["name"],
+                            "arguments": json.dumps(call["function"]["arguments"], ensure_ascii=False),
+                        },
+                    }
+                )
                 counter += 1
             message["tool_calls"] = calls
         wire.append(message)
@@ -244,7 +299,9 @@ def parse_response(response: Any) -> Prediction:
     )
     try:
         if message.tool_calls:
-            prediction.calls = [call_from_json({"name": c.function.name, "arguments": c.function.arguments}) for c in message.tool_calls]
+            prediction.calls = [
+                call_from_json({"name": c.function.name, "arguments": c.function.arguments}) for c in message.tool_calls
+            ]
         else:
             prediction.calls = extract_calls(body)
     except CallParseError as exc:

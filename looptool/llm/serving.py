@@ -8,8 +8,8 @@ import httpx
 
 from looptool.kernel.errors import LoopToolError
 from looptool.kernel.logs import get_logger
-from looptool.llm.client import ModelSettings
 from looptool.kernel.names import check_token
+from looptool.llm.client import ModelSettings
 
 log = get_logger("looptool.serving")
 
@@ -26,7 +26,9 @@ async def load_adapter(endpoint: ModelSettings, name: str, path: Path) -> None:
     """
     check_token("adapter", name)
     root = endpoint.base_url.rstrip("/")
-    async with httpx.AsyncClient(timeout=endpoint.timeout, headers={"Authorization": f"Bearer {endpoint.api_key}"}) as client:
+    async with httpx.AsyncClient(
+        timeout=endpoint.timeout, headers={"Authorization": f"Bearer {endpoint.api_key}"}
+    ) as client:
         response = await client.post(f"{root}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
     if response.status_code == 200:
         log.info("adapter loaded", adapter=name, path=str(path))
@@ -34,4 +36,6 @@ async def load_adapter(endpoint: ModelSettings, name: str, path: Path) -> None:
     if response.status_code == 400 and "already" in response.text.lower():
         log.info("adapter already loaded", adapter=name)
         return
-    raise AdapterLoadError(f"{root}/load_lora_adapter refused {name!r} ({path}): {response.status_code} {response.text[:300]}")
+    raise AdapterLoadError(
+        f"{root}/load_lora_adapter refused {name!r} ({path}): {response.status_code} {response.text[:300]}"
+    )

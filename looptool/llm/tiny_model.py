@@ -80,7 +80,9 @@ def _corpus(n_samples: int, seed: int) -> list[str]:
     return texts
 
 
-def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024, hidden_size: int = 128, layers: int = 2) -> Path:
+def build_tiny_model(
+    out_dir: str | Path, *, seed: int = 0, vocab_size: int = 1024, hidden_size: int = 128, layers: int = 2
+) -> Path:
     """Write a tiny random Qwen2 model + tokenizer to ``out_dir`` (idempotent); returns it."""
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -95,7 +97,10 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 10
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(_corpus(400, seed), trainer=trainer)
     tokenizer.add_tokens([AddedToken(tag, special=False, normalized=False) for tag in TAG_TOKENS])

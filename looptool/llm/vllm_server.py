@@ -14,9 +14,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from looptool.kernel.nats_server import free_port
+
+
+def _group_members(pgid: int) -> set[int]:
+    """Live processes of a process group (Linux /proc), the group leader included."""
+    members = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+            members.add(int(stat.parent.name))
+    return members
 
 
 class VllmServer:
@@ -67,7 +81,12 @@ class VllmServer:
             *self.extra_args,
         ]  # fmt: skip
 
-    def start(self, timeout: float = 300.0) -> VllmServer:
+    def start(self, timeout: float | None = None, progress: Callable[[str], None] | None = None) -> VllmServer:
+        """Start the server and wait until it answers. ``timeout`` defaults to
+        ``$LOOPTOOL_VLLM_START_TIMEOUT`` or 1200 s: on some machines ``import vllm`` alone takes
+        4 minutes. A start-up that dies — the API process, or the engine process it spawned —
+        fails within seconds with the server's own last log lines."""
+        timeout = timeout if timeout is not None else float(os.environ.get("LOOPTOOL_VLLM_START_TIMEOUT", "1200"))
         env = {
             **os.environ,
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
@@ -76,21 +95,42 @@ class VllmServer:
         }
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        started = time.monotonic()
+        next_note = started + 30.0
+        first_seen: dict[int, float] = {}  # pid -> when this launcher first saw it
+        while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode} during start-up; see {self.log_file}:\n{self.tail()}")
+                self._fail(f"vLLM exited with {self.process.returncode} during start-up")
+            now = time.monotonic()
+            members = _group_members(self.process.pid)
+            for pid in members:
+                first_seen.setdefault(pid, now)
+            # A process that lived a while and is gone is the engine, not a short helper.
+            gone = [pid for pid, since in first_seen.items() if pid not in members and now - since > 10.0]
+            if gone and not self.ready():
+                self._fail(f"a vLLM engine process (pid {', '.join(map(str, sorted(gone)))}) died during start-up")
+            for pid in [pid for pid in first_seen if pid not in members]:
+                del first_seen[pid]
             if self.ready():
                 return self
+            if progress is not None and time.monotonic() >= next_note:
+                progress(f"still starting vLLM ({time.monotonic() - started:.0f}s; log: {self.log_file})")
+                next_note += 30.0
             time.sleep(1.0)
+        self._fail(f"vLLM did not answer on {self.base_url} within {timeout:.0f}s")
+        raise AssertionError("unreachable")
+
+    def _fail(self, why: str) -> None:
         self.stop()
-        raise TimeoutError(f"vLLM did not answer on {self.base_url} within {timeout:.0f}s; see {self.log_file}:\n{self.tail()}")
+        raise RuntimeError(f"{why}; see {self.log_file}:\n{self.tail()}")
 
     def ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 

@@ -59,7 +59,9 @@ def next_round(current: RoundLedger, config: RunConfig, pool: list[Sample], fres
         errors = _take(errors, budget, rng)
         expanded = _take(expanded, budget - len(errors), rng)
         mastered = _take(mastered, budget - len(errors) - len(expanded), rng)
-    composition = {key: value for key, value in current.composition(cut).items() if key in ("dropped", "discarded", "errored")}
+    composition = {
+        key: value for key, value in current.composition(cut).items() if key in ("dropped", "discarded", "errored")
+    }
     composition |= {
         "hard": sum(outcomes[s.id] == "hard" for s in errors),
         "corrected": sum(outcomes[s.id] == "corrected" for s in errors),
@@ -71,7 +73,10 @@ def next_round(current: RoundLedger, config: RunConfig, pool: list[Sample], fres
         need = max(0, config.round_size - len(errors) - len(expanded) - len(mastered))
         fresh = [s for s in pool[fresh_used : fresh_used + need] if s.id not in seen]
     composition["fresh"] = len(fresh)
-    next_lineage = [msgspec.structs.replace(s, lineage=Lineage(origin="seed", round=current.round + 1, source=s.lineage.source)) for s in fresh]
+    next_lineage = [
+        msgspec.structs.replace(s, lineage=Lineage(origin="seed", round=current.round + 1, source=s.lineage.source))
+        for s in fresh
+    ]
     return Dataset(errors + expanded + mastered + next_lineage, composition)
 
 

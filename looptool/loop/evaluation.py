@@ -6,14 +6,14 @@ from pathlib import Path
 
 import anyio
 
-from looptool.kernel.errors import LoopToolError
 from looptool.data import bfcl_reference
 from looptool.data.checker import CheckResult
 from looptool.data.formats import import_file
 from looptool.data.formats.bfcl import answer_path
-from looptool.llm.client import ModelClient
 from looptool.data.samples import Sample
-from looptool.data.scoring import ScoredItem, score_item, metrics
+from looptool.data.scoring import ScoredItem, metrics, score_item
+from looptool.kernel.errors import LoopToolError
+from looptool.llm.client import ModelClient
 
 
 class EvalSetError(LoopToolError, ValueError):
@@ -47,7 +47,11 @@ async def evaluate(client: ModelClient, model: str, samples: list[Sample], max_t
 
     async def one(index: int, sample: Sample) -> None:
         prediction = await client.predict(sample, model, max_tokens=max_tokens)
-        outcome = CheckResult(False, prediction.error_type, prediction.error or "") if prediction.error_type else prediction.calls
+        outcome = (
+            CheckResult(False, prediction.error_type, prediction.error or "")
+            if prediction.error_type
+            else prediction.calls
+        )
         items[index] = score_item(sample, outcome)
 
     async with anyio.create_task_group() as tg:

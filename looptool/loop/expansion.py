@@ -16,12 +16,12 @@ from typing import Any, Literal
 import msgspec
 
 from looptool.data.calls import CallParseError, call_from_json
-from looptool.loop.judging import calls_json, data_block, load_prompt, tools_json
 from looptool.data.formats._common import category_of
-from looptool.llm.client import ModelClient
-from looptool.loop.rules import assess
-from looptool.loop.events import JudgeVerdict
 from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from looptool.llm.client import ModelClient
+from looptool.loop.events import JudgeVerdict
+from looptool.loop.judging import calls_json, data_block, load_prompt, tools_json
+from looptool.loop.rules import assess
 from looptool.loop.settings import ExpanderSettings
 
 VARIATIONS = [
@@ -65,7 +65,16 @@ def seed_rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def generation_prompt(template_name: str, seed: Sample, wrong: list[ToolCall], analysis: str, approach: str, k: int, rng: random.Random, label_known: bool) -> str:
+def generation_prompt(
+    template_name: str,
+    seed: Sample,
+    wrong: list[ToolCall],
+    analysis: str,
+    approach: str,
+    k: int,
+    rng: random.Random,
+    label_known: bool,
+) -> str:
     payload = {
         "seed": {
             "tools": tools_json(seed),
@@ -77,11 +86,16 @@ def generation_prompt(template_name: str, seed: Sample, wrong: list[ToolCall], a
         "correct_approach": approach,
     }
     variations = ", ".join(rng.sample(VARIATIONS, min(k, len(VARIATIONS))))
-    return load_prompt(template_name).substitute(data=data_block(payload), k=k, pattern=seed.category.replace("_", " "), variations=variations)
+    return load_prompt(template_name).substitute(
+        data=data_block(payload), k=k, pattern=seed.category.replace("_", " "), variations=variations
+    )
 
 
 def reply_format() -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "generated_samples", "schema": msgspec.json.schema(GeneratedBatch)}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "generated_samples", "schema": msgspec.json.schema(GeneratedBatch)},
+    }
 
 
 def parse_generated(text: str) -> tuple[list[Sample], dict[str, int]]:
@@ -90,7 +104,8 @@ def parse_generated(text: str) -> tuple[list[Sample], dict[str, int]]:
         batch = _batch_decoder.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return [], {"unparseable_reply": 1}
-    samples, rejected = [], {}
+    samples: list[Sample] = []
+    rejected: dict[str, int] = {}
     for generated in batch.samples:
         try:
             tools = [msgspec.convert({"function": t.get("function", t)}, ToolSpec) for t in generated.tools]
@@ -99,7 +114,15 @@ def parse_generated(text: str) -> tuple[list[Sample], dict[str, int]]:
             rejected["invalid_tool_schema"] = rejected.get("invalid_tool_schema", 0) + 1
             continue
         messages = [Message(role=m.role, content=m.content) for m in generated.messages]
-        samples.append(Sample(id=sample_id(tools, messages, label), tools=tools, messages=messages, label=label, category=category_of(label, tools)))
+        samples.append(
+            Sample(
+                id=sample_id(tools, messages, label),
+                tools=tools,
+                messages=messages,
+                label=label,
+                category=category_of(label, tools),
+            )
+        )
     return samples, rejected
 
 
@@ -111,7 +134,11 @@ def rejection_reason(sample: Sample) -> str | None:
         return "no_request"
     for tool in sample.tools:
         parameters = tool.function.parameters
-        if not isinstance(parameters, dict) or parameters.get("type") not in ("object", "dict") or not isinstance(parameters.get("properties", {}), dict):
+        if (
+            not isinstance(parameters, dict)
+            or parameters.get("type") not in ("object", "dict")
+            or not isinstance(parameters.get("properties", {}), dict)
+        ):
             return "invalid_tool_schema"
     names = [t.function.name for t in sample.tools]
     if len(set(names)) != len(names):
@@ -122,10 +149,26 @@ def rejection_reason(sample: Sample) -> str | None:
     return None
 
 
-async def generate_with_llm(client: ModelClient, model: str, settings: ExpanderSettings, verdict: JudgeVerdict, seed: Sample, rng: random.Random) -> tuple[list[Sample], dict[str, int]]:
+async def generate_with_llm(
+    client: ModelClient, model: str, settings: ExpanderSettings, verdict: JudgeVerdict, seed: Sample, rng: random.Random
+) -> tuple[list[Sample], dict[str, int]]:
     """One generator call for ``settings.k`` samples around ``seed``; the candidates it wrote."""
-    prompt = generation_prompt(settings.prompt, seed, verdict.prediction, verdict.analysis, verdict.approach, settings.k, rng, label_known=verdict.verdict != "both_wrong")
-    request: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "temperature": settings.temperature, "max_tokens": settings.max_tokens, "seed": rng.randrange(2**31)}
+    prompt = generation_prompt(
+        settings.prompt,
+        seed,
+        verdict.prediction,
+        verdict.analysis,
+        verdict.approach,
+        settings.k,
+        rng,
+        label_known=verdict.verdict != "both_wrong",
+    )
+    request: dict[str, Any] = {
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+        "seed": rng.randrange(2**31),
+    }
     if "structured_outputs" not in settings.extra_body:  # a caller's own constraint replaces the schema
         request["response_format"] = reply_format()
     response = await client.chat(model, **request, extra_body=settings.extra_body or None)
@@ -133,5 +176,13 @@ async def generate_with_llm(client: ModelClient, model: str, settings: ExpanderS
 
 
 def as_expansion(sample: Sample, seed: Sample, round: int, generator: str, prompt: str) -> Sample:
-    lineage = Lineage(origin="expansion", round=round, parent=seed.id, source=f"{generator}|{prompt}", history=[f"r{round}:expanded from {seed.id}"])
-    return msgspec.structs.replace(sample, lineage=lineage, meta={**sample.meta, "seed_id": seed.id, "generator": generator, "prompt": prompt})
+    lineage = Lineage(
+        origin="expansion",
+        round=round,
+        parent=seed.id,
+        source=f"{generator}|{prompt}",
+        history=[f"r{round}:expanded from {seed.id}"],
+    )
+    return msgspec.structs.replace(
+        sample, lineage=lineage, meta={**sample.meta, "seed_id": seed.id, "generator": generator, "prompt": prompt}
+    )

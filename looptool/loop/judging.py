@@ -22,10 +22,10 @@ from typing import Any
 import msgspec
 
 from looptool.data.formats.openai import tool_call_dict
-from looptool.llm.client import ModelClient
-from looptool.loop.rules import assess, calls_equivalent, decide
 from looptool.data.samples import Lineage, Sample, ToolCall
+from looptool.llm.client import ModelClient
 from looptool.loop.events import Action, Tier, Verdict
+from looptool.loop.rules import assess, calls_equivalent, decide
 from looptool.loop.settings import JudgeSettings
 
 
@@ -56,17 +56,24 @@ def data_block(payload: dict[str, Any]) -> str:
 
 
 def tools_json(sample: Sample) -> list[dict[str, Any]]:
-    return [{"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters} for t in sample.tools]
+    return [
+        {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+        for t in sample.tools
+    ]
 
 
 def calls_json(calls: list[ToolCall]) -> list[dict[str, Any]]:
     return [tool_call_dict(c)["function"] for c in calls]
 
 
-def render_judge_prompt(template: string.Template, sample: Sample, prediction: list[ToolCall], checker_error: str) -> str:
+def render_judge_prompt(
+    template: string.Template, sample: Sample, prediction: list[ToolCall], checker_error: str
+) -> str:
     payload = {
         "tools": tools_json(sample),
-        "conversation": [{"role": m.role, "content": m.content, "tool_calls": calls_json(m.tool_calls)} for m in sample.messages],
+        "conversation": [
+            {"role": m.role, "content": m.content, "tool_calls": calls_json(m.tool_calls)} for m in sample.messages
+        ],
         "label": calls_json(sample.label),
         "prediction": calls_json(prediction),
         "checker": checker_error,
@@ -75,7 +82,10 @@ def render_judge_prompt(template: string.Template, sample: Sample, prediction: l
 
 
 def reply_format() -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": "judge_reply", "schema": msgspec.json.schema(JudgeReply), "strict": True}}
+    return {
+        "type": "json_schema",
+        "json_schema": {"name": "judge_reply", "schema": msgspec.json.schema(JudgeReply), "strict": True},
+    }
 
 
 def tally(votes: list[Verdict | None], quorum: int) -> Verdict:
@@ -97,10 +107,21 @@ class LlmJudgement(msgspec.Struct):
     invalid_replies: list[str]
 
 
-async def judge_with_llm(client: ModelClient, settings: JudgeSettings, default_model: str, sample: Sample, prediction: list[ToolCall], checker_error: str) -> LlmJudgement:
+async def judge_with_llm(
+    client: ModelClient,
+    settings: JudgeSettings,
+    default_model: str,
+    sample: Sample,
+    prediction: list[ToolCall],
+    checker_error: str,
+) -> LlmJudgement:
     prompt = render_judge_prompt(load_prompt(settings.prompt), sample, prediction, checker_error)
     models = settings.models or [default_model]
-    request: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "temperature": settings.temperature, "max_tokens": settings.max_tokens}
+    request: dict[str, Any] = {
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+    }
     if "structured_outputs" not in settings.extra_body:  # a caller's own constraint replaces the schema
         request["response_format"] = reply_format()
     votes: list[Verdict | None] = []
@@ -112,7 +133,9 @@ async def judge_with_llm(client: ModelClient, settings: JudgeSettings, default_m
         reply = None
         for _ in range(1 + settings.reply_retries):
             calls += 1
-            response = await client.chat(model, **request, seed=index * 1000 + calls, extra_body=settings.extra_body or None)
+            response = await client.chat(
+                model, **request, seed=index * 1000 + calls, extra_body=settings.extra_body or None
+            )
             text = response.choices[0].message.content or ""
             try:
                 reply = _reply_decoder.decode(text)
@@ -150,14 +173,25 @@ class Judgement(msgspec.Struct, kw_only=True):
     corrected_label: list[ToolCall] | None = None
 
 
-VERDICT_ACTIONS: dict[Verdict, Action] = {"prediction_wrong": "label_ok", "label_wrong": "label_fixed", "both_wrong": "discard"}
+VERDICT_ACTIONS: dict[Verdict, Action] = {
+    "prediction_wrong": "label_ok",
+    "label_wrong": "label_fixed",
+    "both_wrong": "discard",
+}
 
 
-def without_llm(sample: Sample, prediction: list[ToolCall], parse_error: str | None, settings: JudgeSettings) -> Judgement | None:
+def without_llm(
+    sample: Sample, prediction: list[ToolCall], parse_error: str | None, settings: JudgeSettings
+) -> Judgement | None:
     """The tiers that need no model: an equivalent prediction is "both right"; the rules settle
     one-sided cases (modes rules and cascade). None: only the LLM judge can tell."""
     if parse_error is None and calls_equivalent(prediction, sample.label):
-        return Judgement(verdict="both_right", tier="match", analysis="The prediction equals the label up to call order; the checker was too strict.", approach="Keep the label.")
+        return Judgement(
+            verdict="both_right",
+            tier="match",
+            analysis="The prediction equals the label up to call order; the checker was too strict.",
+            approach="Keep the label.",
+        )
     if settings.mode != "llm":
         rules = decide(sample, prediction, parse_error=parse_error, grounding=settings.grounding)
         if rules.verdict:
@@ -168,10 +202,20 @@ def without_llm(sample: Sample, prediction: list[ToolCall], parse_error: str | N
 
 
 def from_llm(llm: LlmJudgement) -> Judgement:
-    return Judgement(verdict=llm.verdict, tier="llm", analysis=llm.analysis, approach=llm.approach, votes=llm.votes, llm_calls=llm.calls, invalid_replies=llm.invalid_replies)
+    return Judgement(
+        verdict=llm.verdict,
+        tier="llm",
+        analysis=llm.analysis,
+        approach=llm.approach,
+        votes=llm.votes,
+        llm_calls=llm.calls,
+        invalid_replies=llm.invalid_replies,
+    )
 
 
-def confirm_correction(judgement: Judgement, sample: Sample, prediction: list[ToolCall], parse_error: str | None, grounding: bool) -> Judgement:
+def confirm_correction(
+    judgement: Judgement, sample: Sample, prediction: list[ToolCall], parse_error: str | None, grounding: bool
+) -> Judgement:
     """A "label wrong" verdict replaces the label with the prediction only when the prediction
     itself passes the rules tier; otherwise nothing is fixed and the verdict is unclear."""
     if judgement.verdict != "label_wrong":
@@ -179,7 +223,11 @@ def confirm_correction(judgement: Judgement, sample: Sample, prediction: list[To
     problems = assess(prediction, sample, grounding=grounding, expect_call=bool(sample.label))
     if problems or parse_error is not None:
         reasons = "; ".join(p.message for p in problems) or (parse_error or "")
-        return msgspec.structs.replace(judgement, verdict="unclear", analysis=f"{judgement.analysis} The proposed correction fails the rules: {reasons}")
+        return msgspec.structs.replace(
+            judgement,
+            verdict="unclear",
+            analysis=f"{judgement.analysis} The proposed correction fails the rules: {reasons}",
+        )
     return msgspec.structs.replace(judgement, corrected_label=prediction)
 
 
@@ -199,6 +247,8 @@ def carried_sample(sample: Sample, judgement: Judgement, action: Action, round: 
     history = [*sample.lineage.history, f"r{round}:{judgement.verdict}->{action}"]
     if judgement.corrected_label is None:
         return msgspec.structs.replace(sample, lineage=msgspec.structs.replace(sample.lineage, history=history))
-    lineage = Lineage(origin="correction", round=round, parent=sample.id, source=f"judge:{judgement.tier}", history=history)
+    lineage = Lineage(
+        origin="correction", round=round, parent=sample.id, source=f"judge:{judgement.tier}", history=history
+    )
     meta = {**sample.meta, "replaced_label": msgspec.to_builtins(sample.label)}
     return msgspec.structs.replace(sample, label=judgement.corrected_label, lineage=lineage, meta=meta)

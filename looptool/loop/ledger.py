@@ -17,9 +17,20 @@ from typing import Literal
 
 import msgspec
 
-from looptool.loop.events import seeds_expansion, DatasetReady, EvalCompleted, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, RunFinished, RunRequested, TrainProgress
-from looptool.kernel.events import DeadLetter, Event, ServiceError
 from looptool.data.samples import Sample
+from looptool.kernel.events import DeadLetter, Event, ServiceError
+from looptool.loop.events import (
+    DatasetReady,
+    EvalCompleted,
+    ExpandResult,
+    JudgeVerdict,
+    ModelReady,
+    ProbeResult,
+    RunFinished,
+    RunRequested,
+    TrainProgress,
+    seeds_expansion,
+)
 from looptool.loop.runconfig import PplCut
 
 Outcome = Literal["kept", "dropped", "hard", "corrected", "discarded", "errored"]
@@ -62,7 +73,11 @@ class RoundLedger:
         self.probes[event.sample_id] = event
         self._probed.add(event.sample_id)
         self.applied += 1
-        if event.outcome == "failed" and event.sample_id not in self.verdicts and event.sample_id not in self.errored["judge"]:
+        if (
+            event.outcome == "failed"
+            and event.sample_id not in self.verdicts
+            and event.sample_id not in self.errored["judge"]
+        ):
             self._judge_pending.add(event.sample_id)
 
     def add_verdict(self, event: JudgeVerdict) -> None:
@@ -71,7 +86,11 @@ class RoundLedger:
         self.verdicts[event.sample_id] = event
         self.applied += 1
         self._judge_pending.discard(event.sample_id)
-        if seeds_expansion(event.verdict) and event.sample_id not in self.expansions and event.sample_id not in self.errored["expand"]:
+        if (
+            seeds_expansion(event.verdict)
+            and event.sample_id not in self.expansions
+            and event.sample_id not in self.errored["expand"]
+        ):
             self._expand_pending.add(event.sample_id)
 
     def add_expansion(self, event: ExpandResult) -> None:
@@ -87,7 +106,9 @@ class RoundLedger:
             return
         if letter.sample_id in self.errored[stage]:
             return
-        self.errored[stage][letter.sample_id] = Errored(stage, letter.error.splitlines()[0][:200] if letter.error else "")
+        self.errored[stage][letter.sample_id] = Errored(
+            stage, letter.error.splitlines()[0][:200] if letter.error else ""
+        )
         self.applied += 1
         if stage == "probe":
             self._probed.add(letter.sample_id)
@@ -164,14 +185,18 @@ class RoundLedger:
         counts: Counter[str] = Counter()
         for stage, errors in self.errored.items():
             for sid, error in errors.items():
-                settled = sid in (self.probes if stage == "probe" else self.verdicts if stage == "judge" else self.expansions)
+                settled = sid in (
+                    self.probes if stage == "probe" else self.verdicts if stage == "judge" else self.expansions
+                )
                 if not settled:
                     counts[f"{stage}: {error.reason}"] += 1
         return dict(counts)
 
     def composition(self, cut: PplCut) -> dict[str, int]:
         counts = Counter(self.outcomes(cut).values())
-        return {outcome: counts.get(outcome, 0) for outcome in OUTCOMES} | {"expanded": sum(len(e.samples) for e in self.expansions.values())}
+        return {outcome: counts.get(outcome, 0) for outcome in OUTCOMES} | {
+            "expanded": sum(len(e.samples) for e in self.expansions.values())
+        }
 
     def carried(self, cut: PplCut) -> list[Sample]:
         """The samples this round passes on (kept, hard, corrected), labels as verified."""
@@ -239,6 +264,18 @@ class RunLedger:
                 self.round(event.round).add_error(event)
             case _:
                 pass
+
+    def fresh_used(self, through: int) -> int:
+        """Seed samples drawn fresh into rounds 0..``through``."""
+        datasets = [self.rounds[r].dataset for r in range(through + 1) if r in self.rounds]
+        return sum(d.composition.get("fresh", 0) for d in datasets if d is not None)
+
+    def policy_metrics(self, r: int) -> dict[str, float]:
+        """The evaluated policy's metrics after round r's training (empty until evaluated)."""
+        ledger = self.rounds.get(r)
+        if ledger is None or ledger.model is None or ledger.model.model not in ledger.evals:
+            return {}
+        return ledger.evals[ledger.model.model].metrics
 
     def overall(self, r: int) -> float | None:
         """The evaluated policy's overall accuracy after round r's training."""

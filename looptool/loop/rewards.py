@@ -46,7 +46,9 @@ def format_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     return rewards
 
 
-def correctness_reward(completions: list[Any], tools: list[Any], answer: list[str], category: list[str], **kwargs: Any) -> list[float]:
+def correctness_reward(
+    completions: list[Any], tools: list[Any], answer: list[str], category: list[str], **kwargs: Any
+) -> list[float]:
     """1.0 when the reply's calls pass the AST checker against the label, else 0.0."""
     rewards = []
     for completion, offered, raw_answer, kind in zip(completions, tools, answer, category, strict=True):

@@ -17,8 +17,20 @@ import msgspec
 from looptool.data.samples import Message, Sample, ToolCall, ToolSpec
 from looptool.loop.events import Verdict
 
-IssueKind = Literal["unknown_function", "missing_required", "hallucinated_param", "wrong_type", "enum_violation", "ungrounded", "no_call", "unexpected_call", "parse"]
-HARD = frozenset({"unknown_function", "missing_required", "hallucinated_param", "wrong_type", "enum_violation", "no_call", "parse"})
+IssueKind = Literal[
+    "unknown_function",
+    "missing_required",
+    "hallucinated_param",
+    "wrong_type",
+    "enum_violation",
+    "ungrounded",
+    "no_call",
+    "unexpected_call",
+    "parse",
+]
+HARD = frozenset(
+    {"unknown_function", "missing_required", "hallucinated_param", "wrong_type", "enum_violation", "no_call", "parse"}
+)
 
 
 class Issue(msgspec.Struct, frozen=True):
@@ -64,7 +76,9 @@ def _type_issue(value: Any, schema: dict[str, Any], where: str) -> str | None:
             if key not in value:
                 return f"{where}: missing key {key!r}"
         for key, item in value.items():
-            if key in schema["properties"] and (problem := _type_issue(item, schema["properties"][key], f"{where}.{key}")):
+            if key in schema["properties"] and (
+                problem := _type_issue(item, schema["properties"][key], f"{where}.{key}")
+            ):
                 return problem
     return None
 
@@ -81,10 +95,24 @@ def validate_calls(calls: list[ToolCall], tools: list[ToolSpec]) -> list[Issue]:
         properties = schema.get("properties", {})
         for param in schema.get("required", []):
             if param not in call.arguments:
-                issues.append(Issue("missing_required", f"call {index} ({call.name}): required parameter {param!r} missing", index, param))
+                issues.append(
+                    Issue(
+                        "missing_required",
+                        f"call {index} ({call.name}): required parameter {param!r} missing",
+                        index,
+                        param,
+                    )
+                )
         for param, value in call.arguments.items():
             if param not in properties:
-                issues.append(Issue("hallucinated_param", f"call {index} ({call.name}): parameter {param!r} is not in the tool's schema", index, param))
+                issues.append(
+                    Issue(
+                        "hallucinated_param",
+                        f"call {index} ({call.name}): parameter {param!r} is not in the tool's schema",
+                        index,
+                        param,
+                    )
+                )
                 continue
             problem = _type_issue(value, properties[param], f"call {index} ({call.name}) {param}")
             if problem:
@@ -128,7 +156,14 @@ def ungrounded_values(calls: list[ToolCall], messages: list[Message]) -> list[Is
     for index, call in enumerate(calls):
         for param, value in call.arguments.items():
             if not _grounded(value, text):
-                issues.append(Issue("ungrounded", f"call {index} ({call.name}) {param}: {value!r} is not mentioned in the conversation", index, param))
+                issues.append(
+                    Issue(
+                        "ungrounded",
+                        f"call {index} ({call.name}) {param}: {value!r} is not mentioned in the conversation",
+                        index,
+                        param,
+                    )
+                )
     return issues
 
 
@@ -155,10 +190,18 @@ def assess(calls: list[ToolCall], sample: Sample, *, grounding: bool, expect_cal
     return issues
 
 
-def decide(sample: Sample, prediction: list[ToolCall], *, parse_error: str | None = None, grounding: bool = True) -> RulesDecision:
+def decide(
+    sample: Sample, prediction: list[ToolCall], *, parse_error: str | None = None, grounding: bool = True
+) -> RulesDecision:
     """Settle label vs prediction where the evidence is one-sided; else ``verdict=None``."""
     if parse_error is None and calls_equivalent(prediction, sample.label):
-        return RulesDecision("both_right", "The prediction equals the label (up to call order); the checker was too strict.", "Keep the label.", [], [])
+        return RulesDecision(
+            "both_right",
+            "The prediction equals the label (up to call order); the checker was too strict.",
+            "Keep the label.",
+            [],
+            [],
+        )
     label_issues = assess(sample.label, sample, grounding=grounding, expect_call=False)
     if parse_error is not None:
         prediction_issues = [Issue("parse", f"the reply is not a well-formed tool call: {parse_error}")]

@@ -54,7 +54,9 @@ class TrainerSettings(Section):
     lora_rank: int = 8  # must be <= the server's --max-lora-rank
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    target_modules: list[str] = msgspec.field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = msgspec.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     learning_rate: float = 2e-4
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs

@@ -23,11 +23,11 @@ from typing import Any
 
 import msgspec
 
-from looptool.llm.client import wire_messages
-from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.data.checker import sample_answer
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
+from looptool.llm.client import wire_messages
+from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.loop.settings import TrainerSettings
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -46,7 +46,10 @@ class TrainingOutcome(msgspec.Struct):
 
 
 def sft_rows(samples: list[Sample]) -> list[dict[str, Any]]:
-    return [{"messages": wire_messages(s, with_label=True), "tools": json.dumps(export_row(s)["tools"], ensure_ascii=False)} for s in samples]
+    return [
+        {"messages": wire_messages(s, with_label=True), "tools": json.dumps(export_row(s)["tools"], ensure_ascii=False)}
+        for s in samples
+    ]
 
 
 def grpo_rows(samples: list[Sample], tokenizer: Any) -> list[dict[str, Any]]:
@@ -55,8 +58,17 @@ def grpo_rows(samples: list[Sample], tokenizer: Any) -> list[dict[str, Any]]:
     rows = []
     for sample in samples:
         tools = export_row(sample)["tools"]
-        prompt = tokenizer.apply_chat_template(wire_messages(sample), tools=tools or None, add_generation_prompt=True, tokenize=False)
-        rows.append({"prompt": prompt, "tools": json.dumps(tools), "answer": json.dumps(sample_answer(sample)), "category": sample.category})
+        prompt = tokenizer.apply_chat_template(
+            wire_messages(sample), tools=tools or None, add_generation_prompt=True, tokenize=False
+        )
+        rows.append(
+            {
+                "prompt": prompt,
+                "tools": json.dumps(tools),
+                "answer": json.dumps(sample_answer(sample)),
+                "category": sample.category,
+            }
+        )
     return rows
 
 
@@ -91,15 +103,31 @@ class _Progress:
     def __new__(cls, report: ProgressFn, total_steps: Callable[[], int]) -> Any:
         from transformers import TrainerCallback
 
-        class Callback(TrainerCallback):
-            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        class Callback(TrainerCallback):  # type: ignore[misc]  # transformers is not type-checked here
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+            ) -> None:
                 if logs and "loss" in logs:
-                    report({"step": state.global_step, "total_steps": state.max_steps or total_steps(), "loss": float(logs["loss"]), "epoch": float(state.epoch or 0.0), "learning_rate": float(logs.get("learning_rate", 0.0))})
+                    report(
+                        {
+                            "step": state.global_step,
+                            "total_steps": state.max_steps or total_steps(),
+                            "loss": float(logs["loss"]),
+                            "epoch": float(state.epoch or 0.0),
+                            "learning_rate": float(logs.get("learning_rate", 0.0)),
+                        }
+                    )
 
         return Callback()
 
 
-def train_round(samples: list[Sample], settings: TrainerSettings, out_dir: str | os.PathLike[str], previous_adapter: str | None = None, report: ProgressFn | None = None) -> TrainingOutcome:
+def train_round(
+    samples: list[Sample],
+    settings: TrainerSettings,
+    out_dir: str | os.PathLike[str],
+    previous_adapter: str | None = None,
+    report: ProgressFn | None = None,
+) -> TrainingOutcome:
     """Train on ``samples`` and save the adapter to ``out_dir`` (atomically)."""
     from datasets import Dataset
 
@@ -127,8 +155,12 @@ def train_round(samples: list[Sample], settings: TrainerSettings, out_dir: str |
         from trl import SFTConfig, SFTTrainer
 
         dataset = Dataset.from_list(sft_rows(samples))
-        args = SFTConfig(**common, max_length=settings.max_length, assistant_only_loss=settings.assistant_only_loss, packing=False)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+        args = SFTConfig(
+            **common, max_length=settings.max_length, assistant_only_loss=settings.assistant_only_loss, packing=False
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        )
     else:
         from trl import GRPOConfig, GRPOTrainer
 
@@ -142,7 +174,14 @@ def train_round(samples: list[Sample], settings: TrainerSettings, out_dir: str |
             epsilon=settings.grpo_clip_low,
             epsilon_high=settings.grpo_clip_high,
         )
-        trainer = GRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, reward_funcs=[correctness_reward, format_reward], peft_config=peft_config)
+        trainer = GRPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            reward_funcs=[correctness_reward, format_reward],
+            peft_config=peft_config,
+        )
     losses: list[float] = []
 
     def on_progress(entry: dict[str, Any]) -> None:
@@ -161,7 +200,9 @@ def train_round(samples: list[Sample], settings: TrainerSettings, out_dir: str |
         shutil.rmtree(out)
     os.replace(staging / "adapter", out)
     shutil.rmtree(staging, ignore_errors=True)
-    return TrainingOutcome(adapter_dir=str(out), steps=trainer.state.global_step, losses=losses, tokens=tokens, seconds=seconds)
+    return TrainingOutcome(
+        adapter_dir=str(out), steps=trainer.state.global_step, losses=losses, tokens=tokens, seconds=seconds
+    )
 
 
 def _trained_tokens(trainer: Any, result: Any) -> int:

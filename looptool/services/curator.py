@@ -24,7 +24,17 @@ from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import DeadLetter, Event
 from looptool.kernel.runtime import Context, Service
 from looptool.loop import curation
-from looptool.loop.events import DatasetReady, EvalCompleted, ExpandResult, JudgeVerdict, ModelReady, ProbeResult, RoundStalled, RunFinished, RunRequested
+from looptool.loop.events import (
+    DatasetReady,
+    EvalCompleted,
+    ExpandResult,
+    JudgeVerdict,
+    ModelReady,
+    ProbeResult,
+    RoundStalled,
+    RunFinished,
+    RunRequested,
+)
 from looptool.loop.ledger import RunLedger
 from looptool.loop.runconfig import RunConfig
 
@@ -44,7 +54,18 @@ class Curation:
         return self.ledgers.setdefault(run, RunLedger(run))
 
 
-@service.on(RunRequested, DatasetReady, ModelReady, ProbeResult, JudgeVerdict, ExpandResult, EvalCompleted, RunFinished, DeadLetter, broadcast=True)
+@service.on(
+    RunRequested,
+    DatasetReady,
+    ModelReady,
+    ProbeResult,
+    JudgeVerdict,
+    ExpandResult,
+    EvalCompleted,
+    RunFinished,
+    DeadLetter,
+    broadcast=True,
+)
 async def track(ctx: Context, event: Event) -> None:
     state = ctx.use(Curation)
     ledger = state.ledger(event.run)
@@ -70,7 +91,9 @@ async def check_rounds(ctx: Context) -> None:
 async def start_run(ctx: Context, ledger: RunLedger, config: RunConfig) -> None:
     if ledger.round(0).dataset is not None:
         return
-    if not await _claimed(ctx, ctx.use(Curation), names.run_started_key(config.run), started=lambda: ledger.round(0).dataset is not None):
+    if not await _claimed(
+        ctx, ctx.use(Curation), names.run_started_key(config.run), started=lambda: ledger.round(0).dataset is not None
+    ):
         return
     pool = await _seed_pool(ctx, config)
     await _publish_dataset(ctx, config, 0, curation.first_round(pool, config))
@@ -95,7 +118,7 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
         if reason:
             await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
             return
-        fresh_used = sum(ledger.round(r).dataset.composition.get("fresh", 0) for r in range(round + 1) if ledger.round(r).dataset)  # type: ignore[union-attr]
+        fresh_used = ledger.fresh_used(round)
         pool = await _seed_pool(ctx, config) if config.round_size > 0 else []
         dataset = curation.next_round(current, config, pool, fresh_used)
         ctx.log.info("round closed", closed=round, next_size=len(dataset.samples), composition=dataset.composition)
@@ -114,7 +137,16 @@ async def report_stall(ctx: Context, state: Curation, ledger: RunLedger, round: 
     idle = now - since
     if idle >= ctx.settings.curator.stall_after:
         waiting = current.missing()
-        await ctx.publish(RoundStalled(run=ledger.run, round=round, waiting=waiting, samples=current.waiting_for(), idle_seconds=float(int(idle)), progress=current.applied))
+        await ctx.publish(
+            RoundStalled(
+                run=ledger.run,
+                round=round,
+                waiting=waiting,
+                samples=current.waiting_for(),
+                idle_seconds=float(int(idle)),
+                progress=current.applied,
+            )
+        )
 
 
 def _closed(ledger: RunLedger, round: int) -> bool:
@@ -140,13 +172,17 @@ async def _publish_dataset(ctx: Context, config: RunConfig, round: int, dataset:
     if duplicates:
         ctx.log.warning("duplicate sample ids left out of the dataset", duplicates=duplicates, round=round)
     if not samples:
-        await ctx.publish(RunFinished(run=config.run, round=max(0, round - 1), reason=f"dataset for round {round} is empty"))
+        await ctx.publish(
+            RunFinished(run=config.run, round=max(0, round - 1), reason=f"dataset for round {round} is empty")
+        )
         return
     ref = await ctx.put_artifact(names.dataset_artifact(config.run, round), encode_samples(samples))
     trl = names.training_file(ctx.settings.artifact_dir, config.run, round)
     trl.parent.mkdir(parents=True, exist_ok=True)
     export_jsonl(samples, trl, "openai")
-    await ctx.publish(DatasetReady(run=config.run, round=round, dataset=ref, size=len(samples), composition=dataset.composition))
+    await ctx.publish(
+        DatasetReady(run=config.run, round=round, dataset=ref, size=len(samples), composition=dataset.composition)
+    )
 
 
 async def _seed_pool(ctx: Context, config: RunConfig) -> list[Sample]:

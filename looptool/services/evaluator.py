@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import msgspec
 
-from looptool.kernel.errors import PermanentError
-from looptool.loop.evaluation import EvalSetError, evaluate, load_eval_sets, metrics
 from looptool.kernel import names
+from looptool.kernel.errors import PermanentError
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
+from looptool.loop.evaluation import EvalSetError, evaluate, load_eval_sets, metrics
 from looptool.loop.events import EvalCompleted, ModelReady
 
 service = Service("evaluator", "Held-out evaluation of every round's model")
@@ -39,8 +39,20 @@ async def evaluate_round(ctx: Context, event: ModelReady) -> None:
         if await ctx.holder(done) is not None:  # a redelivery after the result was published
             continue
         items = await evaluate(policy, model, samples, settings.max_tokens)
-        details = await ctx.put_artifact(names.eval_artifact(event.run, event.round, model), b"".join(_encoder.encode(i) + b"\n" for i in items))
+        details = await ctx.put_artifact(
+            names.eval_artifact(event.run, event.round, model), b"".join(_encoder.encode(i) + b"\n" for i in items)
+        )
         scores = metrics(items)
-        await ctx.publish(EvalCompleted(run=event.run, round=event.round, model=model, metrics=scores, n_items=len(items), details=details, eval_set=",".join(settings.sets)))
+        await ctx.publish(
+            EvalCompleted(
+                run=event.run,
+                round=event.round,
+                model=model,
+                metrics=scores,
+                n_items=len(items),
+                details=details,
+                eval_set=",".join(settings.sets),
+            )
+        )
         await ctx.mark(done)
         ctx.log.info("evaluated", model=model, overall=round(scores["overall"], 4), items=len(items))

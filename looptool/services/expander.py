@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
-from looptool.kernel import names
 from looptool.data.dedup import NearDuplicateIndex, exact_key
+from looptool.data.samples import Sample
+from looptool.data.worlds.synthetic import World
+from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
-from looptool.loop.expansion import as_expansion, generate_with_llm, rejection_reason, seed_rng
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
 from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, seeds_expansion
-from looptool.data.samples import Sample
-from looptool.data.worlds.synthetic import World
+from looptool.loop.expansion import as_expansion, generate_with_llm, rejection_reason, seed_rng
 
 service = Service("expander", "Error-Driven Data Expansion: one expand.result per verified failure")
 
@@ -48,7 +48,7 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
 
     for _attempt in range(1 + settings.retries):
         if settings.mode == "world":
-            candidates, unreadable = World(settings.seed).similar(seed, settings.k, rng), {}
+            candidates, unreadable = World(settings.seed).similar(seed, settings.k, rng), dict[str, int]()
             generator, prompt = "world", "world"
         else:
             endpoint = ctx.settings.generator_model
@@ -68,13 +68,17 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
         if len(accepted) == settings.k:
             break
 
-    await ctx.publish(ExpandResult(run=verdict.run, round=verdict.round, seed_id=seed.id, samples=accepted, rejected=dict(rejected)))
+    await ctx.publish(
+        ExpandResult(run=verdict.run, round=verdict.round, seed_id=seed.id, samples=accepted, rejected=dict(rejected))
+    )
     for sample in accepted:  # only now: a redelivered attempt must not reject its own samples
         index.add(sample)
     ctx.log.info("expanded", seed=seed.id, accepted=len(accepted), rejected=dict(rejected))
 
 
-async def _duplicate(ctx: Context, indexes: tuple[NearDuplicateIndex, ...], candidate: Sample, verdict: JudgeVerdict) -> str | None:
+async def _duplicate(
+    ctx: Context, indexes: tuple[NearDuplicateIndex, ...], candidate: Sample, verdict: JudgeVerdict
+) -> str | None:
     if any(index.is_duplicate(candidate) for index in indexes):
         return "duplicate"
     # Other replicas expand other seeds of the same round: claim the sample's exact key for this

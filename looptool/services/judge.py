@@ -31,7 +31,9 @@ async def verify(ctx: Context, result: ProbeResult) -> None:
     judgement = without_llm(sample, prediction, parse_error, settings)
     if judgement is None:
         client = ctx.use(ModelClients).get(endpoint)
-        judgement = from_llm(await judge_with_llm(client, settings, endpoint.model, sample, prediction, result.error or ""))
+        judgement = from_llm(
+            await judge_with_llm(client, settings, endpoint.model, sample, prediction, result.error or "")
+        )
     judgement = confirm_correction(judgement, sample, prediction, parse_error, settings.grounding)
     action = action_for(judgement.verdict, settings)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from looptool.data.checker import check_sample
 from looptool.data.samples import Sample
+from looptool.kernel.errors import PermanentError
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients, perplexity
 from looptool.loop.events import ModelReady, ProbeResult, ProbeTask
@@ -25,7 +26,9 @@ async def fan_out(ctx: Context, event: ModelReady) -> None:
         return
     samples = await ctx.load(event.dataset, Sample)
     # Deduplicated per sample: re-running this handler after a crash publishes nothing twice.
-    await ctx.publish_many(ProbeTask(run=event.run, round=event.round, sample=sample, model=event.model) for sample in samples)
+    await ctx.publish_many(
+        ProbeTask(run=event.run, round=event.round, sample=sample, model=event.model) for sample in samples
+    )
     ctx.log.info("probe tasks published", samples=len(samples), model=event.model)
 
 
@@ -33,11 +36,18 @@ async def fan_out(ctx: Context, event: ModelReady) -> None:
 async def probe(ctx: Context, task: ProbeTask) -> None:
     settings = ctx.settings.probe
     policy = ctx.use(ModelClients).get(ctx.settings.model)
-    prediction = await policy.predict(task.sample, task.model, max_tokens=settings.max_tokens, seed=settings.seed, extra_body=settings.extra_body)
+    prediction = await policy.predict(
+        task.sample, task.model, max_tokens=settings.max_tokens, seed=settings.seed, extra_body=settings.extra_body
+    )
+    error_type: str | None
+    error: str | None
     if prediction.error_type is not None:
         mastered, error_type, error = False, prediction.error_type, prediction.error
     else:
-        verdict = check_sample(task.sample, prediction.calls)
+        try:
+            verdict = check_sample(task.sample, prediction.calls)
+        except Exception as exc:  # the same sample fails the same way on every retry
+            raise PermanentError(f"checker failed on {task.sample.id}: {exc!r}") from exc
         mastered, error_type, error = verdict.valid, verdict.error_type or None, verdict.error or None
     if settings.ppl == "label":
         ppl = perplexity(await policy.label_logprobs(task.sample, task.model))

@@ -38,20 +38,45 @@ async def train(ctx: Context, event: DatasetReady) -> None:
         return
     out = names.adapter_dir(ctx.settings.artifact_dir, event.run, event.round)
     tokens, seconds = 0, 0.0
-    if not (out / "adapter_config.json").exists():  # a finished adapter survives a crash; a partial one never lands here
+    if not (
+        out / "adapter_config.json"
+    ).exists():  # a finished adapter survives a crash; a partial one never lands here
         samples = await ctx.load(event.dataset, Sample)
-        previous = names.adapter_dir(ctx.settings.artifact_dir, event.run, event.round - 1) if event.round > 0 and settings.continue_from_previous else None
+        previous = (
+            names.adapter_dir(ctx.settings.artifact_dir, event.run, event.round - 1)
+            if event.round > 0 and settings.continue_from_previous
+            else None
+        )
 
         def report(entry: dict[str, Any]) -> None:  # called on the training thread
             anyio.from_thread.run(ctx.publish, TrainProgress(run=event.run, round=event.round, **entry))
 
-        ctx.log.info("training", samples=len(samples), method=settings.method, previous=str(previous) if previous else None)
-        outcome = await anyio.to_thread.run_sync(lambda: train_round(samples, settings, out, str(previous) if previous else None, report))
-        ctx.log.info("trained", steps=outcome.steps, tokens_per_s=round(outcome.tokens_per_s, 1), first_loss=outcome.losses[:1], last_loss=outcome.losses[-1:])
+        ctx.log.info(
+            "training", samples=len(samples), method=settings.method, previous=str(previous) if previous else None
+        )
+        outcome = await anyio.to_thread.run_sync(
+            lambda: train_round(samples, settings, out, str(previous) if previous else None, report)
+        )
+        ctx.log.info(
+            "trained",
+            steps=outcome.steps,
+            tokens_per_s=round(outcome.tokens_per_s, 1),
+            first_loss=outcome.losses[:1],
+            last_loss=outcome.losses[-1:],
+        )
         tokens, seconds = outcome.tokens, outcome.seconds
     archive = await ctx.put_artifact(names.adapter_artifact(event.run, event.round), _tar(out))
     await load_adapter(ctx.settings.model, name, out)
-    ready = ModelReady(run=event.run, round=event.round, model=name, adapter=archive, base_model=settings.base_model, dataset=event.dataset, train_tokens=tokens, train_seconds=seconds)
+    ready = ModelReady(
+        run=event.run,
+        round=event.round,
+        model=name,
+        adapter=archive,
+        base_model=settings.base_model,
+        dataset=event.dataset,
+        train_tokens=tokens,
+        train_seconds=seconds,
+    )
     await ctx.publish(ready)  # deduplicated: a replica that raced this one stores nothing twice
     await ctx.mark(announced, ctx.replica)
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import msgspec
 
-from looptool.data.samples import Sample
 from looptool.data.formats import bfcl, hermes, looptool23k, openai, toolace, xlam
-from looptool.data.formats._common import ImportReport, RowError, import_rows
+from looptool.data.formats._common import ImportReport, RowError, RowRejected, check_sample_shape, import_rows
+from looptool.data.samples import Sample
 
 __all__ = ["FORMATS", "ImportReport", "RowError", "export_jsonl", "import_file", "read_samples", "write_samples"]
 
@@ -84,9 +84,13 @@ def decode_samples(data: bytes, origin: str = "<bytes>") -> list[Sample]:
     for number, line in enumerate(data.splitlines(), start=1):
         if line.strip():
             try:
-                samples.append(_sample_decoder.decode(line))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                sample = _sample_decoder.decode(line)
+                check_sample_shape(sample)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 raise ValueError(f"{origin}:{number}: not a LoopTool sample: {exc}") from None
+            except RowRejected as exc:
+                raise ValueError(f"{origin}:{number}: {exc.field}: {exc.reason}") from None
+            samples.append(sample)
     return samples
 
 

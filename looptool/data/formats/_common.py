@@ -8,9 +8,9 @@ from typing import Any
 
 import msgspec
 
-from looptool.kernel.errors import LoopToolError
 from looptool.data.calls import CallParseError, extract_calls
-from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id, valid_sample_id
+from looptool.kernel.errors import LoopToolError
 
 
 class RowError(msgspec.Struct, frozen=True):
@@ -29,13 +29,19 @@ class ImportReport(msgspec.Struct):
     samples: list[Sample] = msgspec.field(default_factory=list)
     errors: list[RowError] = msgspec.field(default_factory=list)
     rows: int = 0
+    duplicates: int = 0  # rows that repeated an earlier row exactly (same sample id), kept once
 
     def summary(self) -> str:
         by_field: dict[str, int] = {}
         for error in self.errors:
             by_field[error.field] = by_field.get(error.field, 0) + 1
         detail = ", ".join(f"{field}: {n}" for field, n in sorted(by_field.items()))
-        return f"{self.rows} rows: {len(self.samples)} imported, {len(self.errors)} rejected" + (f" ({detail})" if detail else "")
+        duplicates = f", {self.duplicates} duplicate(s) collapsed" if self.duplicates else ""
+        return (
+            f"{self.rows} rows: {len(self.samples)} imported, {len(self.errors)} rejected"
+            + (f" ({detail})" if detail else "")
+            + duplicates
+        )
 
     def write_rejects(self, path: str | Path) -> None:
         """One JSON line per rejected row: where, which field, why."""
@@ -56,47 +62,109 @@ class RowRejected(LoopToolError, ValueError):
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
     """``(line, row)`` for JSONL; ``(index + 1, row)`` for a JSON array file. Undecodable lines
-    come back as :class:`RowError` so that the caller reports them and goes on."""
+    (bad JSON, invalid UTF-8, nesting past the decoder) come back as :class:`RowError` so that
+    the caller reports them and goes on."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"["):
         try:
-            items = msgspec.json.decode(text)
-        except msgspec.DecodeError as exc:
+            items = msgspec.json.decode(data)
+        except (msgspec.DecodeError, RecursionError) as exc:
             yield 1, RowError(str(path), 1, "(file)", f"invalid JSON array: {exc}")
             return
         for index, item in enumerate(items):
             yield index + 1, item
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             yield number, msgspec.json.decode(line)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             yield number, RowError(str(path), number, "(line)", f"invalid JSON: {exc}")
 
 
-def import_rows(path: str | Path, parse_row: Callable[[dict[str, Any]], Sample | list[Sample]]) -> ImportReport:
-    """Run ``parse_row`` on every row of ``path``; collect samples and located errors."""
+def import_rows(
+    path: str | Path, parse_row: Callable[[dict[str, Any]], Sample | list[Sample]], *, collapse_duplicates: bool = True
+) -> ImportReport:
+    """Run ``parse_row`` on every row of ``path``; collect samples and located errors. One bad
+    row never aborts an import, and a row repeated exactly (same sample id) is kept once —
+    except in evaluation sets, whose items are counted as their benchmark counts them."""
     report = ImportReport()
+    seen: set[str] = set()
     for line, row in read_rows(path):
         report.rows += 1
         if isinstance(row, RowError):
             report.errors.append(row)
             continue
         if not isinstance(row, dict):
-            report.errors.append(RowError(str(path), line, "(row)", f"expected a JSON object, got {type(row).__name__}"))
+            report.errors.append(
+                RowError(str(path), line, "(row)", f"expected a JSON object, got {type(row).__name__}")
+            )
             continue
         try:
             parsed = parse_row(row)
+            samples = parsed if isinstance(parsed, list) else [parsed]
+            for sample in samples:
+                check_sample_shape(sample)
         except RowRejected as exc:
             report.errors.append(RowError(str(path), line, exc.field, exc.reason))
             continue
-        for sample in parsed if isinstance(parsed, list) else [parsed]:
+        except (RecursionError, MemoryError):
+            report.errors.append(RowError(str(path), line, "(row)", "nested too deeply"))
+            continue
+        except Exception as exc:  # an importer's own bug must cost one row, not the import
+            report.errors.append(RowError(str(path), line, "(row)", f"unexpected {type(exc).__name__}: {exc}"))
+            continue
+        for sample in samples:
+            if collapse_duplicates and sample.id in seen:
+                report.duplicates += 1
+                continue
+            seen.add(sample.id)
             sample.lineage = Lineage(origin="seed", source=f"{path}:{line}")
             report.samples.append(sample)
     return report
+
+
+def check_sample_shape(sample: Sample) -> None:
+    """What the checker and the judge rely on: a valid id and tools whose parameters are JSON
+    Schema objects (``"properties": {"city": "string"}`` is refused here, not in a service)."""
+    if not valid_sample_id(sample.id):
+        raise RowRejected("id", f"{sample.id[:80]!r} is not a valid sample id (letters, digits, _.:-; at most 128)")
+    for index, tool in enumerate(sample.tools):
+        problem = schema_problem(tool.function.parameters)
+        if problem:
+            raise RowRejected(f"tools[{index}].parameters{problem[0]}", problem[1])
+
+
+def schema_problem(schema: Any, where: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """The first place where a parameters schema is not a JSON Schema object the checker reads."""
+    if depth > 32:
+        return where, "nested more than 32 levels"
+    if not isinstance(schema, dict):
+        return where, f"expected a JSON Schema object, got {type(schema).__name__}"
+    properties = schema.get("properties", {})
+    if not isinstance(properties, dict):
+        return f"{where}.properties", f"expected an object, got {type(properties).__name__}"
+    for name, spec in properties.items():
+        if not isinstance(spec, dict):
+            return (
+                f"{where}.properties.{name}",
+                f"expected a JSON Schema object, got {type(spec).__name__} {spec!r:.40}",
+            )
+        for key in ("items", "properties"):
+            if key in spec:
+                inner = spec[key] if key == "items" else {"properties": spec[key]}
+                if isinstance(inner, dict):
+                    problem = schema_problem(
+                        inner, f"{where}.properties.{name}" + (".items" if key == "items" else ""), depth + 1
+                    )
+                    if problem:
+                        return problem
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        return f"{where}.required", "expected a list of parameter names"
+    return None
 
 
 # --------------------------------------------------------------------------- field helpers
@@ -118,7 +186,7 @@ def json_field(row: dict[str, Any], field: str) -> Any:
     if isinstance(value, str):
         try:
             return msgspec.json.decode(value)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise RowRejected(field, f"invalid JSON string: {exc}") from None
     return value
 
@@ -159,12 +227,21 @@ def category_of(label: list[ToolCall], tools: list[ToolSpec]) -> str:
         return "irrelevance"
     parallel = len(label) > 1
     multiple = len(tools) > 1
-    return {(False, False): "simple", (False, True): "multiple", (True, False): "parallel", (True, True): "parallel_multiple"}[
-        (parallel, multiple)
-    ]
+    return {
+        (False, False): "simple",
+        (False, True): "multiple",
+        (True, False): "parallel",
+        (True, True): "parallel_multiple",
+    }[(parallel, multiple)]
 
 
-def make_sample(tools: list[ToolSpec], messages: list[Message], label: list[ToolCall], category: str | None = None, meta: dict[str, Any] | None = None) -> Sample:
+def make_sample(
+    tools: list[ToolSpec],
+    messages: list[Message],
+    label: list[ToolCall],
+    category: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Sample:
     if not messages:
         raise RowRejected("messages", "no conversation before the label")
     return Sample(

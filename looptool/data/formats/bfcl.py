@@ -12,9 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from looptool.data.samples import Sample, ToolCall
-from looptool.data.formats._common import ImportReport, RowError, RowRejected, import_rows, make_sample, need, read_rows, tools_from
+from looptool.data.formats._common import (
+    ImportReport,
+    RowError,
+    RowRejected,
+    import_rows,
+    make_sample,
+    need,
+    read_rows,
+    tools_from,
+)
 from looptool.data.formats.openai import message_dict, parse_message
+from looptool.data.samples import Sample, ToolCall
 
 AST_CATEGORIES = (
     "simple_python",
@@ -101,13 +110,17 @@ def import_bfcl(questions: str | Path, answers: str | Path | None = None) -> Imp
         if "irrelevance" in category or category == "live_relevance":
             answer: list[Any] = []
         elif bfcl_id not in truth:
-            raise RowRejected("id", f"no possible answer for {bfcl_id!r}" + ("" if answers else " (no answer file given)"))
+            raise RowRejected(
+                "id", f"no possible answer for {bfcl_id!r}" + ("" if answers else " (no answer file given)")
+            )
         else:
             answer = truth[bfcl_id]
         label = label_from_answer(answer)
-        return make_sample(tools, messages, label, category=category, meta={"bfcl_id": bfcl_id, "possible_answer": answer})
+        return make_sample(
+            tools, messages, label, category=category, meta={"bfcl_id": bfcl_id, "possible_answer": answer}
+        )
 
-    report = import_rows(questions, parse_row)
+    report = import_rows(questions, parse_row, collapse_duplicates=False)  # BFCL scores every item
     report.errors[:0] = answer_errors
     return report
 
@@ -120,6 +133,9 @@ def export_rows(sample: Sample) -> tuple[dict[str, Any], dict[str, Any]]:
     question = {
         "id": bfcl_id,
         "question": [[message_dict(m) for m in sample.messages]],
-        "function": [{"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters} for t in sample.tools],
+        "function": [
+            {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+            for t in sample.tools
+        ],
     }
     return question, {"id": bfcl_id, "ground_truth": sample_answer(sample)}

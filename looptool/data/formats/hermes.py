@@ -8,15 +8,31 @@ last ``gpt`` turn is the label.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from looptool.data.calls import format_tool_call_blocks
-from looptool.data.samples import Message, Sample
-from looptool.data.formats._common import RowRejected, assistant_message, json_field, need, sample_from_conversation, tools_from
+from looptool.data.formats._common import (
+    RowRejected,
+    assistant_message,
+    json_field,
+    need,
+    sample_from_conversation,
+    tools_from,
+)
+from looptool.data.samples import Message, Role, Sample
 
-_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "tool": "tool", "function_response": "tool", "observation": "tool"}
+_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "tool": "tool",
+    "function_response": "tool",
+    "observation": "tool",
+}
 _TOOLS_BLOCK = re.compile(r"<tools>(.*?)</tools>", re.DOTALL)
 _encoder = msgspec.json.Encoder()
 
@@ -29,7 +45,7 @@ def tools_in_text(text: str, field: str) -> list[Any]:
         raise RowRejected(field, "no <tools>…</tools> block")
     try:
         if body.startswith("["):
-            return msgspec.json.decode(body)
+            return list(msgspec.json.decode(body))
         return [msgspec.json.decode(line) for line in body.splitlines() if line.strip()]
     except msgspec.DecodeError as exc:
         raise RowRejected(field, f"invalid tool JSON inside <tools>: {exc}") from None
@@ -54,10 +70,12 @@ def parse_row(row: dict[str, Any]) -> Sample:
         if role == "assistant":
             messages.append(assistant_message(value, f"{field}.value"))
         else:
-            messages.append(Message(role=role, content=value))
+            messages.append(Message(role=cast(Role, role), content=value))
     if raw_tools is None:
         raise RowRejected("tools", "missing (no tools field and no system turn with <tools>)")
-    return sample_from_conversation(tools_from(raw_tools, "tools"), messages, "conversations", f"conversations[{len(turns) - 1}].value")
+    return sample_from_conversation(
+        tools_from(raw_tools, "tools"), messages, "conversations", f"conversations[{len(turns) - 1}].value"
+    )
 
 
 def export_row(sample: Sample) -> dict[str, Any]:
@@ -67,5 +85,15 @@ def export_row(sample: Sample) -> dict[str, Any]:
         value = format_tool_call_blocks(message.tool_calls) if message.tool_calls else (message.content or "")
         turns.append({"from": speaker[message.role], "value": value})
     turns.append({"from": "gpt", "value": format_tool_call_blocks(sample.label)})
-    tools = [{"type": "function", "function": {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}} for t in sample.tools]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": t.function.name,
+                "description": t.function.description,
+                "parameters": t.function.parameters,
+            },
+        }
+        for t in sample.tools
+    ]
     return {"conversations": turns, "tools": _encoder.encode(tools).decode()}

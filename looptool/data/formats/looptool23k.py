@@ -12,14 +12,22 @@ The system prompt's prose is not kept (the tools are); export writes a standard 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
 from looptool.data.calls import extract_calls, format_tool_call_blocks
-from looptool.data.samples import Message, Sample
-from looptool.data.formats._common import RowRejected, assistant_message, calls_from, check_label_against_tools, make_sample, need, tools_from
+from looptool.data.formats._common import (
+    RowRejected,
+    assistant_message,
+    calls_from,
+    check_label_against_tools,
+    make_sample,
+    need,
+    tools_from,
+)
 from looptool.data.formats.hermes import tools_in_text
+from looptool.data.samples import Message, Role, Sample
 
 _MARKER = re.compile(r"^(user|assistant|tool|observation)\s*:\s?", re.IGNORECASE | re.MULTILINE)
 _encoder = msgspec.json.Encoder()
@@ -46,7 +54,7 @@ def parse_dialogue(text: str, field: str) -> list[Message]:
         if role == "assistant":
             messages.append(assistant_message(body, field))
         else:
-            messages.append(Message(role="tool" if role == "observation" else role, content=body))
+            messages.append(Message(role=cast(Role, "tool" if role == "observation" else role), content=body))
     return messages
 
 
@@ -61,7 +69,16 @@ def parse_row(row: dict[str, Any]) -> Sample:
 
 def export_row(sample: Sample) -> dict[str, Any]:
     tool_lines = "\n".join(
-        _encoder.encode({"type": "function", "function": {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}}).decode()
+        _encoder.encode(
+            {
+                "type": "function",
+                "function": {
+                    "name": t.function.name,
+                    "description": t.function.description,
+                    "parameters": t.function.parameters,
+                },
+            }
+        ).decode()
         for t in sample.tools
     )
     turns = []

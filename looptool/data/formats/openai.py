@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from looptool.data.calls import call_from_json
-from looptool.data.samples import Message, Sample, ToolCall
 from looptool.data.formats._common import RowRejected, calls_from, need, sample_from_conversation, tools_from
+from looptool.data.samples import Message, Sample, ToolCall
 
 
 def parse_message(raw: Any, field: str) -> Message:
@@ -24,7 +24,9 @@ def parse_message(raw: Any, field: str) -> Message:
     if content is not None and not isinstance(content, str):
         raise RowRejected(f"{field}.content", f"expected a string, got {type(content).__name__}")
     tool_calls = calls_from(lambda: [call_from_json(c) for c in raw.get("tool_calls") or []], f"{field}.tool_calls")
-    return Message(role=role, content=content, tool_calls=tool_calls, name=raw.get("name"), tool_call_id=raw.get("tool_call_id"))
+    return Message(
+        role=role, content=content, tool_calls=tool_calls, name=raw.get("name"), tool_call_id=raw.get("tool_call_id")
+    )
 
 
 def parse_row(row: dict[str, Any]) -> Sample:

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 
 from looptool.data.calls import format_python_calls
-from looptool.data.samples import Message, Sample
 from looptool.data.formats._common import RowRejected, assistant_message, need, sample_from_conversation, tools_from
+from looptool.data.samples import Message, Sample
 
 _encoder = msgspec.json.Encoder()
 PREAMBLE = "You are an expert in composing functions. Here is a list of functions in JSON format that you can invoke:\n"
@@ -24,7 +24,7 @@ def tools_in_system(system: str) -> list[Any]:
     if start < 0:
         raise RowRejected("system", "no JSON list of tools")
     try:
-        return _first_json_list(system[start:])
+        return list(_first_json_list(system[start:]))
     except msgspec.DecodeError as exc:
         raise RowRejected("system", f"invalid tool JSON: {exc}") from None
 
@@ -69,7 +69,10 @@ def parse_row(row: dict[str, Any]) -> Sample:
 
 
 def export_row(sample: Sample) -> dict[str, Any]:
-    tools = [{"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters} for t in sample.tools]
+    tools = [
+        {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+        for t in sample.tools
+    ]
     turns = [
         {"from": m.role, "value": format_python_calls(m.tool_calls) if m.tool_calls else (m.content or "")}
         for m in sample.messages

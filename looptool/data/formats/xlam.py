@@ -7,8 +7,16 @@ from typing import Any
 import msgspec
 
 from looptool.data.calls import call_from_json
+from looptool.data.formats._common import (
+    RowRejected,
+    calls_from,
+    check_label_against_tools,
+    json_field,
+    make_sample,
+    need,
+    tools_from,
+)
 from looptool.data.samples import Message, Sample
-from looptool.data.formats._common import RowRejected, calls_from, check_label_against_tools, json_field, make_sample, need, tools_from
 
 _encoder = msgspec.json.Encoder()
 
@@ -29,6 +37,11 @@ def export_row(sample: Sample) -> dict[str, Any]:
         raise ValueError(f"sample {sample.id}: xLAM holds single-turn samples only")
     return {
         "query": sample.messages[0].content,
-        "tools": _encoder.encode([{"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters} for t in sample.tools]).decode(),
+        "tools": _encoder.encode(
+            [
+                {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+                for t in sample.tools
+            ]
+        ).decode(),
         "answers": _encoder.encode([{"name": c.name, "arguments": c.arguments} for c in sample.label]).decode(),
     }

