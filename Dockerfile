@@ -6,7 +6,6 @@ ARG EXTRAS=ml
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY looptool ./looptool
-COPY services ./services
 COPY schemas ./schemas
 RUN pip install --no-cache-dir ".[${EXTRAS}]" \
  && pip uninstall --yes torchvision torchaudio torchcodec || true
