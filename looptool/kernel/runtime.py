@@ -79,10 +79,6 @@ class Service:
         self.subscriptions: dict[type[Event], Subscription] = {}
         self.timers: list[tuple[Timer, Callable[[Any], float]]] = []  # (handler, period(settings))
 
-    @property
-    def handlers(self) -> dict[type[Event], Handler]:
-        return {event_type: sub.handler for event_type, sub in self.subscriptions.items()}
-
     def on(
         self, *event_types: type[E], concurrency: int | None = None, broadcast: bool = False
     ) -> Callable[[Callable[[Context, E], Awaitable[None]]], Callable[[Context, E], Awaitable[None]]]:
