@@ -95,8 +95,16 @@ def test_header_values_are_checked(value: str) -> None:
 
 @pytest.mark.parametrize("fmt", sorted(f for f in FORMATS if f != "bfcl"))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(st.binary(max_size=120) | st.text(alphabet=st.sampled_from(list('{}[]":,0aq\\ ')), max_size=120).map(str.encode), max_size=6))
-def test_fuzz_importers_reject_rows_without_aborting(fmt: str, rows: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> None:
+@given(
+    rows=st.lists(
+        st.binary(max_size=120)
+        | st.text(alphabet=st.sampled_from(list('{}[]":,0aq\\ ')), max_size=120).map(str.encode),
+        max_size=6,
+    )
+)
+def test_fuzz_importers_reject_rows_without_aborting(
+    fmt: str, rows: list[bytes], tmp_path_factory: pytest.TempPathFactory
+) -> None:
     path = tmp_path_factory.mktemp("fuzz") / "rows.jsonl"
     path.write_bytes(b"\n".join(r.replace(b"\n", b" ") for r in rows))
     report = import_file(path, fmt)
@@ -105,9 +113,23 @@ def test_fuzz_importers_reject_rows_without_aborting(fmt: str, rows: list[bytes]
 
 def test_a_dirty_seed_file_is_reported_row_by_row(tmp_path: Path) -> None:
     good = build(3, 0, seed=2).train
-    tool = {"type": "function", "function": {"name": "w", "parameters": {"type": "object", "properties": {"city": "string"}}}}
+    tool = {
+        "type": "function",
+        "function": {"name": "w", "parameters": {"type": "object", "properties": {"city": "string"}}},
+    }
     rows = [
-        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]}], "tools": [tool]}).encode(),
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}],
+                    },
+                ],
+                "tools": [tool],
+            }
+        ).encode(),
         b'{"messages": [\xff\xfe]}',
     ]
     from looptool.data.formats.openai import export_row
