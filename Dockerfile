@@ -7,7 +7,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY looptool ./looptool
 COPY schemas ./schemas
+# The uninstall may find nothing to remove; a failed install must still fail the build.
 RUN pip install --no-cache-dir ".[${EXTRAS}]" \
- && pip uninstall --yes torchvision torchaudio torchcodec || true
+ && (pip uninstall --yes torchvision torchaudio torchcodec || true)
 ENV PYTHONUNBUFFERED=1
 CMD ["looptool", "--help"]
