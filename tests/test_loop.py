@@ -2,25 +2,36 @@
 
 Two rounds on a small synthetic world. The undisturbed run checks the flow, the ledger and the
 report; the disturbed run SIGKILLs one service of each kind in turn, at seeded random points
-of the rounds, restarts it, and must end with the same ledger totals.
+of the rounds, restarts it (one of two curators stays dead), and must end with the same ledger
+totals. A dirty seed file, with poison messages fed to the live services meanwhile, must end
+with every sample accounted for and no service down.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import msgspec
 import pytest
+from helpers import read_all
 
 from looptool.app.report import write_report
 from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology
-from looptool.data.formats import decode_samples
+from looptool.data.formats import decode_samples, import_file, read_samples, write_samples
+from looptool.data.formats.openai import export_row
+from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel import names
-from looptool.kernel.bus import Bus
+from looptool.kernel.bus import CLAIM_HEADER, Bus
+from looptool.kernel.events import DeadLetter
 from looptool.kernel.settings import NatsSettings
 from looptool.loop.events import (
     DatasetReady,
@@ -88,34 +99,60 @@ def service_env(vllm_url: str, model_dir: Path, world: dict[str, Path], artifact
     }
 
 
+class Fault(NamedTuple):
+    """On the first ``event_type`` event of ``round``: SIGKILL ``replica`` after a seeded random
+    delay, and start it again unless ``restart`` is False. ``replica`` may be ``"holder:<key>"``:
+    the replica that holds that KV claim (the active one)."""
+
+    event_type: type
+    round: int
+    replica: str
+    restart: bool = True
+
+
+class LoopRun(NamedTuple):
+    ledger: RunLedger
+    exited: dict[str, int | None]  # replicas that were not running at the end (and not killed by a fault)
+
+
 def run_loop(
     nats_url: str,
     env: dict[str, str],
     workdir: Path,
     run: str,
     seed_path: Path,
-    faults: list[tuple[type, int, str]] | None = None,
-) -> RunLedger:
-    """Run a whole loop; ``faults``: (event type, round, service) — on the first such event,
-    SIGKILL that service's replica after a seeded random delay and start it again."""
-    config = RunConfig(run=run, seed_path=str(seed_path), rounds=ROUNDS, wait_for_eval=True, seed=3)
+    faults: list[Fault] | None = None,
+    *,
+    rounds: int = ROUNDS,
+    replicas: dict[str, int] | None = None,
+    meanwhile: Callable[[Bus], Awaitable[None]] | None = None,
+) -> LoopRun:
+    """Run a whole loop, injecting ``faults``; ``meanwhile`` runs once the run is requested."""
+    config = RunConfig(run=run, seed_path=str(seed_path), rounds=rounds, wait_for_eval=True, seed=3)
     rng = random.Random(run)
     pending = list(faults or [])
-    with Topology(workdir, nats_url=nats_url, env=env, quiet=True) as topology:
+    killed: set[str] = set()
+    with Topology(workdir, nats_url=nats_url, env=env, replicas=replicas, quiet=True) as topology:
 
         async def main() -> RunLedger:
             bus = await Bus.connect(NatsSettings(url=nats_url))
             try:
                 await submit_run(bus, config)
+                if meanwhile is not None:
+                    await meanwhile(bus)
                 with anyio.fail_after(900):
                     async for _, event in bus.read(names.run_filter(run), follow=True):
                         for fault in list(pending):
-                            event_type, round, service = fault
-                            if isinstance(event, event_type) and event.round == round:
+                            if isinstance(event, fault.event_type) and event.round == fault.round:
                                 pending.remove(fault)
                                 await anyio.sleep(rng.uniform(0.0, 1.5))
-                                topology.kill(f"{service}-0")
-                                topology.restart(f"{service}-0")
+                                replica = fault.replica
+                                if replica.startswith("holder:"):
+                                    replica = await bus.value(replica.removeprefix("holder:")) or ""
+                                topology.kill(replica)
+                                killed.add(replica)
+                                if fault.restart:
+                                    topology.restart(replica)
                         if isinstance(event, RunFinished):
                             break
                 return await fold_run(bus, run)
@@ -123,15 +160,22 @@ def run_loop(
                 await bus.close()
 
         ledger = anyio.run(main)
+        exited = {
+            replica: process.poll()
+            for replica, process in topology.processes.items()
+            if process.poll() is not None and replica not in killed
+        }
     assert not pending, f"faults never injected: {pending}"
-    return ledger
+    return LoopRun(ledger, exited)
 
 
 @pytest.fixture(scope="module")
 def undisturbed(nats_server, loop_vllm, tiny_model, world, tmp_path_factory) -> tuple[RunLedger, Path]:
     workdir = tmp_path_factory.mktemp("loop")
     env = service_env(loop_vllm.base_url, tiny_model, world, workdir / "artifacts")
-    return run_loop(nats_server.url, env, workdir / "topology", "loopcalm", world["train"]), workdir
+    calm = run_loop(nats_server.url, env, workdir / "topology", "loopcalm", world["train"])
+    assert calm.exited == {}
+    return calm.ledger, workdir
 
 
 def totals(ledger: RunLedger) -> dict[int, dict[str, int]]:
@@ -211,15 +255,102 @@ def test_killing_each_service_in_turn_changes_no_totals(
     calm, _ = undisturbed
     env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
     faults = [
-        (TrainProgress, 0, "trainer"),
-        (ProbeTask, 0, "probe"),
-        (JudgeVerdict, 0, "judge"),
-        (ExpandResult, 0, "expander"),
-        (ModelReady, 1, "evaluator"),
-        (ProbeResult, 1, "curator"),
+        Fault(TrainProgress, 0, "trainer-0"),
+        Fault(ProbeTask, 0, "probe-0"),
+        Fault(JudgeVerdict, 0, "judge-0"),
+        Fault(ExpandResult, 0, "expander-0"),
+        Fault(ModelReady, 1, "evaluator-0"),
+        # Two curators: the one that closed round 0 dies mid-round 1 for good; the other goes on.
+        Fault(ProbeResult, 1, f"holder:{names.round_closed_key('loopstorm', 0)}", restart=False),
     ]
-    stormy = run_loop(nats_server.url, env, tmp_path / "topology", "loopstorm", world["train"], faults)
+    run = run_loop(
+        nats_server.url, env, tmp_path / "topology", "loopstorm", world["train"], faults, replicas={"curator": 2}
+    )
+    stormy = run.ledger
+    assert run.exited == {}
     assert stormy.finished is not None
     assert totals(stormy) == totals(calm)
     for rl in stormy.rounds.values():
         assert len(rl.outcomes(_cut())) == rl.size
+
+
+def dirty_seed_file(world: dict[str, Path], path: Path) -> Path:
+    """Twelve good rows in the OpenAI/TRL layout, then what real files hold: a repeated row, a
+    schema written ``{"city": "string"}``, a prompt longer than vLLM's ``max_model_len``, a
+    label calling a tool that is not offered, and a line of invalid UTF-8 (lines 13–17)."""
+    good = [export_row(s) for s in read_samples(world["train"])[:12]]
+    malformed = msgspec.json.decode(msgspec.json.encode(good[0]))
+    malformed["tools"][0]["function"]["parameters"]["properties"] = {"city": "string"}
+    too_long = msgspec.json.decode(msgspec.json.encode(good[1]))
+    too_long["messages"][-2]["content"] += " please" * 5000
+    unoffered = msgspec.json.decode(msgspec.json.encode(good[2]))
+    unoffered["messages"][-1]["tool_calls"][0]["function"]["name"] = "not_offered"
+    lines = [msgspec.json.encode(row) for row in [*good, good[0], malformed, too_long, unoffered]]
+    path.write_bytes(b"\n".join([*lines, b'{"messages": "\xff\xfe"}']) + b"\n")
+    return path
+
+
+async def feed_poison(bus: Bus, sample: Sample) -> None:
+    """One poison message of each kind to live services, in a run of its own."""
+    nested = b"[" * 100_000 + b"]" * 100_000
+    task = msgspec.json.decode(msgspec.json.encode(ProbeTask(run="poison", sample=sample, model="m")))
+    task["sample"]["id"] = "s-1\r\nNats-Msg-Id: forged"
+    await bus.publish_raw(names.for_type(ProbeTask, "poison"), nested)  # probe: nested past the decoder
+    await bus.publish_raw(names.for_type(ProbeTask, "poison"), msgspec.json.encode(task))  # CR/LF in an id
+    await bus.js.publish(  # judge: a claim check naming an object that does not exist
+        names.for_type(ProbeResult, "poison"), b"", headers={CLAIM_HEADER: "no-such-object"}
+    )
+    await bus.publish_raw(names.for_type(JudgeVerdict, "poison"), b"\xff\xfe\x00 not utf-8")  # expander
+
+
+def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
+    nats_server, loop_vllm, tiny_model, world, tmp_path
+) -> None:
+    dirty = dirty_seed_file(world, tmp_path / "dirty.jsonl")
+    report = import_file(dirty, "openai")
+    rejected = {(e.line, e.field): e.reason for e in report.errors}
+    assert report.duplicates == 1 and len(report.samples) == 13
+    assert set(rejected) == {(14, "tools[0].parameters.properties.city"), (16, "label[0].name"), (17, "(line)")}
+    assert "'not_offered'" in rejected[(16, "label[0].name")] and "invalid JSON" in rejected[(17, "(line)")]
+    clean = tmp_path / "clean.jsonl"
+    write_samples(report.samples, clean)
+
+    env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
+    run = run_loop(
+        nats_server.url,
+        env,
+        tmp_path / "topology",
+        "loopdirty",
+        clean,
+        rounds=1,
+        meanwhile=lambda bus: feed_poison(bus, report.samples[0]),
+    )
+    assert run.exited == {}  # no service died on any of it
+    ledger = run.ledger
+    assert ledger.finished is not None
+    r0 = ledger.rounds[0]
+    outcomes = r0.outcomes(_cut())
+    assert r0.size == len(outcomes) == 13  # imported samples = outcomes, errored included
+    long_id = next(s.id for s in report.samples if len(s.messages[-1].content or "") > 20_000)
+    assert outcomes[long_id] == "errored"
+    assert r0.errored_by_reason()  # the 400 from vLLM, by stage and reason
+    assert sum(1 for o in outcomes.values() if o == "errored") == 1
+
+    async def letters() -> list[DeadLetter]:
+        bus = await Bus.connect(NatsSettings(url=nats_server.url))
+        try:
+            return await read_all(bus, "poison", DeadLetter)
+        finally:
+            await bus.close()
+
+    poison = anyio.run(letters)
+    assert sorted(letter.service for letter in poison) == ["expander", "judge", "probe", "probe"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "looptool", "dlq", "poison"],
+        env={**os.environ, "LOOPTOOL_NATS__URL": nats_server.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 4 and "4 dead letter(s) in run poison" in listed.stderr

@@ -201,10 +201,14 @@ def cmd_world(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
-    from looptool.data.formats import import_file, write_samples
+    from looptool.data.formats import detect_format, import_file, write_samples
 
     try:
-        report = import_file(args.path, args.format, args.answers)
+        fmt = args.format
+        if fmt == "auto":
+            fmt, why = detect_format(args.path)
+            print(f"format: {fmt} ({why})", file=sys.stderr)
+        report = import_file(args.path, fmt, args.answers, keep_suspect=args.keep_suspect)
     except (ValueError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     write_samples(report.samples, args.out)
@@ -352,8 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = commands.add_parser("import", help="import a dataset into LoopTool samples (JSONL)")
     imp.add_argument("path")
-    imp.add_argument("--format", required=True, choices=[*FORMATS, "bfcl"])
+    imp.add_argument(
+        "--format", default="auto", choices=["auto", *FORMATS, "bfcl"], help="auto (default): detect from the first row"
+    )
     imp.add_argument("--answers", help="BFCL possible-answer file")
+    imp.add_argument(
+        "--keep-suspect",
+        action="store_true",
+        help="keep rows whose label fails its own tools (flagged in meta.suspect_label) instead of rejecting them",
+    )
     imp.add_argument("--out", required=True)
     imp.set_defaults(func=cmd_import)
 

@@ -106,6 +106,22 @@ def _decode_json(text: str) -> Any:
         raise CallParseError(f"invalid JSON: {exc}", text) from None
 
 
+def json_or_literal(text: str) -> Any:
+    """JSON, or failing that a Python literal (Hermes v1 writes ``{'name': 'f', 'arguments':
+    {'x': True}}``) — parsed with :mod:`ast`, never evaluated, bounded in size."""
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        json_error = exc
+    source = text.strip()
+    if len(source) > MAX_CALL_TEXT:
+        raise CallParseError(f"text of {len(source)} characters (limit {MAX_CALL_TEXT})", text[:200])
+    try:
+        return _jsonable(ast.literal_eval(ast.parse(source, mode="eval").body))
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError):
+        raise CallParseError(f"invalid JSON (nor a Python literal): {json_error}", text[:200]) from None
+
+
 # --------------------------------------------------------------------------- python syntax
 
 
@@ -200,7 +216,7 @@ def parse_calls(text: str) -> list[ToolCall]:
     if blocks:
         calls: list[ToolCall] = []
         for block in blocks:
-            calls.extend(calls_from_json(_decode_json(block.strip())))
+            calls.extend(calls_from_json(json_or_literal(block.strip())))
         return calls
     # The whole reply first (a fence may sit inside a string argument), then fenced blocks.
     candidates = [body] + [block.strip() for block in _FENCE.findall(body)]

@@ -99,6 +99,21 @@ def check_sample(sample: Sample, calls: list[ToolCall]) -> CheckResult:
     return check([tool.function for tool in sample.tools], calls, sample_answer(sample), sample.category)
 
 
+def label_problem(sample: Sample) -> tuple[str, str] | None:
+    """``(field, why)`` when a sample's label fails its own tools — a call to a tool that is not
+    offered, a missing required parameter, a value of the wrong type — else None. A label
+    that fails here would count every correct prediction as a failure."""
+    offered = sorted(tool.function.name for tool in sample.tools)
+    for index, call in enumerate(sample.label):
+        if call.name not in offered:
+            return f"label[{index}].name", f"calls {call.name!r}, which is not among the offered tools {offered}"
+    result = check_sample(sample, sample.label)
+    if result.valid:
+        return None
+    calls = ", ".join(call.name for call in sample.label)
+    return "label", f"{calls}: fails its own tools: {result.error} ({result.error_type})"
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -420,6 +420,12 @@ class _Consumer:
             raise PoisonMessage(f"a {event_tag(type(event))} event on {self.event_type.__name__}'s subject")
         if event.run != names.run_of(msg.subject):  # an event acts on its own run only
             raise PoisonMessage(f"event of run {event.run[:80]!r} published under run {names.run_of(msg.subject)!r}")
+        item = event.work_item()
+        if item is not None:  # a sample id ends up in message-id headers downstream
+            try:
+                names.check_header_value("sample id", item)
+            except names.InvalidName as exc:
+                raise PoisonMessage(str(exc)) from None
         return event
 
     async def _handle(self, msg: Msg, event: Event) -> None:

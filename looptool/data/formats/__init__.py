@@ -12,17 +12,35 @@ from typing import Any
 
 import msgspec
 
-from looptool.data.formats import bfcl, hermes, looptool23k, openai, toolace, xlam
-from looptool.data.formats._common import ImportReport, RowError, RowRejected, check_sample_shape, import_rows
+from looptool.data.formats import bfcl, hermes, looptool23k, openai, sharegpt, toolace, xlam
+from looptool.data.formats._common import (
+    ImportReport,
+    RowError,
+    RowRejected,
+    check_sample_shape,
+    import_rows,
+    read_bytes,
+    read_rows,
+)
 from looptool.data.samples import Sample
 
-__all__ = ["FORMATS", "ImportReport", "RowError", "export_jsonl", "import_file", "read_samples", "write_samples"]
+__all__ = [
+    "FORMATS",
+    "ImportReport",
+    "RowError",
+    "detect_format",
+    "export_jsonl",
+    "import_file",
+    "read_samples",
+    "write_samples",
+]
 
 # name -> (row parser, row exporter)
-FORMATS: dict[str, tuple[Callable[[dict[str, Any]], Sample], Callable[[Sample], dict[str, Any]]]] = {
+FORMATS: dict[str, tuple[Callable[[dict[str, Any]], Sample | list[Sample]], Callable[[Sample], dict[str, Any]]]] = {
     "openai": (openai.parse_row, openai.export_row),
     "xlam": (xlam.parse_row, xlam.export_row),
     "hermes": (hermes.parse_row, hermes.export_row),
+    "sharegpt": (sharegpt.parse_row, sharegpt.export_row),
     "looptool23k": (looptool23k.parse_row, looptool23k.export_row),
     "toolace": (toolace.parse_row, toolace.export_row),
 }
@@ -30,13 +48,51 @@ FORMATS: dict[str, tuple[Callable[[dict[str, Any]], Sample], Callable[[Sample], 
 _encoder = msgspec.json.Encoder()
 
 
-def import_file(path: str | Path, fmt: str, answers: str | Path | None = None) -> ImportReport:
-    """Import ``path`` in format ``fmt`` (one of :data:`FORMATS`, or ``bfcl`` with ``answers``)."""
+def detect_format(path: str | Path) -> tuple[str, str]:
+    """``(format, why)`` from the first row's fields — what ``--format auto`` chooses."""
+    row = next((row for _, row in read_rows(path) if isinstance(row, dict)), None)
+    if row is None:
+        raise ValueError(f"{path}: no JSON object row to detect the format from")
+    keys = set(row)
+    turns = row.get("conversations")
+    speakers = {t.get("from") for t in turns if isinstance(t, dict)} if isinstance(turns, list) else set()
+    text = msgspec.json.encode(turns).decode() if turns else ""
+    if {"id", "tools", "messages", "label"} <= keys:
+        return "samples", "fields id, tools, messages, label (LoopTool samples)"
+    if {"query", "tools", "answers"} <= keys:
+        return "xlam", "fields query, tools, answers (xLAM / APIGen)"
+    if "messages" in keys:
+        return "openai", "a messages list (OpenAI / TRL)"
+    if {"instruction", "input", "output"} <= keys:
+        return "looptool23k", "fields instruction, input, output (LoopTool-23k)"
+    if {"question", "function"} <= keys and isinstance(row.get("question"), list):
+        return "bfcl", "fields question (turn lists), function (BFCL)"
+    if speakers & {"function_call", "observation"}:
+        return "sharegpt", "function_call/observation turns (ShareGPT as LLaMA-Factory writes it)"
+    if "<tool_call>" in text or "<tools>" in text:
+        return "hermes", "<tool_call>/<tools> blocks in the turns (Hermes)"
+    if isinstance(row.get("system"), str) and speakers <= {"user", "assistant", "tool"}:
+        return "toolace", "a system prompt with the tools, user/assistant/tool turns (ToolACE)"
+    if speakers:
+        return "sharegpt", "human/gpt turns (ShareGPT)"
+    raise ValueError(f"{path}: cannot tell the format from the fields {sorted(keys)[:12]}; give --format")
+
+
+def import_file(
+    path: str | Path, fmt: str, answers: str | Path | None = None, *, keep_suspect: bool = False
+) -> ImportReport:
+    """Import ``path`` in format ``fmt`` (one of :data:`FORMATS`, or ``bfcl`` with ``answers``).
+    Labels that fail their own tools are rejected, or kept and flagged with ``keep_suspect``
+    (BFCL's items always are: a benchmark's count must not change)."""
+    if fmt == "auto":
+        fmt, _ = detect_format(path)
+    if fmt == "samples":
+        return ImportReport(samples=read_samples(path))
     if fmt == "bfcl":
         return bfcl.import_bfcl(path, answers)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known: {', '.join([*FORMATS, 'bfcl'])}")
-    return import_rows(path, FORMATS[fmt][0])
+    return import_rows(path, FORMATS[fmt][0], keep_suspect=keep_suspect)
 
 
 def export_jsonl(samples: Iterable[Sample], path: str | Path, fmt: str) -> int:
@@ -95,4 +151,4 @@ def decode_samples(data: bytes, origin: str = "<bytes>") -> list[Sample]:
 
 
 def read_samples(path: str | Path) -> list[Sample]:
-    return decode_samples(Path(path).read_bytes(), str(path))
+    return decode_samples(read_bytes(path), str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import msgspec
 
 from looptool.data.calls import CallParseError, extract_calls
+from looptool.data.checker import label_problem
+from looptool.data.formats._params import parameters_schema
 from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id, valid_sample_id
 from looptool.kernel.errors import LoopToolError
 
@@ -30,6 +33,7 @@ class ImportReport(msgspec.Struct):
     errors: list[RowError] = msgspec.field(default_factory=list)
     rows: int = 0
     duplicates: int = 0  # rows that repeated an earlier row exactly (same sample id), kept once
+    suspect: int = 0  # kept although the label fails its own tools (``keep_suspect``), flagged in meta
 
     def summary(self) -> str:
         by_field: dict[str, int] = {}
@@ -37,10 +41,12 @@ class ImportReport(msgspec.Struct):
             by_field[error.field] = by_field.get(error.field, 0) + 1
         detail = ", ".join(f"{field}: {n}" for field, n in sorted(by_field.items()))
         duplicates = f", {self.duplicates} duplicate(s) collapsed" if self.duplicates else ""
+        suspect = f", {self.suspect} kept with a suspect label" if self.suspect else ""
         return (
             f"{self.rows} rows: {len(self.samples)} imported, {len(self.errors)} rejected"
             + (f" ({detail})" if detail else "")
             + duplicates
+            + suspect
         )
 
     def write_rejects(self, path: str | Path) -> None:
@@ -60,12 +66,18 @@ class RowRejected(LoopToolError, ValueError):
         self.reason = reason
 
 
+def read_bytes(path: str | Path) -> bytes:
+    """A file's bytes, gunzipped when it is gzipped (by its magic number, not its name)."""
+    data = Path(path).read_bytes()
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
-    """``(line, row)`` for JSONL; ``(index + 1, row)`` for a JSON array file. Undecodable lines
-    (bad JSON, invalid UTF-8, nesting past the decoder) come back as :class:`RowError` so that
-    the caller reports them and goes on."""
+    """``(line, row)`` for JSONL; ``(index + 1, row)`` for a JSON array file; either may be
+    gzipped. Undecodable lines (bad JSON, invalid UTF-8, nesting past the decoder) come back as
+    :class:`RowError` so that the caller reports them and goes on."""
     path = Path(path)
-    data = path.read_bytes()
+    data = read_bytes(path)
     if data.lstrip().startswith(b"["):
         try:
             items = msgspec.json.decode(data)
@@ -85,11 +97,19 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
 
 
 def import_rows(
-    path: str | Path, parse_row: Callable[[dict[str, Any]], Sample | list[Sample]], *, collapse_duplicates: bool = True
+    path: str | Path,
+    parse_row: Callable[[dict[str, Any]], Sample | list[Sample]],
+    *,
+    collapse_duplicates: bool = True,
+    keep_suspect: bool = False,
 ) -> ImportReport:
     """Run ``parse_row`` on every row of ``path``; collect samples and located errors. One bad
     row never aborts an import, and a row repeated exactly (same sample id) is kept once —
-    except in evaluation sets, whose items are counted as their benchmark counts them."""
+    except in evaluation sets, whose items are counted as their benchmark counts them.
+
+    Every label is checked against its own tools: one that fails is rejected with the
+    checker's reason or, with ``keep_suspect``, kept with ``meta["suspect_label"]`` set so
+    that the judge settles it in round 0."""
     report = ImportReport()
     seen: set[str] = set()
     for line, row in read_rows(path):
@@ -107,6 +127,13 @@ def import_rows(
             samples = parsed if isinstance(parsed, list) else [parsed]
             for sample in samples:
                 check_sample_shape(sample)
+            problems = [label_problem(sample) for sample in samples]
+            for sample, problem in zip(samples, problems, strict=True):
+                if problem is None:
+                    continue
+                if not keep_suspect:
+                    raise RowRejected(*problem)
+                sample.meta["suspect_label"] = f"{problem[0]}: {problem[1]}"
         except RowRejected as exc:
             report.errors.append(RowError(str(path), line, exc.field, exc.reason))
             continue
@@ -122,6 +149,7 @@ def import_rows(
                 continue
             seen.add(sample.id)
             sample.lineage = Lineage(origin="seed", source=f"{path}:{line}")
+            report.suspect += "suspect_label" in sample.meta
             report.samples.append(sample)
     return report
 
@@ -192,12 +220,15 @@ def json_field(row: dict[str, Any], field: str) -> Any:
 
 
 def tools_from(raw: Any, field: str) -> list[ToolSpec]:
-    """Tool specs from OpenAI ``{"type": "function", "function": {...}}`` or bare function dicts."""
+    """Tool specs from OpenAI ``{"type": "function", "function": {...}}`` or bare function dicts;
+    parameters in any published layout (:mod:`._params`) become JSON Schema."""
     if not isinstance(raw, list):
         raise RowRejected(field, f"expected a list of tools, got {type(raw).__name__}")
     tools = []
     for index, item in enumerate(raw):
         function = item.get("function", item) if isinstance(item, dict) else item
+        if isinstance(function, dict) and "parameters" in function:
+            function = {**function, "parameters": parameters_schema(function["parameters"])}
         try:
             tools.append(msgspec.convert({"function": function}, ToolSpec))
         except msgspec.ValidationError as exc:
@@ -213,13 +244,6 @@ def calls_from(parse: Callable[[], list[ToolCall]], field: str) -> list[ToolCall
         return parse()
     except CallParseError as exc:
         raise RowRejected(field, exc.reason) from None
-
-
-def check_label_against_tools(label: list[ToolCall], tools: list[ToolSpec], field: str) -> None:
-    names = {tool.function.name for tool in tools}
-    for call in label:
-        if call.name not in names:
-            raise RowRejected(field, f"calls {call.name!r}, which is not among the tools {sorted(names)}")
 
 
 def category_of(label: list[ToolCall], tools: list[ToolSpec]) -> str:
@@ -260,10 +284,24 @@ def assistant_message(text: str, field: str) -> Message:
     return Message(role="assistant", content=None if calls else text, tool_calls=calls)
 
 
-def sample_from_conversation(tools: list[ToolSpec], messages: list[Message], field: str, label_field: str) -> Sample:
+def sample_from_conversation(tools: list[ToolSpec], messages: list[Message], field: str) -> Sample:
     """The last turn, the assistant's, is the label; the turns before it are the context."""
     if not messages or messages[-1].role != "assistant":
         raise RowRejected(field, "the last turn must be the assistant's (the label)")
     label = messages[-1].tool_calls
-    check_label_against_tools(label, tools, label_field)
     return make_sample(tools, messages[:-1], label)
+
+
+def samples_from_turns(tools: list[ToolSpec], messages: list[Message], field: str) -> list[Sample]:
+    """One sample per assistant decision in a conversation, with the turns before it as context:
+    every turn that calls tools, and every reply straight to the user (a "no call" sample). A
+    summary written after tool results is no tool-calling decision and yields none."""
+    samples = []
+    for index, message in enumerate(messages):
+        if message.role != "assistant" or index == 0:
+            continue
+        if message.tool_calls or messages[index - 1].role == "user":
+            samples.append(make_sample(tools, messages[:index], message.tool_calls))
+    if not samples:
+        raise RowRejected(field, "no assistant turn that calls a tool or answers the user")
+    return samples

@@ -95,7 +95,9 @@ def load_answers(path: str | Path) -> tuple[dict[str, Any], list[RowError]]:
     return answers, errors
 
 
-def import_bfcl(questions: str | Path, answers: str | Path | None = None) -> ImportReport:
+def import_bfcl(
+    questions: str | Path, answers: str | Path | None = None, *, keep_suspect: bool = False
+) -> ImportReport:
     """Read a BFCL question file and (except for irrelevance/relevance) its possible answers."""
     truth, answer_errors = load_answers(answers) if answers else ({}, [])
 
@@ -120,7 +122,9 @@ def import_bfcl(questions: str | Path, answers: str | Path | None = None) -> Imp
             tools, messages, label, category=category, meta={"bfcl_id": bfcl_id, "possible_answer": answer}
         )
 
-    report = import_rows(questions, parse_row, collapse_duplicates=False)  # BFCL scores every item
+    # BFCL scores every item: duplicates stay, and an item whose own answer fails its tools
+    # (a handful in BFCL's data) is kept and flagged, never dropped.
+    report = import_rows(questions, parse_row, collapse_duplicates=False, keep_suspect=True)
     report.errors[:0] = answer_errors
     return report
 

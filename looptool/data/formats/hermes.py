@@ -1,8 +1,10 @@
 """Hermes / ShareGPT: ``{"conversations": [{"from", "value"}], "tools": ...}``.
 
 Assistant (``gpt``) turns call tools with ``<tool_call>{json}</tool_call>`` blocks; the tools come
-from a ``tools`` field (list or JSON string) or from ``<tools>…</tools>`` in the system turn. The
-last ``gpt`` turn is the label.
+from a ``tools`` field (list or JSON string) or from ``<tools>…</tools>`` in the system turn.
+Hermes function-calling v1 writes both as Python literals (single quotes), parsed with :mod:`ast`
+and never evaluated. Every ``gpt`` turn that calls tools, or answers the human directly, is a
+sample with the turns before it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from typing import Any, cast
 
 import msgspec
 
-from looptool.data.calls import format_tool_call_blocks
+from looptool.data.calls import CallParseError, format_tool_call_blocks, json_or_literal
 from looptool.data.formats._common import (
     RowRejected,
     assistant_message,
     json_field,
     need,
-    sample_from_conversation,
+    samples_from_turns,
     tools_from,
 )
 from looptool.data.samples import Message, Role, Sample
@@ -38,20 +40,21 @@ _encoder = msgspec.json.Encoder()
 
 
 def tools_in_text(text: str, field: str) -> list[Any]:
-    """Tool specs written inside ``<tools>…</tools>``: a JSON list, or one JSON object a line."""
+    """Tool specs written inside ``<tools>…</tools>``: a list, or one object a line."""
     # Prompts often *mention* "<tools></tools>" before the real block: take the first non-empty one.
     body = next((block.strip() for block in _TOOLS_BLOCK.findall(text) if block.strip()), None)
     if body is None:
         raise RowRejected(field, "no <tools>…</tools> block")
+    # Hermes v1 writes the list as a Python literal (single quotes, True/False).
     try:
         if body.startswith("["):
-            return list(msgspec.json.decode(body))
-        return [msgspec.json.decode(line) for line in body.splitlines() if line.strip()]
-    except msgspec.DecodeError as exc:
-        raise RowRejected(field, f"invalid tool JSON inside <tools>: {exc}") from None
+            return list(json_or_literal(body))
+        return [json_or_literal(line) for line in body.splitlines() if line.strip()]
+    except CallParseError as exc:
+        raise RowRejected(field, f"tools inside <tools>: {exc.reason}") from None
 
 
-def parse_row(row: dict[str, Any]) -> Sample:
+def parse_row(row: dict[str, Any]) -> list[Sample]:
     turns = need(row, "conversations", list)
     raw_tools = json_field(row, "tools") if "tools" in row else None
     messages: list[Message] = []
@@ -73,9 +76,7 @@ def parse_row(row: dict[str, Any]) -> Sample:
             messages.append(Message(role=cast(Role, role), content=value))
     if raw_tools is None:
         raise RowRejected("tools", "missing (no tools field and no system turn with <tools>)")
-    return sample_from_conversation(
-        tools_from(raw_tools, "tools"), messages, "conversations", f"conversations[{len(turns) - 1}].value"
-    )
+    return samples_from_turns(tools_from(raw_tools, "tools"), messages, "conversations")
 
 
 def export_row(sample: Sample) -> dict[str, Any]:

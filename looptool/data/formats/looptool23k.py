@@ -21,7 +21,6 @@ from looptool.data.formats._common import (
     RowRejected,
     assistant_message,
     calls_from,
-    check_label_against_tools,
     make_sample,
     need,
     tools_from,
@@ -63,7 +62,6 @@ def parse_row(row: dict[str, Any]) -> Sample:
     messages = parse_dialogue(need(row, "input", str), "input")
     output = need(row, "output", str)
     label = calls_from(lambda: extract_calls(output), "output")
-    check_label_against_tools(label, tools, "output")
     return make_sample(tools, messages, label)
 
 

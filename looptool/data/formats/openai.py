@@ -33,7 +33,7 @@ def parse_row(row: dict[str, Any]) -> Sample:
     raw_messages = need(row, "messages", list)
     tools = tools_from(row.get("tools", []), "tools")
     messages = [parse_message(m, f"messages[{i}]") for i, m in enumerate(raw_messages)]
-    return sample_from_conversation(tools, messages, "messages", f"messages[{len(messages) - 1}].tool_calls")
+    return sample_from_conversation(tools, messages, "messages")
 
 
 def message_dict(message: Message) -> dict[str, Any]:

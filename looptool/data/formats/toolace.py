@@ -1,8 +1,10 @@
 """ToolACE-style rows: tools as a JSON list in ``system``, Python-call syntax answers.
 
 ``{"system": "...[{tool}, ...]", "conversations": [{"from": "user"|"assistant"|"tool", "value"}]}``;
-an assistant turn like ``[f(a=1, b="x"), g()]`` is parsed with :mod:`ast` (never evaluated). The
-last assistant turn is the label; plain text there means "no call".
+an assistant turn like ``[f(a=1, b="x"), g()]`` is parsed with :mod:`ast` (never evaluated).
+Every assistant turn that calls tools, or answers the user directly, is a sample with the turns
+before it; the summary after a tool result is not. Parameter types are BFCL's (``dict``,
+``float``, ``tuple``), which the checker reads as they are.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from typing import Any
 import msgspec
 
 from looptool.data.calls import format_python_calls
-from looptool.data.formats._common import RowRejected, assistant_message, need, sample_from_conversation, tools_from
-from looptool.data.samples import Message, Sample
+from looptool.data.formats._common import RowRejected, assistant_message, need, samples_from_turns, tools_from
+from looptool.data.samples import Message, Sample, ToolSpec
 
 _encoder = msgspec.json.Encoder()
 PREAMBLE = "You are an expert in composing functions. Here is a list of functions in JSON format that you can invoke:\n"
@@ -49,7 +51,26 @@ def _first_json_list(text: str) -> Any:
     raise msgspec.DecodeError("unterminated tool list")
 
 
-def parse_row(row: dict[str, Any]) -> Sample:
+def _assistant_turn(text: str, field: str, tools: list[ToolSpec]) -> Message:
+    """ToolACE names some tools with spaces or dashes (``Get Market Trends``) and calls them so:
+    such names are swapped for placeholders while the calls are parsed, then put back."""
+    aliases = {}
+    for index, tool in enumerate(tools):
+        name = tool.function.name
+        if not all(part.isidentifier() for part in name.split(".")) and f"{name}(" in text:
+            alias = f"__looptool_tool_{index}"
+            text = text.replace(f"{name}(", f"{alias}(")
+            aliases[alias] = name
+    message = assistant_message(text, field)
+    for call in message.tool_calls:
+        call.name = aliases.get(call.name, call.name)
+    if aliases and message.content is not None:
+        for alias, name in aliases.items():
+            message.content = message.content.replace(f"{alias}(", f"{name}(")
+    return message
+
+
+def parse_row(row: dict[str, Any]) -> list[Sample]:
     tools = tools_from(tools_in_system(need(row, "system", str)), "system")
     messages = []
     turns = need(row, "conversations", list)
@@ -62,10 +83,10 @@ def parse_row(row: dict[str, Any]) -> Sample:
             raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r}")
         value = turn["value"]
         if speaker == "assistant":
-            messages.append(assistant_message(value, f"{field}.value"))
+            messages.append(_assistant_turn(value, f"{field}.value", tools))
         else:
             messages.append(Message(role=speaker, content=value))
-    return sample_from_conversation(tools, messages, "conversations", f"conversations[{len(turns) - 1}].value")
+    return samples_from_turns(tools, messages, "conversations")
 
 
 def export_row(sample: Sample) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from looptool.data.calls import call_from_json
 from looptool.data.formats._common import (
     RowRejected,
     calls_from,
-    check_label_against_tools,
     json_field,
     make_sample,
     need,
@@ -28,7 +27,6 @@ def parse_row(row: dict[str, Any]) -> Sample:
     if not isinstance(answers, list):
         raise RowRejected("answers", f"expected a list of calls, got {type(answers).__name__}")
     label = calls_from(lambda: [call_from_json(a) for a in answers], "answers")
-    check_label_against_tools(label, tools, "answers")
     return make_sample(tools, [Message(role="user", content=query)], label)
 
 

@@ -1,0 +1,92 @@
+"""ShareGPT as LLaMA-Factory writes it (its ``data/README.md``, ``glaive_toolcall_en_demo.json``):
+
+``{"conversations": [{"from": "human" | "gpt" | "function_call" | "observation", "value": str}],
+"system": str (optional), "tools": "<JSON list of functions>" (optional)}``.
+
+A ``function_call`` turn holds one call ``{"name", "arguments"}`` or a list of them (parallel
+calls); ``observation`` turns are tool results. Every call turn becomes a sample with the turns
+before it, and so does every ``gpt`` reply straight to a ``human`` turn (no call).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from looptool.data.calls import calls_from_json, json_or_literal
+from looptool.data.formats._common import (
+    RowRejected,
+    calls_from,
+    json_field,
+    need,
+    samples_from_turns,
+    tools_from,
+)
+from looptool.data.samples import Message, Sample, ToolCall
+
+_encoder = msgspec.json.Encoder()
+
+
+def parse_row(row: dict[str, Any]) -> list[Sample]:
+    turns = need(row, "conversations", list)
+    tools = tools_from(json_field(row, "tools"), "tools") if row.get("tools") else []
+    messages: list[Message] = []
+    if row.get("system"):
+        messages.append(Message(role="system", content=need(row, "system", str)))
+    for index, turn in enumerate(turns):
+        field = f"conversations[{index}]"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RowRejected(field, "expected {from, value} with a string value")
+        speaker, value = turn.get("from"), turn["value"]
+        if speaker == "human":
+            messages.append(Message(role="user", content=value))
+        elif speaker == "gpt":
+            messages.append(Message(role="assistant", content=value))
+        elif speaker == "function_call":
+            calls = calls_from(partial(_calls, value), f"{field}.value")
+            if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
+                messages[-1].tool_calls = calls  # a gpt thought followed by its call: one turn
+            else:
+                messages.append(Message(role="assistant", tool_calls=calls))
+        elif speaker == "observation":
+            messages.append(Message(role="tool", content=value))
+        else:
+            raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r} (human, gpt, function_call, observation)")
+    return samples_from_turns(tools, messages, "conversations")
+
+
+def export_row(sample: Sample) -> dict[str, Any]:
+    turns: list[dict[str, str]] = []
+    system = ""
+    for message in [*sample.messages, _label_turn(sample)]:
+        if message.role == "system":
+            system = message.content or ""
+        elif message.role == "user":
+            turns.append({"from": "human", "value": message.content or ""})
+        elif message.role == "tool":
+            turns.append({"from": "observation", "value": message.content or ""})
+        elif message.tool_calls:
+            calls = [{"name": c.name, "arguments": c.arguments} for c in message.tool_calls]
+            turns.append(
+                {"from": "function_call", "value": _encoder.encode(calls[0] if len(calls) == 1 else calls).decode()}
+            )
+        else:
+            turns.append({"from": "gpt", "value": message.content or ""})
+    tools = [
+        {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+        for t in sample.tools
+    ]
+    row: dict[str, Any] = {"conversations": turns, "tools": _encoder.encode(tools).decode()}
+    if system:
+        row["system"] = system
+    return row
+
+
+def _calls(text: str) -> list[ToolCall]:
+    return calls_from_json(json_or_literal(text))
+
+
+def _label_turn(sample: Sample) -> Message:
+    return Message(role="assistant", tool_calls=sample.label, content=None if sample.label else "")

@@ -1,0 +1,173 @@
+"""Importers against rows in the layouts the datasets publish (see fixtures/formats/README.md):
+every row imports, every imported label passes its own tools, and the quirks of each layout
+(flat parameter maps, Python literals, function_call turns, spaced tool names) are read right."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from looptool.data.checker import check_sample, label_problem
+from looptool.data.formats import detect_format, import_file
+from looptool.data.formats._params import python_type_schema
+from looptool.data.samples import ToolCall
+
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+CARDS = {
+    "xlam_card.json": ("xlam", 4, 4),  # file: (format, rows, samples)
+    "hermes_v1_card.json": ("hermes", 2, 3),
+    "sharegpt_llamafactory_card.json": ("sharegpt", 2, 3),
+    "toolace_card.json": ("toolace", 2, 3),
+}
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_published_layouts_import_whole_and_every_label_passes_its_tools(name: str) -> None:
+    fmt, rows, samples = CARDS[name]
+    assert detect_format(FIXTURES / name)[0] == fmt
+    report = import_file(FIXTURES / name, "auto")
+    assert report.errors == [] and report.rows == rows and len(report.samples) == samples
+    for sample in report.samples:
+        assert label_problem(sample) is None
+        assert check_sample(sample, sample.label).valid
+
+
+def _tool(report, name: str) -> dict:
+    return next(t.function.parameters for s in report.samples for t in s.tools if t.function.name == name)
+
+
+def test_xlam_flat_parameter_maps_become_json_schema() -> None:
+    report = import_file(FIXTURES / "xlam_card.json", "xlam")
+    giveaways = _tool(report, "live_giveaways_by_type")  # a parameter named "type"
+    assert giveaways["properties"]["type"]["type"] == "string" and giveaways["required"] == []
+    rounding = _tool(report, "round_number")
+    assert rounding["properties"] == {
+        "value": {"type": "number", "description": "The number."},
+        "decimals": {"type": "integer", "description": "Decimal places.", "default": 0},
+    }
+    assert rounding["required"] == ["value"]
+    comments = _tool(report, "video_comments")
+    assert comments["properties"]["filters"]["type"] == "object" and comments["required"] == []
+    # A correct prediction now passes; before, every one failed on "Unexpected parameter: 'type'".
+    first = report.samples[0]
+    assert check_sample(first, [ToolCall("live_giveaways_by_type", {"type": "game"}), first.label[0]]).valid
+
+
+@pytest.mark.parametrize(
+    ("text", "schema", "optional"),
+    [
+        ("str", {"type": "string"}, False),
+        ("int, optional", {"type": "integer"}, True),
+        ("List[int]", {"type": "array", "items": {"type": "integer"}}, False),
+        ("Optional[List[str]]", {"type": "array", "items": {"type": "string"}}, True),
+        ("Tuple[int, int]", {"type": "array"}, False),
+        ("Dict[str, Any], optional", {"type": "object"}, True),
+        ("Callable", {}, False),
+    ],
+)
+def test_python_type_strings(text: str, schema: dict, optional: bool) -> None:
+    assert python_type_schema(text) == (schema, optional)
+
+
+def test_xlam_label_failing_its_tools_is_rejected_with_the_call_named(tmp_path: Path) -> None:
+    rows = json.loads((FIXTURES / "xlam_card.json").read_text())
+    rows[2]["answers"] = json.dumps([{"name": "video_comments", "arguments": {"video_id": "v", "order": "new"}}])
+    rows[3]["answers"] = json.dumps([{"name": "video_comment", "arguments": {}}])
+    (tmp_path / "x.json").write_text(json.dumps(rows))
+    report = import_file(tmp_path / "x.json", "xlam")
+    assert [str(e).split(": ", 1)[1] for e in report.errors] == [
+        "label: video_comments: fails its own tools: Unexpected parameter: 'order'. "
+        "(simple_function_checker:unexpected_param)",
+        "label[0].name: calls 'video_comment', which is not among the offered tools "
+        "['is_anagram', 'merge_dictionaries']",
+    ]
+    assert [e.line for e in report.errors] == [3, 4]
+    kept = import_file(tmp_path / "x.json", "xlam", keep_suspect=True)
+    assert kept.errors == [] and kept.suspect == 2 and len(kept.samples) == 4
+    assert "Unexpected parameter: 'order'" in kept.samples[2].meta["suspect_label"]
+    assert "2 kept with a suspect label" in kept.summary()
+
+
+def test_hermes_python_literals_are_parsed_never_evaluated(tmp_path: Path) -> None:
+    report = import_file(FIXTURES / "hermes_v1_card.json", "hermes")
+    feed = report.samples[0].label[0]
+    assert feed == ToolCall(
+        "get_camera_live_feed", {"camera_id": "front_door", "stream_quality": "1080p", "audio": True}
+    )
+    assert _tool(report, "get_camera_live_feed")["properties"]["stream_quality"]["enum"] == ["720p", "1080p", "4k"]
+    # The multi-turn row: one sample per call turn; the summary after the tool result is none.
+    assert [len(s.messages) for s in report.samples] == [1, 1, 5]
+    rows = json.loads((FIXTURES / "hermes_v1_card.json").read_text())
+    rows[0]["conversations"][2]["value"] = (
+        "<tool_call>\n{'arguments': __import__('os').system('touch PWNED'), 'name': 'x'}\n</tool_call>"
+    )
+    (tmp_path / "h.json").write_text(json.dumps(rows[:1]))
+    bad = import_file(tmp_path / "h.json", "hermes")
+    assert bad.samples == [] and bad.errors[0].field == "conversations[2].value"
+    assert "nor a Python literal" in bad.errors[0].reason and not Path("PWNED").exists()
+
+
+def test_sharegpt_every_call_turn_is_a_sample_and_observations_are_tool_turns() -> None:
+    report = import_file(FIXTURES / "sharegpt_llamafactory_card.json", "sharegpt")
+    password, rates, refusal = report.samples
+    assert password.messages[0].role == "system" and password.label[0].arguments == {
+        "length": 12,
+        "include_symbols": True,
+    }
+    assert [m.role for m in rates.messages] == ["system", "user", "assistant", "tool", "assistant", "user"]
+    assert rates.messages[3].content == '{"password": "4&7j#9@1Q6*"}'
+    assert [c.arguments["target"] for c in rates.label] == ["EUR", "JPY"] and rates.category == "parallel_multiple"
+    assert refusal.label == [] and refusal.category == "irrelevance"
+
+
+def test_sharegpt_unknown_speaker_is_named(tmp_path: Path) -> None:
+    rows = json.loads((FIXTURES / "sharegpt_llamafactory_card.json").read_text())
+    rows[0]["conversations"][1]["from"] = "function_response"
+    (tmp_path / "s.json").write_text(json.dumps(rows))
+    report = import_file(tmp_path / "s.json", "sharegpt")
+    assert [str(e).split(": ", 1)[1] for e in report.errors] == [
+        "conversations[1].from: unknown speaker 'function_response' (human, gpt, function_call, observation)"
+    ]
+
+
+def test_toolace_spaced_names_and_bfcl_types() -> None:
+    report = import_file(FIXTURES / "toolace_card.json", "toolace")
+    trends, clarify, roof = report.samples
+    assert [c.name for c in trends.label] == ["Get Market Trends", "calculateRoofArea"]
+    assert _tool(report, "Get Market Trends")["type"] == "dict"
+    assert clarify.label == [] and clarify.messages[-1].content == "Compute the area of my roof."
+    assert roof.label[0].arguments["corners"] == [[0, 0], [10, 6]]  # tuples, as JSON would have them
+
+
+def test_gzipped_files_import_the_same(tmp_path: Path) -> None:
+    for name in CARDS:
+        packed = tmp_path / f"{name}.gz"
+        packed.write_bytes(gzip.compress((FIXTURES / name).read_bytes()))
+        unpacked = import_file(FIXTURES / name, "auto").samples
+        assert [(s.id, s.label) for s in import_file(packed, "auto").samples] == [(s.id, s.label) for s in unpacked]
+
+
+def test_cli_import_says_which_format_it_chose(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "looptool",
+            "import",
+            str(FIXTURES / "xlam_card.json"),
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "format: xlam (fields query, tools, answers (xLAM / APIGen))" in done.stderr
+    assert "4 rows: 4 imported, 0 rejected" in done.stderr
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4
