@@ -221,6 +221,29 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> None:
     print(report.summary(), file=sys.stderr)
 
 
+def cmd_lint(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.data.formats import detect_format, import_file, write_samples
+    from looptool.data.lint import bfcl_eval_samples, lint, render
+
+    try:
+        fmt = detect_format(args.path)[0] if args.format == "auto" else args.format
+        report = import_file(args.path, fmt, args.answers, keep_suspect=True)
+        evals = {} if args.no_bfcl else bfcl_eval_samples()
+        for path in args.eval or []:
+            evals[path] = import_file(path, "auto", keep_suspect=True).samples
+    except (ValueError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    result = lint(args.path, fmt, report.samples, report.rows, report.errors, report.duplicates, evals)
+    if args.json:
+        sys.stdout.buffer.write(_json.encode(result) + b"\n")
+    else:
+        print(render(result))
+    if args.decontaminate:
+        dirty = set(result.contamination.contaminated_ids)
+        kept = write_samples((s for s in report.samples if s.id not in dirty), args.decontaminate)
+        print(f"{kept} samples written to {args.decontaminate} ({len(dirty)} contaminated left out)", file=sys.stderr)
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.app.runs import submit_run
     from looptool.app.watch import watch
@@ -367,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--out", required=True)
     imp.set_defaults(func=cmd_import)
+
+    lint = commands.add_parser("lint", help="data-quality and contamination report for a dataset, before training")
+    lint.add_argument("path")
+    lint.add_argument("--format", default="auto", choices=["auto", "samples", *FORMATS, "bfcl"])
+    lint.add_argument("--answers", help="BFCL possible-answer file")
+    lint.add_argument("--eval", action="append", help="an evaluation file to check contamination against (repeatable)")
+    lint.add_argument("--no-bfcl", action="store_true", help="do not check against BFCL's data from bfcl-eval")
+    lint.add_argument("--json", action="store_true", help="the report as one JSON object (fields: see README)")
+    lint.add_argument("--decontaminate", metavar="OUT", help="write the samples that are not contaminated to OUT")
+    lint.set_defaults(func=cmd_lint)
 
     run = commands.add_parser("run", help="request a run (TOML config) and follow it")
     run.add_argument("config_file", metavar="RUN_TOML")

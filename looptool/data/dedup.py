@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 import msgspec
 from datasketch import MinHash, MinHashLSH
@@ -36,12 +37,18 @@ def exact_key(sample: Sample) -> str:
     return hashlib.sha256(sample_text(sample).encode()).hexdigest()[:32]
 
 
+_permutations: dict[int, tuple[Any, Any]] = {}  # num_perm -> (permutations, scheme): costly to draw each time
+
+
 def _minhash(text: str, num_perm: int) -> MinHash:
     words = text.split()
     shingles = {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
-    minhash = MinHash(num_perm=num_perm, seed=1)
-    for shingle in shingles:
-        minhash.update(shingle.encode())
+    if num_perm not in _permutations:
+        template = MinHash(num_perm=num_perm, seed=1)
+        _permutations[num_perm] = (template.permutations, template.scheme)
+    permutations, scheme = _permutations[num_perm]
+    minhash = MinHash(num_perm=num_perm, seed=1, permutations=permutations, scheme=scheme)
+    minhash.update_batch([shingle.encode() for shingle in shingles])
     return minhash
 
 
@@ -61,6 +68,19 @@ class NearDuplicateIndex:
         if hashlib.sha256(text.encode()).hexdigest()[:32] in self.exact:
             return True
         return bool(self.lsh.query(_minhash(text, self.num_perm)))
+
+    def seen_or_add(self, sample: Sample) -> bool:
+        """``is_duplicate``, and remember the sample when it is not (one MinHash, not two)."""
+        text = sample_text(sample)
+        key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        if key in self.exact:
+            return True
+        minhash = _minhash(text, self.num_perm)
+        if self.lsh.query(minhash):
+            return True
+        self.exact.add(key)
+        self.lsh.insert(key, minhash)
+        return False
 
     def add(self, sample: Sample) -> None:
         text = sample_text(sample)

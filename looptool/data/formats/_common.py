@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,12 @@ class RowRejected(LoopToolError, ValueError):
 def read_bytes(path: str | Path) -> bytes:
     """A file's bytes, gunzipped when it is gzipped (by its magic number, not its name)."""
     data = Path(path).read_bytes()
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ValueError(f"{path}: a broken gzip file: {exc}") from None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
@@ -77,7 +83,11 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
     gzipped. Undecodable lines (bad JSON, invalid UTF-8, nesting past the decoder) come back as
     :class:`RowError` so that the caller reports them and goes on."""
     path = Path(path)
-    data = read_bytes(path)
+    try:
+        data = read_bytes(path)
+    except ValueError as exc:
+        yield 1, RowError(str(path), 1, "(file)", str(exc).removeprefix(f"{path}: "))
+        return
     if data.lstrip().startswith(b"["):
         try:
             items = msgspec.json.decode(data)
