@@ -171,3 +171,28 @@ def test_cli_import_says_which_format_it_chose(tmp_path: Path) -> None:
     assert "format: xlam (fields query, tools, answers (xLAM / APIGen))" in done.stderr
     assert "4 rows: 4 imported, 0 rejected" in done.stderr
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 4
+
+
+ACEBENCH = FIXTURES / "acebench_card"
+
+
+def test_acebench_layout_with_its_possible_answers() -> None:
+    (parallel,) = import_file(ACEBENCH / "data_normal_single_turn_parallel_function.json", "auto").samples
+    # name_1 / name_2: one function called twice; "arguments" is the schema's name in some rows.
+    assert [c.name for c in parallel.label] == ["HomeLighting_setScene", "HomeLighting_setScene", "Weather_getForecast"]
+    assert parallel.tools[0].function.parameters["required"] == ["room", "brightness"]
+    assert parallel.meta["acebench_category"] == "normal_single_turn_parallel_function"
+    adjust = import_file(ACEBENCH / "data_normal_multi_turn_user_adjust.json", "acebench")
+    first, second = adjust.samples
+    assert [m.role for m in first.messages] == ["user", "assistant", "user"]  # "system:" turns are the assistant's
+    assert second.label == [ToolCall("Weather_getForecast", {"city": "Braga", "days": 5})]
+    assert second.meta["acebench_alternatives"] == [{"Weather_getForecast": {"city": "Braga"}}]
+    for sample in [parallel, first, second]:
+        assert label_problem(sample) is None
+    (irrelevant,) = import_file(ACEBENCH / "data_special_irrelevant.json", "acebench").samples
+    assert irrelevant.label == [] and irrelevant.category == "irrelevance"
+    assert irrelevant.meta["acebench_ground_truth"].startswith("Due to the limitations")
+    agent = import_file(ACEBENCH / "data_agent_multi_turn.json", "acebench")
+    assert agent.samples == [] and [e.reason for e in agent.errors] == [
+        "agent_multi_turn: agent tasks need ACEBench's simulated environment"
+    ]

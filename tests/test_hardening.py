@@ -132,6 +132,7 @@ def test_a_dirty_seed_file_is_reported_row_by_row(tmp_path: Path) -> None:
             }
         ).encode(),
         b'{"messages": [\xff\xfe]}',
+        b'{"messages": "\xff\xfe"}',  # valid JSON but for the UTF-8 inside a string
     ]
     from looptool.data.formats.openai import export_row
 
@@ -143,6 +144,7 @@ def test_a_dirty_seed_file_is_reported_row_by_row(tmp_path: Path) -> None:
     where = {(e.line, e.field) for e in report.errors}
     assert (5, "tools[0].parameters.properties.city") in where
     assert any(e.line == 6 for e in report.errors)
+    assert [e.field for e in report.errors if e.line == 7] == ["(line)"]
     assert "1 duplicate(s) collapsed" in report.summary()
 
 

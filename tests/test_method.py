@@ -11,6 +11,8 @@ import anyio
 import msgspec
 import pytest
 
+from looptool.app.report import write_report
+from looptool.app.watch import problems, status_line
 from looptool.data.formats import encode_samples
 from looptool.data.samples import Sample, ToolCall
 from looptool.data.worlds.synthetic import build
@@ -146,7 +148,7 @@ def test_two_rounds_close_and_every_sample_has_one_outcome() -> None:
     assert datasets[1].composition["expanded"] > 0
 
 
-def test_a_sample_whose_work_fails_for_good_ends_errored_and_the_round_closes() -> None:
+def test_a_sample_whose_work_fails_for_good_ends_errored_and_the_round_closes(tmp_path) -> None:
     async def main() -> tuple[StubBus, Sample]:
         bus = StubBus()
         runner = StubRunner(bus, settings(), curator.service, fake_trainer, fake_probe, judge.service, expander.service)
@@ -167,6 +169,14 @@ def test_a_sample_whose_work_fails_for_good_ends_errored_and_the_round_closes() 
         "probe: looptool.kernel.errors.PermanentError: checker crashed on this sample": 1
     }
     assert bus.of_type(RunFinished)
+    # watch and the report show it by reason
+    shown = [line.plain for line in problems(ledger)]
+    assert shown == [
+        "round 0 errored 1× — probe: looptool.kernel.errors.PermanentError: checker crashed on this sample"
+    ]
+    assert "errored 1" in status_line(ledger)
+    page, _ = write_report(ledger, tmp_path)
+    assert "<h2>Errored work</h2>" in page.read_text() and "checker crashed on this sample" in page.read_text()
 
 
 def test_two_curator_replicas_close_each_round_once() -> None:
@@ -204,6 +214,16 @@ def test_a_round_without_progress_reports_what_it_waits_for() -> None:
     failed = {p.sample_id for p in bus.of_type(ProbeResult) if p.outcome == "failed"}
     assert stalled.waiting == {"judge": len(failed)}
     assert set(stalled.samples["judge"]) <= failed and stalled.samples["judge"]
+    # watch shows the stall while the round makes no progress, and not after
+    ledger = fold(bus)
+    (line,) = [t.plain for t in problems(ledger)]
+    assert line.startswith(
+        f"round 0 stalled 0s — waiting for judge {len(failed)} (judge: {stalled.samples['judge'][0]}"
+    )
+    assert "STALLED" in status_line(ledger)
+    some = next(iter(failed))
+    ledger.apply(JudgeVerdict(run=stalled.run, sample_id=some, verdict="prediction_wrong", action="hard"))
+    assert problems(ledger) == [] and "STALLED" not in status_line(ledger)
 
 
 def test_duplicate_ids_in_a_dataset_are_left_out() -> None:

@@ -328,7 +328,7 @@ def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from looptool.data.formats import FORMATS
+    from looptool.data.formats import BENCHMARKS, FORMATS
 
     parser = argparse.ArgumentParser(prog="looptool", description=__doc__)
     parser.add_argument("--config", "-c", help="settings TOML file (default: $LOOPTOOL_CONFIG)")
@@ -380,9 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="import a dataset into LoopTool samples (JSONL)")
     imp.add_argument("path")
     imp.add_argument(
-        "--format", default="auto", choices=["auto", *FORMATS, "bfcl"], help="auto (default): detect from the first row"
+        "--format",
+        default="auto",
+        choices=["auto", *FORMATS, *BENCHMARKS],
+        help="auto (default): detect from the first row",
     )
-    imp.add_argument("--answers", help="BFCL possible-answer file")
+    imp.add_argument("--answers", help="a benchmark's possible-answer file (default: possible_answer/ beside it)")
     imp.add_argument(
         "--keep-suspect",
         action="store_true",
@@ -393,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lint = commands.add_parser("lint", help="data-quality and contamination report for a dataset, before training")
     lint.add_argument("path")
-    lint.add_argument("--format", default="auto", choices=["auto", "samples", *FORMATS, "bfcl"])
+    lint.add_argument("--format", default="auto", choices=["auto", "samples", *FORMATS, *BENCHMARKS])
     lint.add_argument("--answers", help="BFCL possible-answer file")
     lint.add_argument("--eval", action="append", help="an evaluation file to check contamination against (repeatable)")
     lint.add_argument("--no-bfcl", action="store_true", help="do not check against BFCL's data from bfcl-eval")

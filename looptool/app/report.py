@@ -128,6 +128,13 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
             ["round", *OUTCOMES, "expanded", "fresh"],
             [[r, *(c.get(k, 0) for k in (*OUTCOMES, "expanded", "fresh"))] for r, c in sorted(composition.items())],
         ),
+        "<h2>Errored work</h2>",
+        "<p>Samples whose work failed for good (dead-lettered), by stage and reason; each still counts once, as <i>errored</i>.</p>",
+        _table(
+            ["round", "stage: reason", "samples"],
+            [[r, reason, n] for r, rl in sorted(ledger.rounds.items()) for reason, n in rl.errored_by_reason().items()]
+            or [["—", "none", 0]],
+        ),
         "<h2>Judge decisions</h2>",
         _img(
             _stacked(

@@ -62,7 +62,23 @@ def render(ledger: RunLedger) -> Group:
         f"{status} · errors {ledger.errors} · dead letters {ledger.dead_letters}",
         style="bold green" if ledger.finished else "",
     )
-    return Group(table, footer)
+    return Group(table, *problems(ledger), footer)
+
+
+def problems(ledger: RunLedger) -> list[Text]:
+    """Errored work by stage and reason, and rounds stalled now (with what they wait for)."""
+    lines = []
+    for r, rl in sorted(ledger.rounds.items()):
+        for reason, n in sorted(rl.errored_by_reason().items()):
+            lines.append(Text(f"round {r} errored {n}× — {reason}", style="yellow"))
+        stall = rl.stalled()
+        if stall is not None:
+            waiting = ", ".join(f"{stage} {n}" for stage, n in stall.waiting.items())
+            some = "; ".join(f"{stage}: {' '.join(ids[:5])}" for stage, ids in stall.samples.items() if ids)
+            lines.append(
+                Text(f"round {r} stalled {stall.idle_seconds:.0f}s — waiting for {waiting} ({some})", style="bold red")
+            )
+    return lines
 
 
 def status_line(ledger: RunLedger) -> str:
@@ -74,6 +90,12 @@ def status_line(ledger: RunLedger) -> str:
     loss = f" loss {rl.losses[-1][1]:.3f} ({rl.losses[-1][0]}/{rl.total_steps})" if rl.losses else ""
     overall = ledger.overall(r)
     waiting = ", ".join(f"{stage} {n}" for stage, n in rl.missing().items()) or "complete"
+    errored = sum(rl.errored_by_reason().values())
+    stall = rl.stalled()
+    if errored:
+        waiting += f"; errored {errored}"
+    if stall is not None:
+        waiting += f"; STALLED {stall.idle_seconds:.0f}s"
     return f"{ledger.run} r{r}: dataset {rl.size}{loss}, probed {len(rl.probes)}, judged {len(rl.verdicts)}, expanded {len(rl.expansions)}, eval {overall if overall is None else round(overall, 3)} — waiting: {waiting}"
 
 

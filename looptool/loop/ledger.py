@@ -26,6 +26,7 @@ from looptool.loop.events import (
     JudgeVerdict,
     ModelReady,
     ProbeResult,
+    RoundStalled,
     RunFinished,
     RunRequested,
     TrainProgress,
@@ -61,11 +62,16 @@ class RoundLedger:
         self.losses: list[tuple[int, float]] = []
         self.total_steps = 0
         self.applied = 0  # events that changed this round: progress, for stall detection
+        self.stall: RoundStalled | None = None  # the latest stall report
         # Kept on insert, so that checking completeness is O(1) per event: consumers deliver
         # results, verdicts and dead letters in no particular order relative to each other.
         self._probed: set[str] = set()  # probe results or probe errors
         self._judge_pending: set[str] = set()  # failed, with neither verdict nor judge error
         self._expand_pending: set[str] = set()  # seeds with neither expansion nor expand error
+
+    def stalled(self) -> RoundStalled | None:
+        """The stall report, while the round has made no progress since it."""
+        return self.stall if self.stall is not None and self.stall.progress >= self.applied else None
 
     def add_probe(self, event: ProbeResult) -> None:
         if event.sample_id in self.probes:
@@ -257,6 +263,8 @@ class RunLedger:
                 ledger.total_steps = event.total_steps
             case RunFinished():
                 self.finished = event
+            case RoundStalled():
+                self.round(event.round).stall = event
             case ServiceError():
                 self.errors += 1
             case DeadLetter():

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from looptool.data.formats import bfcl, hermes, looptool23k, openai, sharegpt, toolace, xlam
+from looptool.data.formats import acebench, bfcl, hermes, looptool23k, openai, sharegpt, toolace, xlam
 from looptool.data.formats._common import (
     ImportReport,
     RowError,
@@ -25,6 +25,7 @@ from looptool.data.formats._common import (
 from looptool.data.samples import Sample
 
 __all__ = [
+    "BENCHMARKS",
     "FORMATS",
     "ImportReport",
     "RowError",
@@ -44,6 +45,9 @@ FORMATS: dict[str, tuple[Callable[[dict[str, Any]], Sample | list[Sample]], Call
     "looptool23k": (looptool23k.parse_row, looptool23k.export_row),
     "toolace": (toolace.parse_row, toolace.export_row),
 }
+
+# Benchmarks: question files with an answer file beside them (``--answers`` to point elsewhere).
+BENCHMARKS = ("bfcl", "acebench")
 
 _encoder = msgspec.json.Encoder()
 
@@ -67,6 +71,8 @@ def detect_format(path: str | Path) -> tuple[str, str]:
         return "looptool23k", "fields instruction, input, output (LoopTool-23k)"
     if {"question", "function"} <= keys and isinstance(row.get("question"), list):
         return "bfcl", "fields question (turn lists), function (BFCL)"
+    if {"question", "function"} <= keys and isinstance(row.get("question"), str):
+        return "acebench", "fields question (a 'user: …' dialogue), function (ACEBench)"
     if speakers & {"function_call", "observation"}:
         return "sharegpt", "function_call/observation turns (ShareGPT as LLaMA-Factory writes it)"
     if "<tool_call>" in text or "<tools>" in text:
@@ -90,8 +96,10 @@ def import_file(
         return ImportReport(samples=read_samples(path))
     if fmt == "bfcl":
         return bfcl.import_bfcl(path, answers)
+    if fmt == "acebench":
+        return acebench.import_acebench(path, answers)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; known: {', '.join([*FORMATS, 'bfcl'])}")
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join([*FORMATS, *BENCHMARKS])}")
     return import_rows(path, FORMATS[fmt][0], keep_suspect=keep_suspect)
 
 
@@ -142,7 +150,7 @@ def decode_samples(data: bytes, origin: str = "<bytes>") -> list[Sample]:
             try:
                 sample = _sample_decoder.decode(line)
                 check_sample_shape(sample)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{origin}:{number}: not a LoopTool sample: {exc}") from None
             except RowRejected as exc:
                 raise ValueError(f"{origin}:{number}: {exc.field}: {exc.reason}") from None

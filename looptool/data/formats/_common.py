@@ -91,7 +91,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
     if data.lstrip().startswith(b"["):
         try:
             items = msgspec.json.decode(data)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             yield 1, RowError(str(path), 1, "(file)", f"invalid JSON array: {exc}")
             return
         for index, item in enumerate(items):
@@ -102,7 +102,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
             continue
         try:
             yield number, msgspec.json.decode(line)
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             yield number, RowError(str(path), number, "(line)", f"invalid JSON: {exc}")
 
 

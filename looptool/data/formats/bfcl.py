@@ -95,9 +95,7 @@ def load_answers(path: str | Path) -> tuple[dict[str, Any], list[RowError]]:
     return answers, errors
 
 
-def import_bfcl(
-    questions: str | Path, answers: str | Path | None = None, *, keep_suspect: bool = False
-) -> ImportReport:
+def import_bfcl(questions: str | Path, answers: str | Path | None = None) -> ImportReport:
     """Read a BFCL question file and (except for irrelevance/relevance) its possible answers."""
     truth, answer_errors = load_answers(answers) if answers else ({}, [])
 
