@@ -278,7 +278,8 @@ def dirty_seed_file(world: dict[str, Path], path: Path) -> Path:
     """Twelve good rows in the OpenAI/TRL layout, then what real files hold: a repeated row, a
     schema written ``{"city": "string"}``, a prompt longer than vLLM's ``max_model_len``, a
     label calling a tool that is not offered, and a line of invalid UTF-8 (lines 13–17)."""
-    good = [export_row(s) for s in read_samples(world["train"])[:12]]
+    # The world's noisy labels (missing a required parameter, ...) would be rejected: left out here.
+    good = [export_row(s) for s in read_samples(world["train"]) if "noise" not in s.meta][:12]
     malformed = msgspec.json.decode(msgspec.json.encode(good[0]))
     malformed["tools"][0]["function"]["parameters"]["properties"] = {"city": "string"}
     too_long = msgspec.json.decode(msgspec.json.encode(good[1]))
@@ -344,7 +345,16 @@ def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
             await bus.close()
 
     poison = anyio.run(letters)
-    assert sorted(letter.service for letter in poison) == ["expander", "judge", "probe", "probe"]
+    # Each consumer that is handed a poison message dead-letters it (the curator folds results
+    # and verdicts too), and goes on.
+    assert sorted((letter.service, letter.subject.split(".", 2)[-1]) for letter in poison) == [
+        ("curator", "judge.verdict"),
+        ("curator", "probe.result"),
+        ("expander", "judge.verdict"),
+        ("judge", "probe.result"),
+        ("probe", "probe.task"),
+        ("probe", "probe.task"),
+    ]
     listed = subprocess.run(
         [sys.executable, "-m", "looptool", "dlq", "poison"],
         env={**os.environ, "LOOPTOOL_NATS__URL": nats_server.url},
@@ -353,4 +363,4 @@ def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
         timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
-    assert len(listed.stdout.splitlines()) == 4 and "4 dead letter(s) in run poison" in listed.stderr
+    assert len(listed.stdout.splitlines()) == 6 and "6 dead letter(s) in run poison" in listed.stderr
