@@ -77,6 +77,7 @@ def generation_prompt(
 ) -> str:
     payload = {
         "seed": {
+            "category": seed.category,
             "tools": tools_json(seed),
             "conversation": [{"role": m.role, "content": m.content} for m in seed.messages],
             "correct_calls": calls_json(seed.label) if label_known else "unknown: infer them from the correct approach",
@@ -86,9 +87,9 @@ def generation_prompt(
         "correct_approach": approach,
     }
     variations = ", ".join(rng.sample(VARIATIONS, min(k, len(VARIATIONS))))
-    return load_prompt(template_name).substitute(
-        data=data_block(payload), k=k, pattern=seed.category.replace("_", " "), variations=variations
-    )
+    # Only the count and our own variation words sit outside <data>: everything from the sample
+    # (its category included) is inside, as data.
+    return load_prompt(template_name).substitute(data=data_block(payload), k=k, variations=variations)
 
 
 def reply_format() -> dict[str, Any]:
