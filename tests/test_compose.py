@@ -44,6 +44,14 @@ def test_service_commands_resolve_to_cli_entry_points(compose) -> None:
         assert "container_name" not in compose["services"][name] and "ports" not in compose["services"][name]
 
 
+def test_no_port_is_published_beyond_loopback(compose) -> None:
+    published = [(name, str(p)) for name, svc in compose["services"].items() for p in svc.get("ports", [])]
+    assert published  # the bus is reachable from the host, for `looptool run` and `watch`
+    for name, port in published:
+        assert port.startswith("127.0.0.1:"), (name, port)
+    assert not any(port.endswith(":8222") for _, port in published)
+
+
 def test_environment_decodes_as_settings(compose) -> None:
     for name in SERVICES:
         env = {key: _interpolate(str(value)) for key, value in compose["services"][name]["environment"].items()}
