@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     lint = commands.add_parser("lint", help="data-quality and contamination report for a dataset, before training")
     lint.add_argument("path")
     lint.add_argument("--format", default="auto", choices=["auto", "samples", *FORMATS, *BENCHMARKS])
-    lint.add_argument("--answers", help="BFCL possible-answer file")
+    lint.add_argument("--answers", help="a benchmark's possible-answer file (default: possible_answer/ beside it)")
     lint.add_argument("--eval", action="append", help="an evaluation file to check contamination against (repeatable)")
     lint.add_argument("--no-bfcl", action="store_true", help="do not check against BFCL's data from bfcl-eval")
     lint.add_argument("--json", action="store_true", help="the report as one JSON object (fields: see README)")
