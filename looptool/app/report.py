@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from looptool.app.watch import _cut
+from looptool.loop import capabilities
 from looptool.loop.ledger import OUTCOMES, RunLedger
 
 CATEGORY_ORDER = ("overall", "simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
@@ -90,6 +91,41 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _calls(calls: list[Any]) -> str:
+    return "; ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})" for c in calls) or "no call"
+
+
+def capability_dashboard(ledger: RunLedger) -> list[str]:
+    """Per round: the policy's failures by kind and by category, what the expansions targeted,
+    and the labels the judge corrected."""
+    rounds = {r: rl for r, rl in sorted(ledger.rounds.items()) if rl.probes}
+    kinds = {r: capabilities.failures_by_kind(rl) for r, rl in rounds.items()}
+    targets = {r: capabilities.expansion_targets(rl) for r, rl in rounds.items()}
+    categories = sorted({c for rl in rounds.values() for c in capabilities.failures_by_category(rl)})
+    by_category = {r: capabilities.failures_by_category(rl) for r, rl in rounds.items()}
+    fixes = [(r, fix) for r, rl in rounds.items() for fix in capabilities.corrections(rl)]
+    used = [k for k in capabilities.FAILURE_KINDS if any(k in row for row in kinds.values())]
+    return [
+        "<h2>Capabilities</h2>",
+        "<p>The policy's failures in each round's probe, by kind of mistake and by category, and the samples the expander wrote for each kind of failure.</p>",
+        _table(["round", *used], [[r, *(row.get(k, 0) for k in used)] for r, row in kinds.items()]),
+        _table(
+            ["round", *(f"{c} failed/probed" for c in categories)],
+            [[r, *("/".join(map(str, row.get(c, (0, 0)))) for c in categories)] for r, row in by_category.items()],
+        ),
+        _table(
+            ["round", *(f"expansions for {k}" for k in used)],
+            [[r, *(t.get(k, 0) for k in used)] for r, t in targets.items()],
+        ),
+        f"<p>Labels corrected by the judge: {len(fixes)}.</p>",
+        _table(
+            ["round", "sample", "label before", "label after"],
+            [[r, fix.sample_id, _calls(fix.before), _calls(fix.after)] for r, fix in fixes[:50]]
+            or [["—", "none", "", ""]],
+        ),
+    ]
+
+
 def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.png`` (the accuracy chart) into ``out_dir``."""
     out = Path(out_dir)
@@ -135,6 +171,7 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
             [[r, reason, n] for r, rl in sorted(ledger.rounds.items()) for reason, n in rl.errored_by_reason().items()]
             or [["—", "none", 0]],
         ),
+        *capability_dashboard(ledger),
         "<h2>Judge decisions</h2>",
         _img(
             _stacked(
