@@ -92,8 +92,9 @@ def import_file(
     (BFCL's items always are: a benchmark's count must not change)."""
     if fmt == "auto":
         fmt, _ = detect_format(path)
-    if fmt == "samples":
-        return ImportReport(samples=read_samples(path))
+    if fmt == "samples":  # LoopTool's own files: a bad line raises, naming it (they are written by us)
+        samples = read_samples(path)
+        return ImportReport(samples=samples, rows=len(samples))
     if fmt == "bfcl":
         return bfcl.import_bfcl(path, answers)
     if fmt == "acebench":
