@@ -10,6 +10,7 @@ import pytest
 from looptool.data import bfcl_reference
 from looptool.data.formats import (
     FORMATS,
+    answer_path,
     decode_samples,
     encode_samples,
     export_jsonl,
@@ -17,7 +18,7 @@ from looptool.data.formats import (
     read_samples,
     write_samples,
 )
-from looptool.data.formats.bfcl import AST_CATEGORIES, answer_path
+from looptool.data.formats.bfcl import AST_CATEGORIES
 from looptool.data.samples import Sample, ToolCall, sample_id
 from looptool.data.worlds.synthetic import build
 

@@ -166,7 +166,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from looptool.data.formats.bfcl import answer_path
+    from looptool.data.formats import answer_path
     from looptool.data.scoring import PredictionFileError, accuracy_table, score
 
     answers = args.answers or answer_path(args.questions)

@@ -8,8 +8,7 @@ import anyio
 
 from looptool.data import bfcl_reference
 from looptool.data.checker import CheckResult
-from looptool.data.formats import import_file
-from looptool.data.formats.bfcl import answer_path
+from looptool.data.formats import answer_path, import_file
 from looptool.data.samples import Sample
 from looptool.data.scoring import ScoredItem, metrics, score_item
 from looptool.kernel.errors import LoopToolError

@@ -17,6 +17,7 @@ from looptool.data.formats._common import (
     ImportReport,
     RowError,
     RowRejected,
+    answer_path,
     check_sample_shape,
     import_rows,
     read_bytes,
@@ -29,6 +30,7 @@ __all__ = [
     "FORMATS",
     "ImportReport",
     "RowError",
+    "answer_path",
     "detect_format",
     "export_jsonl",
     "import_file",
@@ -110,9 +112,9 @@ def export_jsonl(samples: Iterable[Sample], path: str | Path, fmt: str) -> int:
     path = Path(path)
     count = 0
     if fmt == "bfcl":
-        answer_path = bfcl.answer_path(path)
-        answer_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as questions, open(answer_path, "wb") as answers:
+        answers_at = answer_path(path)
+        answers_at.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as questions, open(answers_at, "wb") as answers:
             for sample in samples:
                 question, answer = bfcl.export_rows(sample)
                 questions.write(_encoder.encode(question) + b"\n")

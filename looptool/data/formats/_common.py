@@ -106,6 +106,27 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
             yield number, RowError(str(path), number, "(line)", f"invalid JSON: {exc}")
 
 
+def answer_path(questions: str | Path) -> Path:
+    """Where a benchmark (BFCL, ACEBench) keeps the ground truth of a question file."""
+    questions = Path(questions)
+    return questions.parent / "possible_answer" / questions.name
+
+
+def load_answers(path: str | Path, kind: type | tuple[type, ...], shape: str) -> tuple[dict[str, Any], list[RowError]]:
+    """``{id: ground_truth}`` from a possible-answer file, and a located error per bad row
+    (``kind``: the ground truth's accepted type(s); ``shape``: how the error describes a row)."""
+    answers: dict[str, Any] = {}
+    errors = []
+    for line, row in read_rows(path):
+        if isinstance(row, RowError):
+            errors.append(row)
+        elif not isinstance(row, dict) or "id" not in row or not isinstance(row.get("ground_truth"), kind):
+            errors.append(RowError(str(path), line, "ground_truth", f"expected {shape}"))
+        else:
+            answers[str(row["id"])] = row["ground_truth"]
+    return answers, errors
+
+
 def import_rows(
     path: str | Path,
     parse_row: Callable[[dict[str, Any]], Sample | list[Sample]],

@@ -21,12 +21,12 @@ from typing import Any
 
 from looptool.data.formats._common import (
     ImportReport,
-    RowError,
     RowRejected,
+    answer_path,
     import_rows,
+    load_answers,
     make_sample,
     need,
-    read_rows,
     tools_from,
 )
 from looptool.data.samples import Message, Sample, ToolCall
@@ -41,11 +41,6 @@ def category_of_id(ace_id: str) -> str:
     while parts and parts[-1].isdigit():
         parts.pop()
     return "_".join(parts)
-
-
-def answer_path(questions: str | Path) -> Path:
-    questions = Path(questions)
-    return questions.parent / "possible_answer" / questions.name
 
 
 def dialogue(text: str) -> list[Message]:
@@ -82,16 +77,7 @@ def calls_of(truth: dict[str, Any], offered: set[str]) -> list[ToolCall]:
 
 def import_acebench(questions: str | Path, answers: str | Path | None = None) -> ImportReport:
     answers = Path(answers) if answers else answer_path(questions)
-    truth: dict[str, Any] = {}
-    answer_errors: list[RowError] = []
-    if answers.exists():
-        for line, row in read_rows(answers):
-            if isinstance(row, RowError):
-                answer_errors.append(row)
-            elif isinstance(row, dict) and "id" in row and "ground_truth" in row:
-                truth[str(row["id"])] = row["ground_truth"]
-            else:
-                answer_errors.append(RowError(str(answers), line, "ground_truth", "expected {id, ground_truth}"))
+    truth, answer_errors = load_answers(answers, object, "{id, ground_truth}") if answers.exists() else ({}, [])
 
     def parse_row(row: dict[str, Any]) -> Sample:
         ace_id = need(row, "id", str)

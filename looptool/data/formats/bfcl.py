@@ -14,12 +14,11 @@ from typing import Any
 
 from looptool.data.formats._common import (
     ImportReport,
-    RowError,
     RowRejected,
     import_rows,
+    load_answers,
     make_sample,
     need,
-    read_rows,
     tools_from,
 )
 from looptool.data.formats.openai import message_dict, parse_message
@@ -76,28 +75,9 @@ def _concrete(option: Any) -> Any:
     return option
 
 
-def answer_path(questions: str | Path) -> Path:
-    """Where BFCL keeps the possible answers of a question file."""
-    questions = Path(questions)
-    return questions.parent / "possible_answer" / questions.name
-
-
-def load_answers(path: str | Path) -> tuple[dict[str, Any], list[RowError]]:
-    answers: dict[str, Any] = {}
-    errors = []
-    for line, row in read_rows(path):
-        if isinstance(row, RowError):
-            errors.append(row)
-        elif not isinstance(row, dict) or "id" not in row or not isinstance(row.get("ground_truth"), list):
-            errors.append(RowError(str(path), line, "ground_truth", "expected {id, ground_truth: [...]}"))
-        else:
-            answers[row["id"]] = row["ground_truth"]
-    return answers, errors
-
-
 def import_bfcl(questions: str | Path, answers: str | Path | None = None) -> ImportReport:
     """Read a BFCL question file and (except for irrelevance/relevance) its possible answers."""
-    truth, answer_errors = load_answers(answers) if answers else ({}, [])
+    truth, answer_errors = load_answers(answers, list, "{id, ground_truth: [...]}") if answers else ({}, [])
 
     def parse_row(row: dict[str, Any]) -> Sample:
         bfcl_id = need(row, "id", str)
