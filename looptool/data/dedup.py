@@ -21,20 +21,29 @@ _WORD = re.compile(r"\w+")
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
+def request_text(sample: Sample) -> str:
+    """What the user asked: the user turns, joined."""
+    return " ".join(m.content or "" for m in sample.messages if m.role == "user")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens: the unit of every text comparison here and in lint."""
+    return _WORD.findall(text.lower())
+
+
 def sample_text(sample: Sample) -> str:
-    request = " ".join(m.content or "" for m in sample.messages if m.role == "user")
     tools = " ".join(sorted(t.function.name for t in sample.tools))
     return (
-        " ".join(_WORD.findall(request.lower()))
-        + " || "
-        + tools
-        + " || "
-        + _encoder.encode(sample.label).decode().lower()
+        " ".join(words(request_text(sample))) + " || " + tools + " || " + _encoder.encode(sample.label).decode().lower()
     )
 
 
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def exact_key(sample: Sample) -> str:
-    return hashlib.sha256(sample_text(sample).encode()).hexdigest()[:32]
+    return _key(sample_text(sample))
 
 
 _permutations: dict[int, tuple[Any, Any]] = {}  # num_perm -> (permutations, scheme): costly to draw each time
@@ -63,28 +72,30 @@ class NearDuplicateIndex:
     def __len__(self) -> int:
         return len(self.exact)
 
+    def _find(self, text: str) -> tuple[bool, str, MinHash | None]:
+        """(seen before, exact key, the MinHash when one was computed)."""
+        key = _key(text)
+        if key in self.exact:
+            return True, key, None
+        minhash = _minhash(text, self.num_perm)
+        return bool(self.lsh.query(minhash)), key, minhash
+
+    def _insert(self, key: str, minhash: MinHash) -> None:
+        self.exact.add(key)
+        self.lsh.insert(key, minhash)
+
     def is_duplicate(self, sample: Sample) -> bool:
-        text = sample_text(sample)
-        if hashlib.sha256(text.encode()).hexdigest()[:32] in self.exact:
-            return True
-        return bool(self.lsh.query(_minhash(text, self.num_perm)))
+        return self._find(sample_text(sample))[0]
 
     def seen_or_add(self, sample: Sample) -> bool:
         """``is_duplicate``, and remember the sample when it is not (one MinHash, not two)."""
-        text = sample_text(sample)
-        key = hashlib.sha256(text.encode()).hexdigest()[:32]
-        if key in self.exact:
-            return True
-        minhash = _minhash(text, self.num_perm)
-        if self.lsh.query(minhash):
-            return True
-        self.exact.add(key)
-        self.lsh.insert(key, minhash)
-        return False
+        seen, key, minhash = self._find(sample_text(sample))
+        if not seen and minhash is not None:
+            self._insert(key, minhash)
+        return seen
 
     def add(self, sample: Sample) -> None:
         text = sample_text(sample)
-        key = hashlib.sha256(text.encode()).hexdigest()[:32]
+        key = _key(text)
         if key not in self.exact:
-            self.exact.add(key)
-            self.lsh.insert(key, _minhash(text, self.num_perm))
+            self._insert(key, _minhash(text, self.num_perm))

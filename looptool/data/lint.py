@@ -18,7 +18,6 @@ any n-gram with an eval query; ``--decontaminate`` writes the dataset without th
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,11 +25,10 @@ from typing import Any
 
 import msgspec
 
-from looptool.data.dedup import NearDuplicateIndex
+from looptool.data.dedup import NearDuplicateIndex, request_text, words
 from looptool.data.samples import Sample, ToolSpec
 
 NGRAM = 8
-_WORD = re.compile(r"\w+")
 
 
 class Contamination(msgspec.Struct):
@@ -62,14 +60,6 @@ class LintReport(msgspec.Struct):
     calls_per_label: dict[str, int] = msgspec.field(default_factory=dict)
     no_call_share: float = 0.0
     contamination: Contamination = msgspec.field(default_factory=Contamination)
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def query_of(sample: Sample) -> str:
-    return " ".join(m.content or "" for m in sample.messages if m.role == "user")
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[str]:
@@ -152,9 +142,9 @@ def contamination(samples: list[Sample], evals: dict[str, list[Sample]]) -> Cont
     eval_grams: set[str] = set()
     for items in evals.values():
         for s in items:
-            eval_grams |= ngrams(query_of(s))
+            eval_grams |= ngrams(request_text(s))
     for sample in samples:
-        grams = ngrams(query_of(sample))
+        grams = ngrams(request_text(sample))
         shared = len(grams & eval_grams)
         overlap = any(fingerprint(t) in eval_tools for t in sample.tools)
         matches = bool(grams) and shared * 2 >= len(grams)
