@@ -47,9 +47,8 @@ def test_bfcl_data_is_contaminated_with_itself(bfcl: dict) -> None:
 
 def test_counts_and_decontamination_through_the_cli(tmp_path: Path, bfcl: dict) -> None:
     rows = json.loads((FIXTURES / "xlam_card.json").read_text())
-    leaked = import_file(
-        bfcl_reference.category_files("simple_python")[0], "bfcl", bfcl_reference.category_files("simple_python")[1]
-    ).samples[0]
+    questions, answers = bfcl_reference.category_files("simple_python")
+    leaked = import_file(questions, "bfcl", answers).samples[0]
     tool = leaked.tools[0].function
     rows.append(
         {

@@ -16,6 +16,8 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt  # noqa: E402
 
 from looptool.app.watch import _cut
+from looptool.data.calls import format_python_calls
+from looptool.data.samples import ToolCall
 from looptool.loop import capabilities
 from looptool.loop.ledger import OUTCOMES, RunLedger
 
@@ -91,8 +93,8 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _calls(calls: list[Any]) -> str:
-    return "; ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})" for c in calls) or "no call"
+def _calls(calls: list[ToolCall]) -> str:
+    return format_python_calls(calls) if calls else "no call"
 
 
 def capability_dashboard(ledger: RunLedger) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from looptool.data.formats import encode_samples, import_file, read_samples
+from looptool.data.formats import encode_samples, import_file
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
 from looptool.loop.events import RunRequested
@@ -26,15 +26,12 @@ async def submit_run(bus: Bus, config: RunConfig, *, resume: bool = False) -> Ru
     if config.seed_data is None:
         if not config.seed_path:
             raise RunConfigError(f"run {config.run}: give seed_path (a dataset file)")
-        if config.seed_format == "samples":
-            samples = read_samples(config.seed_path)
-        else:
-            report = import_file(config.seed_path, config.seed_format, config.seed_answers)
-            if report.errors:
-                raise RunConfigError(
-                    f"{config.seed_path}: {report.summary()}; first: {report.errors[0]} (fix or drop those rows, then run again)"
-                )
-            samples = report.samples
+        report = import_file(config.seed_path, config.seed_format, config.seed_answers)
+        if report.errors:
+            raise RunConfigError(
+                f"{config.seed_path}: {report.summary()}; first: {report.errors[0]} (fix or drop those rows, then run again)"
+            )
+        samples = report.samples
         if not samples:
             raise RunConfigError(f"{config.seed_path}: no samples")
         duplicated = sorted(sid for sid, n in Counter(s.id for s in samples).items() if n > 1)
