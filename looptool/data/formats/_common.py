@@ -239,6 +239,20 @@ def need(row: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def conversation_turns(row: dict[str, Any]) -> Iterator[tuple[str, Any, str]]:
+    """``(field, speaker, value)`` for each ``{"from", "value"}`` turn of ``conversations`` (the
+    ShareGPT shape Hermes, LLaMA-Factory and ToolACE share), each checked as it is reached."""
+    return _turns(need(row, "conversations", list))
+
+
+def _turns(turns: list[Any]) -> Iterator[tuple[str, Any, str]]:
+    for index, turn in enumerate(turns):
+        field = f"conversations[{index}]"
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            raise RowRejected(field, "expected {from, value} with a string value")
+        yield field, turn.get("from"), turn["value"]
+
+
 def json_field(row: dict[str, Any], field: str) -> Any:
     """A field that holds JSON, either decoded already or as a JSON string (xLAM does this)."""
     value = need(row, field, (str, list, dict))

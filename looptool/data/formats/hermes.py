@@ -18,8 +18,8 @@ from looptool.data.calls import CallParseError, format_tool_call_blocks, json_or
 from looptool.data.formats._common import (
     RowRejected,
     assistant_message,
+    conversation_turns,
     json_field,
-    need,
     samples_from_turns,
     tools_from,
 )
@@ -55,17 +55,13 @@ def tools_in_text(text: str, field: str) -> list[Any]:
 
 
 def parse_row(row: dict[str, Any]) -> list[Sample]:
-    turns = need(row, "conversations", list)
+    turns = conversation_turns(row)
     raw_tools = json_field(row, "tools") if "tools" in row else None
     messages: list[Message] = []
-    for index, turn in enumerate(turns):
-        field = f"conversations[{index}]"
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise RowRejected(field, "expected {from, value} with a string value")
-        role = _ROLES.get(turn.get("from", ""))
+    for field, speaker, value in turns:
+        role = _ROLES.get(speaker)
         if role is None:
-            raise RowRejected(f"{field}.from", f"unknown speaker {turn.get('from')!r}")
-        value = turn["value"]
+            raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r}")
         if role == "system":
             if raw_tools is None:
                 raw_tools = tools_in_text(value, f"{field}.value")

@@ -19,6 +19,7 @@ from looptool.data.calls import calls_from_json, json_or_literal
 from looptool.data.formats._common import (
     RowRejected,
     calls_from,
+    conversation_turns,
     json_field,
     need,
     samples_from_turns,
@@ -30,16 +31,12 @@ _encoder = msgspec.json.Encoder()
 
 
 def parse_row(row: dict[str, Any]) -> list[Sample]:
-    turns = need(row, "conversations", list)
+    turns = conversation_turns(row)
     tools = tools_from(json_field(row, "tools"), "tools") if row.get("tools") else []
     messages: list[Message] = []
     if row.get("system"):
         messages.append(Message(role="system", content=need(row, "system", str)))
-    for index, turn in enumerate(turns):
-        field = f"conversations[{index}]"
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise RowRejected(field, "expected {from, value} with a string value")
-        speaker, value = turn.get("from"), turn["value"]
+    for field, speaker, value in turns:
         if speaker == "human":
             messages.append(Message(role="user", content=value))
         elif speaker == "gpt":

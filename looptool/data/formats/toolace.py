@@ -14,7 +14,14 @@ from typing import Any
 import msgspec
 
 from looptool.data.calls import format_python_calls
-from looptool.data.formats._common import RowRejected, assistant_message, need, samples_from_turns, tools_from
+from looptool.data.formats._common import (
+    RowRejected,
+    assistant_message,
+    conversation_turns,
+    need,
+    samples_from_turns,
+    tools_from,
+)
 from looptool.data.samples import Message, Sample, ToolSpec
 
 _encoder = msgspec.json.Encoder()
@@ -73,15 +80,9 @@ def _assistant_turn(text: str, field: str, tools: list[ToolSpec]) -> Message:
 def parse_row(row: dict[str, Any]) -> list[Sample]:
     tools = tools_from(tools_in_system(need(row, "system", str)), "system")
     messages = []
-    turns = need(row, "conversations", list)
-    for index, turn in enumerate(turns):
-        field = f"conversations[{index}]"
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise RowRejected(field, "expected {from, value} with a string value")
-        speaker = turn.get("from")
+    for field, speaker, value in conversation_turns(row):
         if speaker not in ("user", "assistant", "tool"):
             raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r}")
-        value = turn["value"]
         if speaker == "assistant":
             messages.append(_assistant_turn(value, f"{field}.value", tools))
         else:
