@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import msgspec
 
-from looptool.app.demo import demo_env, prepare
+from looptool.app.demo import demo_env, demo_run_config, prepare
 from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology
 from looptool.app.watch import watch
@@ -31,7 +31,6 @@ from looptool.kernel.settings import NatsSettings
 from looptool.llm.client import ModelClient, ModelSettings
 from looptool.llm.serving import load_adapter
 from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
-from looptool.loop.runconfig import PplCut, RunConfig
 from looptool.loop.settings import TrainerSettings
 from looptool.loop.training import train_round
 
@@ -52,16 +51,7 @@ def trainer_settings(model_dir: Path) -> TrainerSettings:
 def one_seed(workdir: Path, rounds: int, train: int, test: int, seed: int) -> dict[str, object]:
     seed_data, model_dir, test_sets = prepare(workdir, train, test, pool=train * (rounds + 1), noise=0.15, seed=seed)
     run = f"bench-{seed}-{int(time.time())}"
-    config = RunConfig(
-        run=run,
-        seed_path=str(seed_data),
-        rounds=rounds,
-        initial_size=train,
-        round_size=train,
-        ppl_cut=PplCut("percentile", 50),
-        wait_for_eval=True,
-        seed=seed,
-    )
+    config = demo_run_config(run, seed_data, rounds, train, seed)
     with Topology(
         workdir / "topology",
         model_dir=model_dir,

@@ -57,6 +57,20 @@ def prepare(workdir: Path, train: int, test: int, pool: int, noise: float, seed:
     return world["train"], model_dir, [str(p) for name, p in world.items() if name != "train"]
 
 
+def demo_run_config(run: str, seed_data: Path, rounds: int, train: int, seed: int) -> RunConfig:
+    """The demo's run: ``train`` samples a round, fresh seed data each round, the median PPL cut."""
+    return RunConfig(
+        run=run,
+        seed_path=str(seed_data),
+        rounds=rounds,
+        initial_size=train,
+        round_size=train,
+        ppl_cut=PplCut("percentile", 50),
+        wait_for_eval=True,
+        seed=seed,
+    )
+
+
 def run_demo(
     workdir: str | Path = ".looptool/demo",
     rounds: int = 3,
@@ -74,16 +88,7 @@ def run_demo(
     )
     seed_data, model_dir, test_sets = prepare(workdir, train, test, pool=train * (rounds + 1), noise=noise, seed=seed)
     run = run or f"demo-{int(time.time())}"
-    config = RunConfig(
-        run=run,
-        seed_path=str(seed_data),
-        rounds=rounds,
-        initial_size=train,
-        round_size=train,
-        ppl_cut=PplCut("percentile", 50),
-        wait_for_eval=True,
-        seed=seed,
-    )
+    config = demo_run_config(run, seed_data, rounds, train, seed)
     with Topology(
         workdir / "topology",
         model_dir=model_dir,
