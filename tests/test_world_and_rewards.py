@@ -12,8 +12,7 @@ from pathlib import Path
 import msgspec
 
 from looptool.data.checker import check_sample
-from looptool.data.formats import import_file, read_samples
-from looptool.data.formats.bfcl import answer_path
+from looptool.data.formats import answer_path, import_file, read_samples
 from looptool.data.samples import ToolCall
 from looptool.data.worlds.noise import LABEL_NOISE
 from looptool.data.worlds.synthetic import CATEGORIES, World, build, write
