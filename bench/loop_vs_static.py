@@ -27,7 +27,6 @@ from looptool.app.up import Topology
 from looptool.app.watch import watch
 from looptool.data.formats import read_samples
 from looptool.kernel.bus import Bus
-from looptool.kernel.settings import NatsSettings
 from looptool.llm.client import ModelClient, ModelSettings
 from looptool.llm.serving import load_adapter
 from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
@@ -60,10 +59,12 @@ def one_seed(workdir: Path, rounds: int, train: int, test: int, seed: int) -> di
         quiet=True,
     ) as topology:
         assert topology.vllm is not None
-        endpoint = ModelSettings(base_url=topology.vllm.base_url, model="policy")
+        endpoint = ModelSettings(
+            base_url=topology.vllm.base_url, api_key=topology.vllm.api_key or "EMPTY", model="policy"
+        )
 
         async def loop_arm() -> dict[str, float]:
-            bus = await Bus.connect(NatsSettings(url=topology.nats_url or ""))
+            bus = await Bus.connect(topology.client_settings())
             try:
                 await submit_run(bus, config)
                 await watch(bus, run)

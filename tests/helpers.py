@@ -13,6 +13,10 @@ from looptool.kernel.runtime import Service, run_service
 from looptool.kernel.settings import NatsSettings, RuntimeSettings
 from looptool.loop.settings import Settings
 
+# The test vLLM servers require this key, as `looptool up` makes every server do: each client
+# path (OpenAI SDK, /tokenize, adapter loading) must send it or its test fails with a 401.
+VLLM_API_KEY = "looptool-test-key"
+
 
 def make_settings(url: str, **runtime: object) -> Settings:
     fast = dict(ack_wait=2.0, max_deliver=3, backoff=[0.05, 0.1], heartbeat_interval=0.5, drain_timeout=5.0)

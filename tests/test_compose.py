@@ -60,6 +60,35 @@ def test_environment_decodes_as_settings(compose) -> None:
         assert settings.artifact_dir == "/artifacts"
 
 
+def _identity_mount(service: dict) -> dict:
+    (mount,) = [v for v in service.get("volumes", []) if isinstance(v, dict) and v.get("source") == "secrets"]
+    return mount
+
+
+def test_each_container_mounts_only_its_own_credentials(compose) -> None:
+    for name in [*SERVICES, "cli"]:
+        service = compose["services"][name]
+        mount = _identity_mount(service)
+        assert mount["volume"]["subpath"] == name and mount["read_only"] is True, name
+        settings = load_settings(environ={k: _interpolate(str(v)) for k, v in service["environment"].items()})
+        assert settings.nats.credentials_dir == mount["target"], name
+        for endpoint in (settings.model, settings.judge_model, settings.generator_model):
+            assert endpoint.api_key_file == f"{mount['target']}/vllm-api-key", name
+    for name in ("vllm", "vllm-cpu"):  # the model servers see the key and nothing of the bus
+        assert _identity_mount(compose["services"][name])["volume"]["subpath"] == "vllm"
+        assert "VLLM_API_KEY" in " ".join(compose["services"][name]["entrypoint"])
+
+
+def test_nats_runs_with_the_generated_users_and_tls(compose) -> None:
+    secrets, nats = compose["services"]["secrets"], compose["services"]["nats"]
+    args = build_parser().parse_args(secrets["command"][1:])
+    assert args.func.__name__ == "cmd_secrets" and "nats" in args.tls_host  # the name services dial
+    mount = _identity_mount(nats)
+    assert mount["volume"]["subpath"] == "server" and args.server_root == mount["target"]
+    assert nats["command"][:2] == ["-c", f"{mount['target']}/nats.conf"]
+    assert nats["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+
+
 def test_nats_is_jetstream_with_a_volume_and_health_check(compose) -> None:
     nats = compose["services"]["nats"]
     assert "-js" in nats["command"] and "/data" in nats["command"]

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import anyio
 import msgspec
 import pytest
-from helpers import count, make_settings, read_all, running, wait_for
+from helpers import VLLM_API_KEY, count, make_settings, read_all, running, wait_for
 
 from looptool.data.checker import check_sample
 from looptool.data.formats import encode_samples
@@ -175,8 +175,12 @@ def failed_results(run: str, samples: list[Sample], predictions: list[list[ToolC
 
 def judge_settings(nats_url: str, vllm_url: str = "http://127.0.0.1:9/v1", **judge_options) -> Settings:
     settings = make_settings(nats_url, concurrency=16, ack_wait=10.0)
-    settings.judge_model = ModelSettings(base_url=vllm_url, model="policy", unavailable_timeout=120)
-    settings.generator_model = ModelSettings(base_url=vllm_url, model="policy", unavailable_timeout=120)
+    settings.judge_model = ModelSettings(
+        base_url=vllm_url, api_key=VLLM_API_KEY, model="policy", unavailable_timeout=120
+    )
+    settings.generator_model = ModelSettings(
+        base_url=vllm_url, api_key=VLLM_API_KEY, model="policy", unavailable_timeout=120
+    )
     settings.judge = JudgeSettings(**{"max_tokens": 24, **judge_options})
     return settings
 

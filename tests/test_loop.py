@@ -20,18 +20,20 @@ from typing import NamedTuple
 import anyio
 import msgspec
 import pytest
-from helpers import read_all
+from helpers import VLLM_API_KEY, read_all
 
 from looptool.app.report import write_report
 from looptool.app.runs import fold_run, submit_run
-from looptool.app.up import Topology
-from looptool.data.formats import decode_samples, import_file, read_samples, write_samples
+from looptool.app.up import Topology, bus_identities
+from looptool.data.formats import ImportReport, decode_samples, import_file, read_samples, write_samples
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel import names
 from looptool.kernel.bus import CLAIM_HEADER, Bus
+from looptool.kernel.credentials import SecretsDir
 from looptool.kernel.events import DeadLetter
+from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.settings import NatsSettings
 from looptool.loop.events import (
     DatasetReady,
@@ -62,6 +64,7 @@ def loop_vllm(tiny_model, tmp_path_factory):
         served_name="policy",
         log_file=tmp_path_factory.mktemp("loop-vllm") / "vllm.log",
         extra_args=["--max-num-seqs", "1", "--no-enable-prefix-caching"],
+        api_key=VLLM_API_KEY,
     )
     server.start()
     yield server
@@ -77,9 +80,12 @@ def service_env(vllm_url: str, model_dir: Path, world: dict[str, Path], artifact
     sets = [str(p) for name, p in world.items() if name != "train"]
     return {
         "LOOPTOOL_MODEL__BASE_URL": vllm_url,
+        "LOOPTOOL_MODEL__API_KEY": VLLM_API_KEY,
         "LOOPTOOL_JUDGE_MODEL__BASE_URL": vllm_url,
+        "LOOPTOOL_JUDGE_MODEL__API_KEY": VLLM_API_KEY,
         "LOOPTOOL_JUDGE_MODEL__MODEL": "policy",
         "LOOPTOOL_GENERATOR_MODEL__BASE_URL": vllm_url,
+        "LOOPTOOL_GENERATOR_MODEL__API_KEY": VLLM_API_KEY,
         "LOOPTOOL_TRAINER__BASE_MODEL": str(model_dir),
         "LOOPTOOL_TRAINER__USE_CPU": "true",
         "LOOPTOOL_TRAINER__LEARNING_RATE": "0.005",
@@ -126,16 +132,21 @@ def run_loop(
     rounds: int = ROUNDS,
     replicas: dict[str, int] | None = None,
     meanwhile: Callable[[Bus], Awaitable[None]] | None = None,
+    secrets: SecretsDir | None = None,
 ) -> LoopRun:
-    """Run a whole loop, injecting ``faults``; ``meanwhile`` runs once the run is requested."""
+    """Run a whole loop, injecting ``faults``; ``meanwhile`` runs once the run is requested.
+    With ``secrets`` every service and this client connect with their own credentials."""
     config = RunConfig(run=run, seed_path=str(seed_path), rounds=rounds, wait_for_eval=True, seed=3)
     rng = random.Random(run)
     pending = list(faults or [])
     killed: set[str] = set()
-    with Topology(workdir, nats_url=nats_url, env=env, replicas=replicas, quiet=True) as topology:
+    secrets_dir = secrets.root if secrets is not None else None
+    with Topology(
+        workdir, nats_url=nats_url, env=env, replicas=replicas, quiet=True, secrets_dir=secrets_dir
+    ) as topology:
 
         async def main() -> RunLedger:
-            bus = await Bus.connect(NatsSettings(url=nats_url))
+            bus = await Bus.connect(topology.client_settings())
             try:
                 await submit_run(bus, config)
                 if meanwhile is not None:
@@ -305,7 +316,7 @@ async def feed_poison(bus: Bus, sample: Sample) -> None:
 
 
 def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
-    nats_server, loop_vllm, tiny_model, world, tmp_path
+    loop_vllm, tiny_model, world, tmp_path
 ) -> None:
     dirty = dirty_seed_file(world, tmp_path / "dirty.jsonl")
     report = import_file(dirty, "openai")
@@ -317,15 +328,28 @@ def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
     write_samples(report.samples, clean)
 
     env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
-    run = run_loop(
-        nats_server.url,
-        env,
-        tmp_path / "topology",
-        "loopdirty",
-        clean,
-        rounds=1,
-        meanwhile=lambda bus: feed_poison(bus, report.samples[0]),
-    )
+    # This run is secured as `looptool up` secures it: each service connects as itself with
+    # only its own rights, so a permission the code needs and lacks shows here.
+    secrets = SecretsDir(tmp_path / "secrets")
+    secured = NatsServer(tmp_path / "nats", config_file=secrets.ensure(bus_identities())).start()
+    try:
+        run = run_loop(
+            secured.url,
+            env,
+            tmp_path / "topology",
+            "loopdirty",
+            clean,
+            rounds=1,
+            meanwhile=lambda bus: feed_poison(bus, report.samples[0]),
+            secrets=secrets,
+        )
+        check_dirty_run(run, report, secured.url, secrets)
+    finally:
+        secured.stop()
+
+
+def check_dirty_run(run: LoopRun, report: ImportReport, nats_url: str, secrets: SecretsDir) -> None:
+    cli = str(secrets.identity("cli"))
     assert run.exited == {}  # no service died on any of it
     ledger = run.ledger
     assert ledger.finished is not None
@@ -338,7 +362,7 @@ def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
     assert sum(1 for o in outcomes.values() if o == "errored") == 1
 
     async def letters() -> list[DeadLetter]:
-        bus = await Bus.connect(NatsSettings(url=nats_server.url))
+        bus = await Bus.connect(NatsSettings(url=nats_url, credentials_dir=cli))
         try:
             return await read_all(bus, "poison", DeadLetter)
         finally:
@@ -357,7 +381,7 @@ def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
     ]
     listed = subprocess.run(
         [sys.executable, "-m", "looptool", "dlq", "poison"],
-        env={**os.environ, "LOOPTOOL_NATS__URL": nats_server.url},
+        env={**os.environ, "LOOPTOOL_NATS__URL": nats_url, "LOOPTOOL_NATS__CREDENTIALS_DIR": cli},
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,7 +7,7 @@ from collections import Counter
 import anyio
 import pytest
 import torch
-from helpers import count, make_settings, read_all, running, wait_for
+from helpers import VLLM_API_KEY, count, make_settings, read_all, running, wait_for
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from looptool.data.checker import check_sample
@@ -28,7 +28,9 @@ PPL_TOLERANCE = 1e-3
 
 def probe_settings(nats_url: str, vllm_url: str, **probe_options) -> Settings:
     settings = make_settings(nats_url, concurrency=32, ack_wait=10.0)
-    settings.model = ModelSettings(base_url=vllm_url, model="policy", timeout=60, unavailable_timeout=300)
+    settings.model = ModelSettings(
+        base_url=vllm_url, api_key=VLLM_API_KEY, model="policy", timeout=60, unavailable_timeout=300
+    )
     settings.probe = ProbeSettings(max_tokens=12, **probe_options)
     return settings
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import anyio
 import msgspec
-from helpers import count, make_settings, read_all, running, wait_for
+from helpers import VLLM_API_KEY, count, make_settings, read_all, running, wait_for
 
 from looptool.data.formats import encode_samples
 from looptool.data.worlds.synthetic import build, write
@@ -28,7 +28,7 @@ def loop_settings(
     nats_url: str, vllm_url: str, model_dir: Path, artifacts: Path, eval_sets: list[str], **trainer_options
 ) -> Settings:
     settings = make_settings(nats_url, concurrency=4, ack_wait=10.0)
-    settings.model = ModelSettings(base_url=vllm_url, model="policy", unavailable_timeout=120)
+    settings.model = ModelSettings(base_url=vllm_url, api_key=VLLM_API_KEY, model="policy", unavailable_timeout=120)
     options = dict(
         base_model=str(model_dir), learning_rate=3e-3, batch_size=8, logging_steps=2, use_cpu=True, max_length=1024
     )
@@ -120,6 +120,7 @@ def test_killed_trainer_retrains_the_round_and_announces_it_once(
         **os.environ,
         "LOOPTOOL_NATS__URL": nats_server.url,
         "LOOPTOOL_MODEL__BASE_URL": vllm_server.base_url,
+        "LOOPTOOL_MODEL__API_KEY": VLLM_API_KEY,
         "LOOPTOOL_TRAINER__BASE_MODEL": str(tiny_model),
         "LOOPTOOL_TRAINER__USE_CPU": "true",
         "LOOPTOOL_TRAINER__LOGGING_STEPS": "1",

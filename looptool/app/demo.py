@@ -19,7 +19,6 @@ from looptool.app.up import Topology
 from looptool.app.watch import watch
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
-from looptool.kernel.settings import NatsSettings
 from looptool.llm.tiny_model import build_tiny_model
 from looptool.loop.runconfig import PplCut, RunConfig
 
@@ -98,7 +97,7 @@ def run_demo(
     ) as topology:
 
         async def go() -> Path:
-            bus = await Bus.connect(NatsSettings(url=topology.nats_url or ""))
+            bus = await Bus.connect(topology.client_settings())
             try:
                 await submit_run(bus, config)
                 await watch(bus, run, console)

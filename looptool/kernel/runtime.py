@@ -73,9 +73,22 @@ Timer = Callable[["Context"], Awaitable[None]]
 class Service:
     """A named set of event handlers and timers. Nothing else: no I/O happens here."""
 
-    def __init__(self, name: str, description: str = "") -> None:
+    def __init__(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        emits: Iterable[type[Event]] | None = None,
+        reads: Iterable[type[Event]] = (),
+    ) -> None:
+        """``emits``: the event types the handlers publish (besides the kernel's error reports
+        and dead letters) — the bus lets this service publish those and no others; ``None``
+        leaves it undeclared (no bus permissions can be derived). ``reads``: event types a
+        handler looks up with :meth:`Context.events` without consuming them."""
         self.name = names.check_token("service", name)
         self.description = description
+        self.emits = None if emits is None else frozenset(emits)
+        self.reads = frozenset(reads)
         self.subscriptions: dict[type[Event], Subscription] = {}
         self.timers: list[tuple[Timer, Callable[[Any], float]]] = []  # (handler, period(settings))
 
@@ -124,10 +137,19 @@ class Context:
     """What a handler may use: publishing, artifacts, once-only claims, a run's events, the
     settings, a bound logger, and per-process resources (:meth:`use`)."""
 
-    def __init__(self, bus: BusLike, settings: Any, service: str, replica: str, log: Any) -> None:
+    def __init__(
+        self,
+        bus: BusLike,
+        settings: Any,
+        service: str,
+        replica: str,
+        log: Any,
+        emits: frozenset[type[Event]] | None = None,
+    ) -> None:
         self.bus = bus
         self.settings = settings
         self.service = service
+        self.emits = emits
         self.replica = replica
         self.log = log
         self._resources: dict[Callable[..., Any], Any] = {}
@@ -148,10 +170,21 @@ class Context:
         self._resources.clear()
 
     async def publish(self, event: Event) -> None:
+        self._check_emits(event)
         await self.bus.publish(event)
 
     async def publish_many(self, events: Iterable[Event]) -> None:
+        events = list(events)
+        for event in events:
+            self._check_emits(event)
         await self.bus.publish_many(events)
+
+    def _check_emits(self, event: Event) -> None:
+        # The bus would refuse it anyway (per-service permissions); here the mistake is named.
+        if self.emits is not None and type(event) not in self.emits:
+            raise PermanentError(
+                f"service {self.service} publishes {event_tag(type(event))}, which it does not declare"
+            )
 
     async def put_artifact(self, name: str, data: bytes) -> ArtifactRef:
         return await self.bus.put_artifact(name, data)
@@ -186,11 +219,11 @@ class Context:
     async def mark(self, key: str, value: str = "1") -> None:
         await self.bus.put_value(key, value)
 
-    async def events(self, run: str, *event_types: type[E]) -> AsyncIterator[E]:
-        """A run's stored events of the given types (all types when none given), in log order."""
-        async for event in self.bus.events(names.run_filter(run)):
-            if not event_types or isinstance(event, event_types):
-                yield event  # type: ignore[misc]
+    async def events(self, run: str, event_type: type[E]) -> AsyncIterator[E]:
+        """A run's stored events of one type (declared in the service's ``reads``), in log order."""
+        async for event in self.bus.events(names.for_type(event_type, run)):
+            if isinstance(event, event_type):
+                yield event
 
 
 class _Stats:
@@ -219,8 +252,8 @@ async def run_service(
     stop = stop or anyio.Event()
     structlog.contextvars.bind_contextvars(service=service.name, replica=replica)
     log = get_logger("looptool.runtime")
-    bus = await Bus.connect(settings.nats, name=f"{service.name}:{replica}")
-    ctx = Context(bus, settings, service.name, replica, log)
+    bus = await Bus.connect(settings.nats, name=f"{service.name}:{replica}", identity=service.name)
+    ctx = Context(bus, settings, service.name, replica, log, service.emits)
     stats = _Stats()
     try:
         async with anyio.create_task_group() as tg:

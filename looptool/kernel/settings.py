@@ -28,6 +28,9 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class NatsSettings(Section):
     url: str = "nats://127.0.0.1:4222"
+    # An identity's directory written by `looptool secrets` / `looptool up` (user, password, CA):
+    # the usual way in. The fields below are for a bus whose credentials come from elsewhere.
+    credentials_dir: str | None = None
     user: str | None = None
     password: str | None = None
     token: str | None = None

@@ -111,6 +111,7 @@ class _Replica:
             service.name,
             f"{service.name}-{index}",
             get_logger("looptool.stub").bind(service=service.name),
+            service.emits,
         )
         self.position = 0  # for broadcast subscriptions: how far into the log this replica is
 

@@ -15,6 +15,7 @@ import json
 import math
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -38,11 +39,20 @@ class ModelSettings(Section):
 
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = "EMPTY"
+    api_key_file: str | None = None  # wins over api_key: where `looptool up` / compose put the key
     model: str = "policy"  # the served name of the base model
     timeout: float = 120.0  # seconds per request
     max_concurrency: int = 64  # requests in flight per process
     max_retries: int = 4  # on 408/409/429/5xx, with jittered exponential backoff (openai SDK)
     unavailable_timeout: float = 600.0  # how long to wait for a server that is down before failing
+
+    def key(self) -> str:
+        if self.api_key_file is None:
+            return self.api_key
+        try:
+            return Path(self.api_key_file).read_text().strip()
+        except OSError as exc:
+            raise ModelError(f"api_key_file {self.api_key_file}: {exc.strerror}") from None
 
 
 log = get_logger("looptool.models")
@@ -91,7 +101,7 @@ class ModelClient:
         self.settings = settings
         self.client = AsyncOpenAI(
             base_url=settings.base_url,
-            api_key=settings.api_key,
+            api_key=settings.key(),
             timeout=settings.timeout,
             max_retries=settings.max_retries,
         )
@@ -99,7 +109,7 @@ class ModelClient:
         # The server's own routes (/tokenize) live beside /v1.
         self.root_url = settings.base_url.rstrip("/").removesuffix("/v1")
         self.http = httpx.AsyncClient(
-            base_url=self.root_url, timeout=settings.timeout, headers={"Authorization": f"Bearer {settings.api_key}"}
+            base_url=self.root_url, timeout=settings.timeout, headers={"Authorization": f"Bearer {settings.key()}"}
         )
 
     async def close(self) -> None:

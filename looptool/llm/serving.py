@@ -27,7 +27,7 @@ async def load_adapter(endpoint: ModelSettings, name: str, path: Path) -> None:
     check_token("adapter", name)
     root = endpoint.base_url.rstrip("/")
     async with httpx.AsyncClient(
-        timeout=endpoint.timeout, headers={"Authorization": f"Bearer {endpoint.api_key}"}
+        timeout=endpoint.timeout, headers={"Authorization": f"Bearer {endpoint.key()}"}
     ) as client:
         response = await client.post(f"{root}/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)})
     if response.status_code == 200:

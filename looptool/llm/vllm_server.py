@@ -46,7 +46,10 @@ class VllmServer:
         max_model_len: int = 2048,
         log_file: str | os.PathLike[str] | None = None,
         extra_args: list[str] | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: required of every client on ``/v1`` (given to vLLM by environment, not
+        argv, so that other users of the machine cannot read it off the process list)."""
         self.model_dir = Path(model_dir)
         self.served_name = served_name
         self.port = port or free_port()
@@ -56,6 +59,7 @@ class VllmServer:
         self.max_model_len = max_model_len
         self.log_file = Path(log_file) if log_file else self.model_dir.parent / f"vllm-{self.port}.log"
         self.extra_args = extra_args or []
+        self.api_key = api_key
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,6 +97,8 @@ class VllmServer:
             "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
             "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         }
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen(
@@ -129,7 +135,10 @@ class VllmServer:
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as response:
+            request = urllib.request.Request(f"{self.base_url}/models")
+            if self.api_key:
+                request.add_header("Authorization", f"Bearer {self.api_key}")
+            with urllib.request.urlopen(request, timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False

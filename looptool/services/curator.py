@@ -38,7 +38,11 @@ from looptool.loop.events import (
 from looptool.loop.ledger import RunLedger
 from looptool.loop.runconfig import RunConfig
 
-service = Service("curator", "Round ledger and round closure: dataset.ready(r+1) or run.finished")
+service = Service(
+    "curator",
+    "Round ledger and round closure: dataset.ready(r+1) or run.finished",
+    emits=(DatasetReady, RunFinished, RoundStalled),
+)
 
 
 class Curation:

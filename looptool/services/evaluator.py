@@ -16,7 +16,7 @@ from looptool.llm.client import ModelClients
 from looptool.loop.evaluation import EvalSetError, evaluate, load_eval_sets, metrics
 from looptool.loop.events import EvalCompleted, ModelReady
 
-service = Service("evaluator", "Held-out evaluation of every round's model")
+service = Service("evaluator", "Held-out evaluation of every round's model", emits=(EvalCompleted,))
 _encoder = msgspec.json.Encoder()
 
 

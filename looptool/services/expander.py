@@ -22,7 +22,12 @@ from looptool.llm.client import ModelClients
 from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, seeds_expansion
 from looptool.loop.expansion import as_expansion, generate_with_llm, rejection_reason, seed_rng
 
-service = Service("expander", "Error-Driven Data Expansion: one expand.result per verified failure")
+service = Service(
+    "expander",
+    "Error-Driven Data Expansion: one expand.result per verified failure",
+    emits=(ExpandResult,),
+    reads=(DatasetReady,),
+)
 
 
 class DatasetIndexes:

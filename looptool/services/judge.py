@@ -15,7 +15,9 @@ from looptool.llm.client import ModelClients
 from looptool.loop.events import JudgeVerdict, ProbeResult
 from looptool.loop.judging import action_for, carried_sample, confirm_correction, from_llm, judge_with_llm, without_llm
 
-service = Service("judge", "Judgement-Guided Label Verification: one judge.verdict per failed probe")
+service = Service(
+    "judge", "Judgement-Guided Label Verification: one judge.verdict per failed probe", emits=(JudgeVerdict,)
+)
 
 
 @service.on(ProbeResult)

@@ -16,7 +16,11 @@ from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients, perplexity
 from looptool.loop.events import ModelReady, ProbeResult, ProbeTask
 
-service = Service("probe", "Greedy Capability Probing: one probe.result per sample of the round")
+service = Service(
+    "probe",
+    "Greedy Capability Probing: one probe.result per sample of the round",
+    emits=(ProbeTask, ProbeResult),
+)
 
 
 @service.on(ModelReady)

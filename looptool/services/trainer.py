@@ -25,7 +25,9 @@ from looptool.llm.serving import load_adapter
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
 from looptool.loop.training import train_round
 
-service = Service("trainer", "Trains each round's dataset and announces the served adapter")
+service = Service(
+    "trainer", "Trains each round's dataset and announces the served adapter", emits=(TrainProgress, ModelReady)
+)
 
 
 @service.on(DatasetReady, concurrency=1)  # one round at a time: training takes the whole device
