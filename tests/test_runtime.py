@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -302,3 +303,41 @@ def test_oversized_events_travel_by_claim_check(settings, run_id: str) -> None:
     assert len(msgspec.json.encode(got[0])) > limit  # it really was too big for one message
     assert got[0].samples[0] == big
     assert stored == [0]  # what went over the wire was only the claim
+
+
+def test_publish_many_keeps_a_bounded_window_and_loses_nothing(settings, run_id: str) -> None:
+    n = 2500
+
+    async def main() -> tuple[list[int], int, int]:
+        bus = await Bus.connect(settings.nats)
+        try:
+            unawaited = 0  # acks published but not yet awaited by publish_many
+            most = 0
+            publish_async = bus.js.publish_async
+
+            class Counted:
+                def __init__(self, future: Any) -> None:
+                    self.future = future
+
+                def __await__(self) -> Any:
+                    nonlocal unawaited
+                    unawaited -= 1
+                    return self.future.__await__()
+
+            async def counting(*args: Any, **kwargs: Any) -> Counted:
+                nonlocal unawaited, most
+                future = await publish_async(*args, **kwargs)
+                unawaited += 1
+                most = max(most, unawaited)
+                return Counted(future)
+
+            bus.js.publish_async = counting  # type: ignore[method-assign,assignment]
+            acks = await bus.publish_many(tasks(run_id, n), window=7)
+            stored = len(await read_all(bus, run_id, ProbeTask))
+            return [ack.seq for ack in acks], stored, most
+        finally:
+            await bus.close()
+
+    seqs, stored, most = anyio.run(main)
+    assert len(seqs) == stored == n and seqs == sorted(set(seqs))  # every ack, in order, none twice
+    assert most == 7  # never more acks outstanding than the window

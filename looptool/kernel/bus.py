@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
 import ssl
 from collections.abc import AsyncIterator, Iterable
@@ -33,6 +35,7 @@ from looptool.kernel.settings import NatsSettings
 
 CLAIM_HEADER = "Looptool-Claim"
 MSG_ID_HEADER = "Nats-Msg-Id"
+PUBLISH_WINDOW = 1000  # acks outstanding in publish_many; nats-py refuses beyond 4000 pending
 _HEADER_ROOM = 8 * 1024  # headers and protocol overhead kept free below max_payload
 _STREAM_EXISTS_WITH_OTHER_CONFIG = 10058
 
@@ -209,13 +212,20 @@ class Bus:
         subject, data, headers = await self._prepare(event, msg_id)
         return await self.js.publish(subject, data, headers=headers or None)
 
-    async def publish_many(self, events: Iterable[Event]) -> list[api.PubAck]:
-        """Publish many events pipelined (``publish_async``), then wait for every ack."""
-        futures = []
+    async def publish_many(self, events: Iterable[Event], *, window: int = PUBLISH_WINDOW) -> list[api.PubAck]:
+        """Publish many events pipelined (``publish_async``) with at most ``window`` acks
+        outstanding: unbounded, a slow server lets nats-py's pending limit fill and
+        ``publish_async`` raise ``TooManyStalledMsgsError`` (seen on a 2-core machine)."""
+        acks: list[api.PubAck] = []
+        pending: collections.deque[asyncio.Future[api.PubAck]] = collections.deque()
         for event in events:
             subject, data, headers = await self._prepare(event, None)
-            futures.append(await self.js.publish_async(subject, data, headers=headers or None))
-        return [await future for future in futures]
+            pending.append(await self.js.publish_async(subject, data, headers=headers or None))
+            if len(pending) >= window:
+                acks.append(await pending.popleft())
+        while pending:
+            acks.append(await pending.popleft())
+        return acks
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str = "") -> api.PubAck:
         return await self.js.publish(subject, data, headers={MSG_ID_HEADER: msg_id} if msg_id else None)

@@ -1,0 +1,88 @@
+"""Model families: the chat template, vLLM tool parser and end-of-turn tokens that go together.
+
+A family is recognised the way TRL recognises templates — by the exact text of the tokenizer's
+chat template against the originals TRL ships in ``trl/chat_templates/`` — so a fine-tuned
+checkpoint that kept its family's template is detected, and one with an edited template is
+not (then ``tool_parser`` and the rest must be set by hand: see :func:`family_for`).
+
+Training renders each sample as a *conversational prompt–completion* pair with the serving
+template itself (TRL tokenizes the prompt with ``add_generation_prompt=True``, exactly as vLLM
+does, and trains on the completion only), so no ``{% generation %}``-tagged training template is
+needed — the Llama 3.1/3.2 templates have none in TRL — and the prompt trained on is the prompt
+served (:mod:`tests.test_families` checks the token ids against vLLM's).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import msgspec
+
+
+class Family(msgspec.Struct, frozen=True):
+    name: str
+    template: str  # the file in TRL's chat_templates/ that identifies the family
+    tool_parser: str  # vLLM's --tool-call-parser for this family's call syntax
+    end_of_turn: tuple[str, ...]  # tokens that end an assistant turn (stop tokens)
+    special_tokens: tuple[str, ...]  # the family's control tokens (a tiny model's tokenizer carries them)
+    # Qwen3's template takes enable_thinking; None: the template has no such switch.
+    thinking: bool | None = None
+    single_call: bool = False  # the template renders at most one tool call per assistant turn
+
+    def template_kwargs(self, thinking: bool | None = None) -> dict[str, Any]:
+        """``chat_template_kwargs`` for this family (to the server and to the trainer alike)."""
+        if self.thinking is None:
+            return {}
+        return {"enable_thinking": self.thinking if thinking is None else thinking}
+
+
+_QWEN_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+_QWEN_TAGS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
+_LLAMA_TOKENS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|python_tag|>",
+)
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("qwen2_5", "qwen2_5.jinja", "hermes", ("<|im_end|>",), _QWEN_TOKENS + _QWEN_TAGS),
+        Family("qwen3", "qwen3.jinja", "hermes", ("<|im_end|>",), _QWEN_TOKENS + _QWEN_TAGS, thinking=False),
+        Family("llama3_1", "llama3_1.jinja", "llama3_json", ("<|eot_id|>", "<|eom_id|>"), _LLAMA_TOKENS, None, True),
+        Family("llama3_2", "llama3_2.jinja", "llama3_json", ("<|eot_id|>", "<|eom_id|>"), _LLAMA_TOKENS, None, True),
+    )
+}
+
+
+@cache
+def original_template(family: Family) -> str:
+    """The family's original chat template, as TRL ships it."""
+    return (files("trl") / "chat_templates" / family.template).read_text()
+
+
+def detect(chat_template: str | dict[str, str] | None) -> Family | None:
+    """The family whose original template this is, exactly; None for any other template."""
+    if isinstance(chat_template, dict):  # named variants: the default one identifies
+        chat_template = chat_template.get("default")
+    if not chat_template:
+        return None
+    for family in FAMILIES.values():
+        if chat_template == original_template(family):
+            return family
+    return None
+
+
+def family_for(name: str, chat_template: str | dict[str, str] | None) -> Family | None:
+    """A family by setting: ``auto`` detects it from the template, a name picks it."""
+    if name == "auto":
+        return detect(chat_template)
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r} (known: auto, {', '.join(FAMILIES)})")
+    return FAMILIES[name]
