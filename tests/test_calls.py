@@ -37,10 +37,24 @@ OSLO = ToolCall(name="get_weather", arguments={"city": "Oslo"})
         '[get_weather(city="Oslo")]',
         "<think>The user wants weather.</think>\n[get_weather(city='Oslo')]",
         '{"get_weather": {"city": "Oslo"}}',
+        # Llama 3.1/3.2, as their templates render a call and as a server keeping special tokens returns it
+        '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}<|eom_id|>',
+        '{"name": "get_weather", "parameters": {"city": "Oslo"}}<|eot_id|>',
     ],
 )
 def test_each_shape_parses_to_the_same_call(text: str) -> None:
     assert parse_calls(text) == [OSLO]
+    assert extract_calls(text) == [OSLO]
+
+
+def test_llama_calls_joined_by_semicolons_are_each_parsed() -> None:
+    bergen = ToolCall(name="get_weather", arguments={"city": "Bergen; Norway"})
+    text = '{"name": "get_weather", "parameters": {"city": "Oslo"}}; {"name": "get_weather", "parameters": {"city": "Bergen; Norway"}}'
+    assert parse_calls(text) == [OSLO, bergen]
+    # `};{` inside a string argument (after an escaped quote, too) is no separator
+    odd = ToolCall(name="note", arguments={"text": 'a"};{b'})
+    assert parse_calls(r'{"name": "note", "parameters": {"text": "a\"};{b"}}') == [odd]
+    assert parse_calls(r'{"name": "note", "parameters": {"text": "a\"};{b"}}; ' + text) == [odd, OSLO, bergen]
 
 
 @pytest.mark.parametrize(

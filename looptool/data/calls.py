@@ -207,9 +207,54 @@ def format_python_calls(calls: list[ToolCall]) -> str:
 # --------------------------------------------------------------------------- any model text
 
 
-def parse_calls(text: str) -> list[ToolCall]:
-    """Calls from raw model text, trying each known shape. Raises :class:`CallParseError`."""
+_LLAMA_PYTHON_TAG = "<|python_tag|>"
+_LLAMA_END = ("<|eom_id|>", "<|eot_id|>")
+
+
+def _semicolon_joined(text: str) -> list[str] | None:
+    """The parts of ``{...}; {...}`` (Llama 3's several calls) split at top-level ``;`` — a
+    linear scan that skips strings — or None when there is no such separator."""
+    parts: list[str] = []
+    depth, start, in_string, escaped = 0, 0, False, False
+    for index, char in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+            continue
+        if char == '"':
+            in_string = True
+        elif char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+        elif char == ";" and depth == 0:
+            parts.append(text[start:index].strip())
+            start = index + 1
+    if not parts:
+        return None
+    parts.append(text[start:].strip())
+    return [part for part in parts if part]
+
+
+def _answer(text: str) -> str:
+    """The reply without reasoning and without Llama 3's call markers (``<|python_tag|>`` before
+    the call, ``<|eom_id|>`` after it), which a server keeps when it does not skip special tokens."""
     _, body = split_reasoning(text)
+    body = body.removeprefix(_LLAMA_PYTHON_TAG).strip()
+    for end in _LLAMA_END:
+        body = body.removesuffix(end).rstrip()
+    return body
+
+
+def parse_calls(text: str) -> list[ToolCall]:
+    """Calls from raw model text, trying each known shape — Hermes/Qwen ``<tool_call>`` blocks,
+    JSON (one object, a list, or Llama 3's objects joined by ``;``), Python call syntax, fenced
+    blocks of these. Raises :class:`CallParseError`."""
+    body = _answer(text)
     if not body:
         raise CallParseError("empty output", text)
     blocks = _TOOL_CALL.findall(body)
@@ -225,6 +270,9 @@ def parse_calls(text: str) -> list[ToolCall]:
         try:
             if _LOOKS_LIKE_PYTHON_CALL.match(candidate) or candidate[:1] not in "[{":
                 return parse_python_calls(candidate)
+            joined = _semicolon_joined(candidate) if candidate[:1] == "{" else None
+            if joined is not None:  # Llama 3: `{...}; {...}` for several calls
+                return [call for part in joined for call in calls_from_json(_decode_json(part))]
             return calls_from_json(_decode_json(candidate))
         except CallParseError as exc:
             errors.append(exc.reason)
@@ -247,7 +295,7 @@ def extract_calls(text: str) -> list[ToolCall]:
     A reply that *tries* to call — a ``<tool_call>`` tag, a JSON or fenced block, or a
     leading ``name(`` — must parse, or :class:`CallParseError` is raised.
     """
-    _, body = split_reasoning(text)
+    body = _answer(text)
     if not body:
         return []
     if "<tool_call>" in body or body[0] in "[{" or "```" in body or _LOOKS_LIKE_PYTHON_CALL.match(body):

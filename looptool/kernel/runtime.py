@@ -80,15 +80,18 @@ class Service:
         *,
         emits: Iterable[type[Event]] | None = None,
         reads: Iterable[type[Event]] = (),
+        check: Callable[[Any], None] | None = None,
     ) -> None:
         """``emits``: the event types the handlers publish (besides the kernel's error reports
         and dead letters) — the bus lets this service publish those and no others; ``None``
         leaves it undeclared (no bus permissions can be derived). ``reads``: event types a
-        handler looks up with :meth:`Context.events` without consuming them."""
+        handler looks up with :meth:`Context.events` without consuming them. ``check(settings)``
+        runs before the service connects: it raises to refuse settings this machine cannot serve."""
         self.name = names.check_token("service", name)
         self.description = description
         self.emits = None if emits is None else frozenset(emits)
         self.reads = frozenset(reads)
+        self.check = check
         self.subscriptions: dict[type[Event], Subscription] = {}
         self.timers: list[tuple[Timer, Callable[[Any], float]]] = []  # (handler, period(settings))
 
@@ -248,6 +251,8 @@ async def run_service(
     handle_signals: bool = True,
 ) -> None:
     """Run ``service`` until ``stop`` is set or SIGTERM/SIGINT arrives, then drain."""
+    if service.check is not None:
+        service.check(settings)
     replica = replica or default_replica_id()
     stop = stop or anyio.Event()
     structlog.contextvars.bind_contextvars(service=service.name, replica=replica)

@@ -40,6 +40,9 @@ class ModelSettings(Section):
     base_url: str = "http://127.0.0.1:8000/v1"
     api_key: str = "EMPTY"
     api_key_file: str | None = None  # wins over api_key: where `looptool up` / compose put the key
+    # Passed to the chat template on every request — and to the trainer's rendering, so that the
+    # policy is trained on the text it is served (Qwen3: {"enable_thinking": false}).
+    chat_template_kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     model: str = "policy"  # the served name of the base model
     timeout: float = 120.0  # seconds per request
     max_concurrency: int = 64  # requests in flight per process
@@ -174,9 +177,19 @@ class ModelClient:
             max_tokens=max_tokens,
             seed=seed,
             logprobs=True,
-            extra_body={"return_token_ids": True, **(extra_body or {})},
+            extra_body={"return_token_ids": True, **self._template_kwargs(), **(extra_body or {})},
         )
         return parse_response(response)
+
+    def _template_kwargs(self) -> dict[str, Any]:
+        kwargs = self.settings.chat_template_kwargs
+        return {"chat_template_kwargs": kwargs} if kwargs else {}
+
+    async def tokenize_prompt(self, sample: Sample, model: str) -> list[int]:
+        """The token ids the server renders for ``sample``'s context (as it would serve it)."""
+        messages, tools = wire_messages(sample), export_row(sample)["tools"] or None
+        tokens: list[int] = (await self._tokenize(messages, tools, model, add_generation_prompt=True))["tokens"]
+        return tokens
 
     # ------------------------------------------------------------------ label perplexity
 
@@ -230,6 +243,7 @@ class ModelClient:
             "messages": messages,
             "add_generation_prompt": add_generation_prompt,
             "return_token_strs": True,
+            **self._template_kwargs(),
         }
         if tools:
             body["tools"] = tools

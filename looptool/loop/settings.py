@@ -62,8 +62,11 @@ class TrainerSettings(Section):
     max_steps: int = -1  # > 0 overrides epochs
     batch_size: int = 8
     gradient_accumulation: int = 1
-    max_length: int = 2048
-    assistant_only_loss: bool = True
+    max_length: int = 2048  # longer samples are skipped (counted), not truncated
+    assistant_only_loss: bool = True  # loss on the labelled assistant turn only
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a capable GPU, else fp32
+    gradient_checkpointing: bool = False  # trade compute for memory (long contexts, 8B on one GPU)
+    load_in_4bit: bool = False  # QLoRA: 4-bit NF4 base weights (CUDA + bitsandbytes; refused elsewhere)
     logging_steps: int = 5
     seed: int = 0
     use_cpu: bool = False

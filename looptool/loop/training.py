@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import msgspec
 from looptool.data.checker import sample_answer
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
+from looptool.kernel.errors import PermanentError
+from looptool.kernel.settings import SettingsError
 from looptool.llm.client import wire_messages
 from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.loop.settings import TrainerSettings
@@ -39,27 +42,75 @@ class TrainingOutcome(msgspec.Struct):
     losses: list[float]
     tokens: int
     seconds: float
+    skipped: dict[str, int] = msgspec.field(default_factory=dict)  # samples not trained on, by reason
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def sft_rows(samples: list[Sample]) -> list[dict[str, Any]]:
-    return [
-        {"messages": wire_messages(s, with_label=True), "tools": json.dumps(export_row(s)["tools"], ensure_ascii=False)}
-        for s in samples
-    ]
+class PreparedSft(msgspec.Struct):
+    rows: list[dict[str, Any]]  # tokenized: input_ids and completion_mask, as TRL takes them
+    skipped: dict[str, int]  # samples not trained on, by reason
 
 
-def grpo_rows(samples: list[Sample], tokenizer: Any) -> list[dict[str, Any]]:
+def prepare_sft(
+    samples: list[Sample], tokenizer: Any, max_length: int, template_kwargs: dict[str, Any] | None = None
+) -> PreparedSft:
+    """Each sample tokenized as its context (the prompt) followed by the labelled assistant turn
+    (the completion, the only tokens with loss).
+
+    The prompt is rendered by the policy's own chat template with ``add_generation_prompt=True``
+    and tokenized without added special tokens — exactly what vLLM does with a request — so the
+    ids trained on are the ids served; no generation-tagged training template is involved.
+    Tokenizing here, from Python dicts, also keeps Arrow from giving every message every key
+    (``tool_calls: None`` on a user turn breaks Llama 3's template). Policy for what cannot be
+    trained on: a sample the template refuses (Llama 3.1/3.2 render one call per turn), whose
+    prompt the template renders differently once the label follows, or longer than
+    ``max_length`` tokens is skipped and counted by reason — never truncated into a label that
+    stops mid-call.
+    """
+    kwargs = template_kwargs or {}
+
+    def ids(messages: list[dict[str, Any]], tools: Any, prompt: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=prompt, tokenize=False, **kwargs
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    rows: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    for sample in samples:
+        messages = wire_messages(sample, with_label=True)
+        tools = export_row(sample)["tools"] or None  # no tools: None, as the server gets none
+        try:
+            prompt, full = ids(messages[:-1], tools, True), ids(messages, tools, False)
+        except Exception as exc:  # jinja2's TemplateError, raise_exception() in the template
+            skipped[f"the chat template refuses it: {str(exc)[:120]}"] += 1
+            continue
+        if full[: len(prompt)] != prompt:
+            skipped["the chat template renders the prompt differently once the label follows"] += 1
+        elif len(full) > max_length:
+            skipped[f"longer than max_length ({max_length} tokens)"] += 1
+        else:
+            rows.append({"input_ids": full, "completion_mask": [0] * len(prompt) + [1] * (len(full) - len(prompt))})
+    return PreparedSft(rows, dict(skipped))
+
+
+def grpo_rows(
+    samples: list[Sample], tokenizer: Any, template_kwargs: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Prompts rendered with the policy's chat template (tools included) as plain text; the
     label travels in ``answer``/``category``/``tools`` columns for the reward functions."""
     rows = []
     for sample in samples:
         tools = export_row(sample)["tools"]
         prompt = tokenizer.apply_chat_template(
-            wire_messages(sample), tools=tools or None, add_generation_prompt=True, tokenize=False
+            wire_messages(sample),
+            tools=tools or None,
+            add_generation_prompt=True,
+            tokenize=False,
+            **(template_kwargs or {}),
         )
         rows.append(
             {
@@ -91,10 +142,103 @@ def _load_model(settings: TrainerSettings, previous_adapter: str | None) -> tupl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(settings.base_model)
-    model = AutoModelForCausalLM.from_pretrained(settings.base_model, dtype=torch.float32)
+    dtype = training_dtype(settings)
+    quantization = None
+    if settings.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype)
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        settings.base_model, dtype=getattr(torch, dtype), quantization_config=quantization
+    )
+    if settings.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.gradient_checkpointing)
     if previous_adapter:
         model = PeftModel.from_pretrained(model, previous_adapter, is_trainable=True)
     return model, tokenizer
+
+
+def training_dtype(settings: TrainerSettings) -> str:
+    """``auto``: bfloat16 on a GPU that supports it, float32 elsewhere (CPU training)."""
+    if settings.dtype != "auto":
+        return settings.dtype
+    import torch
+
+    if not settings.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
+def check_trainer_settings(settings: TrainerSettings) -> None:
+    """Refuse at start-up what this machine cannot do, rather than at the first round."""
+    if settings.load_in_4bit:
+        import importlib.util
+
+        import torch
+
+        if settings.use_cpu or not torch.cuda.is_available():
+            raise SettingsError("trainer.load_in_4bit (QLoRA) needs a CUDA GPU; this trainer has none")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise SettingsError("trainer.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+
+
+def _common_args(settings: TrainerSettings, output_dir: str) -> dict[str, Any]:
+    dtype = training_dtype(settings)
+    return dict(
+        output_dir=output_dir,
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
+        logging_steps=settings.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=settings.use_cpu,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def sft_trainer(
+    prepared: PreparedSft,
+    tokenizer: Any,
+    settings: TrainerSettings,
+    output_dir: str,
+    model: Any = None,
+    peft_config: Any = None,
+) -> Any:
+    """A TRL SFTTrainer on prepared rows (the base model loaded when none is given)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    if not prepared.rows:
+        raise PermanentError(f"no sample can be trained on: {prepared.skipped}")
+    if model is None:
+        model, _ = _load_model(settings, None)
+        peft_config = peft_config or _lora_config(settings)
+    args = SFTConfig(
+        **_common_args(settings, output_dir),
+        max_length=settings.max_length,
+        completion_only_loss=settings.assistant_only_loss,
+        packing=False,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(prepared.rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
 
 
 class _Progress:
@@ -127,46 +271,27 @@ def train_round(
     out_dir: str | os.PathLike[str],
     previous_adapter: str | None = None,
     report: ProgressFn | None = None,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> TrainingOutcome:
-    """Train on ``samples`` and save the adapter to ``out_dir`` (atomically)."""
+    """Train on ``samples`` and save the adapter to ``out_dir`` (atomically). ``template_kwargs``
+    are the policy endpoint's ``chat_template_kwargs``: the text trained on is the text served."""
     from datasets import Dataset
 
     out = Path(out_dir)
     staging = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     model, tokenizer = _load_model(settings, previous_adapter)
     peft_config = None if previous_adapter else _lora_config(settings)
-    common = dict(
-        output_dir=str(staging / "trainer"),
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation,
-        logging_steps=settings.logging_steps,
-        save_strategy="no",
-        report_to=[],
-        seed=settings.seed,
-        data_seed=settings.seed,
-        use_cpu=settings.use_cpu,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    skipped: dict[str, int] = {}
     if settings.method == "sft":
-        from trl import SFTConfig, SFTTrainer
-
-        dataset = Dataset.from_list(sft_rows(samples))
-        args = SFTConfig(
-            **common, max_length=settings.max_length, assistant_only_loss=settings.assistant_only_loss, packing=False
-        )
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
-        )
+        prepared = prepare_sft(samples, tokenizer, settings.max_length, template_kwargs)
+        skipped = prepared.skipped
+        trainer = sft_trainer(prepared, tokenizer, settings, str(staging / "trainer"), model, peft_config)
     else:
         from trl import GRPOConfig, GRPOTrainer
 
-        dataset = Dataset.from_list(grpo_rows(samples, tokenizer))
+        dataset = Dataset.from_list(grpo_rows(samples, tokenizer, template_kwargs))
         args = GRPOConfig(
-            **common,
+            **_common_args(settings, str(staging / "trainer")),
             num_generations=settings.grpo_generations,
             max_completion_length=settings.grpo_max_completion_length,
             temperature=settings.grpo_temperature,
@@ -201,7 +326,12 @@ def train_round(
     os.replace(staging / "adapter", out)
     shutil.rmtree(staging, ignore_errors=True)
     return TrainingOutcome(
-        adapter_dir=str(out), steps=trainer.state.global_step, losses=losses, tokens=tokens, seconds=seconds
+        adapter_dir=str(out),
+        steps=trainer.state.global_step,
+        losses=losses,
+        tokens=tokens,
+        seconds=seconds,
+        skipped=skipped,
     )
 
 

@@ -23,10 +23,13 @@ from looptool.kernel import names
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.serving import load_adapter
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
-from looptool.loop.training import train_round
+from looptool.loop.training import check_trainer_settings, train_round
 
 service = Service(
-    "trainer", "Trains each round's dataset and announces the served adapter", emits=(TrainProgress, ModelReady)
+    "trainer",
+    "Trains each round's dataset and announces the served adapter",
+    emits=(TrainProgress, ModelReady),
+    check=lambda settings: check_trainer_settings(settings.trainer),
 )
 
 
@@ -57,10 +60,18 @@ async def train(ctx: Context, event: DatasetReady) -> None:
             "training", samples=len(samples), method=settings.method, previous=str(previous) if previous else None
         )
         outcome = await anyio.to_thread.run_sync(
-            lambda: train_round(samples, settings, out, str(previous) if previous else None, report)
+            lambda: train_round(
+                samples,
+                settings,
+                out,
+                str(previous) if previous else None,
+                report,
+                template_kwargs=ctx.settings.model.chat_template_kwargs,
+            )
         )
         ctx.log.info(
             "trained",
+            skipped=outcome.skipped,
             steps=outcome.steps,
             tokens_per_s=round(outcome.tokens_per_s, 1),
             first_loss=outcome.losses[:1],
