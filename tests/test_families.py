@@ -18,7 +18,7 @@ from looptool.data.samples import Sample
 from looptool.data.scoring import metrics
 from looptool.data.worlds.synthetic import build, write
 from looptool.llm.client import ModelClient, ModelSettings, wire_messages
-from looptool.llm.families import FAMILIES, Family, detect
+from looptool.llm.families import FAMILIES, Family, detect, model_family, original_template
 from looptool.llm.serving import load_adapter
 from looptool.llm.tiny_model import build_tiny_model
 from looptool.llm.vllm_server import VllmServer
@@ -86,6 +86,8 @@ def test_the_family_is_detected_from_its_template(stack: Stack) -> None:
     from transformers import AutoTokenizer
 
     assert detect(AutoTokenizer.from_pretrained(stack.model).chat_template) == stack.family
+    assert model_family(stack.model) == stack.family  # from the files alone, as `looptool up` reads them
+    assert detect(original_template(stack.family) + "\n") is None  # an edited template is not the family's
 
 
 def test_the_loss_mask_is_exactly_the_assistant_turn(stack: Stack) -> None:

@@ -13,10 +13,12 @@ import msgspec
 from helpers import VLLM_API_KEY, count, make_settings, read_all, running, wait_for
 
 from looptool.data.formats import encode_samples
+from looptool.data.lint import contamination
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
 from looptool.kernel.names import adapter_dir
 from looptool.llm.client import ModelClient, ModelSettings
+from looptool.loop.evaluation import load_eval_sets
 from looptool.loop.events import DatasetReady, EvalCompleted, ModelReady, TrainProgress
 from looptool.loop.settings import EvaluatorSettings, Settings, TrainerSettings
 from looptool.loop.training import train_round
@@ -88,6 +90,13 @@ def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server,
         assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     rows = [msgspec.json.decode(line) for line in details.splitlines()]
     assert len(rows) == n_items and {"id", "valid", "error_type"} <= set(rows[0])
+    # Decontamination at round 0: the same world made both sets, so some training samples share
+    # tools and phrasing with eval items — reported with the scores, as lint counts them.
+    expected = contamination(samples, {"evaluator.sets": load_eval_sets(sets)})
+    assert expected.contaminated > 0
+    for result in by_model.values():
+        assert result.contaminated == expected.contaminated
+        assert result.contaminated_ids == expected.contaminated_ids[:50]
 
 
 async def _at_least(bus, run, event_type, n) -> bool:
@@ -112,7 +121,7 @@ def test_grpo_smoke_run_with_the_checker_reward(tiny_model, tmp_path) -> None:
     assert not list(tmp_path.glob("grpo-adapter.tmp-*"))
 
 
-def test_killed_trainer_retrains_the_round_and_announces_it_once(
+def test_killed_trainer_resumes_the_round_and_announces_it_once(
     nats_server, vllm_server, tiny_model, run_id, tmp_path
 ) -> None:
     artifacts = tmp_path / "artifacts"
@@ -126,10 +135,14 @@ def test_killed_trainer_retrains_the_round_and_announces_it_once(
         "LOOPTOOL_TRAINER__LOGGING_STEPS": "1",
         "LOOPTOOL_TRAINER__EPOCHS": "2",
         "LOOPTOOL_TRAINER__MAX_LENGTH": "1024",
+        "LOOPTOOL_TRAINER__CHECKPOINT_STEPS": "2",
         "LOOPTOOL_RUNTIME__ACK_WAIT": "4",
         "LOOPTOOL_ARTIFACT_DIR": str(artifacts),
     }
     samples = build(160, 0, seed=33).train
+
+    async def past_a_checkpoint(bus: Bus) -> bool:
+        return any(p.step > 2 for p in await read_all(bus, run_id, TrainProgress))
 
     def serve(name: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -144,7 +157,7 @@ def test_killed_trainer_retrains_the_round_and_announces_it_once(
         try:
             await anyio.sleep(3)
             await publish_dataset(bus, run_id, 0, samples)
-            await wait_for(lambda: _at_least(bus, run_id, TrainProgress, 1), timeout=300, interval=0.5)
+            await wait_for(lambda: past_a_checkpoint(bus), timeout=300, interval=0.5)
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait()
@@ -162,4 +175,7 @@ def test_killed_trainer_retrains_the_round_and_announces_it_once(
 
     ready = anyio.run(main)
     assert len(ready) == 1 and ready[0].model == f"{run_id}-r0"
-    assert (adapter_dir(str(artifacts), run_id, 0) / "adapter_model.safetensors").exists()
+    adapter = adapter_dir(str(artifacts), run_id, 0)
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert "resuming the round from its last checkpoint" in (tmp_path / "second.log").read_text()
+    assert not adapter.with_name(f"{adapter.name}.checkpoints").exists()  # cleaned up once the round is done

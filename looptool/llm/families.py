@@ -14,8 +14,11 @@ served (:mod:`tests.test_families` checks the token ids against vLLM's).
 
 from __future__ import annotations
 
+import json
+import os
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -86,3 +89,23 @@ def family_for(name: str, chat_template: str | dict[str, str] | None) -> Family 
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r} (known: auto, {', '.join(FAMILIES)})")
     return FAMILIES[name]
+
+
+def model_chat_template(model_dir: str | os.PathLike[str]) -> str | None:
+    """The chat template a model directory carries (``chat_template.jinja``, as transformers 5
+    saves it, or the ``chat_template`` of ``tokenizer_config.json``); None when it has none."""
+    directory = Path(model_dir)
+    if (directory / "chat_template.jinja").exists():
+        return (directory / "chat_template.jinja").read_text()
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named variants
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+def model_family(model_dir: str | os.PathLike[str]) -> Family | None:
+    return detect(model_chat_template(model_dir))

@@ -130,6 +130,9 @@ class EvalCompleted(Event, tag="eval.completed"):
     n_items: int
     details: ArtifactRef | None = None
     eval_set: str = ""
+    # Decontamination (round 0): training samples whose request or tools overlap the eval items.
+    contaminated: int = 0
+    contaminated_ids: list[str] = msgspec.field(default_factory=list)  # the first 50
 
     def dedup_key(self) -> str:
         return f"{super().dedup_key()}:{self.model}"

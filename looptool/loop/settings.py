@@ -67,6 +67,7 @@ class TrainerSettings(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on a capable GPU, else fp32
     gradient_checkpointing: bool = False  # trade compute for memory (long contexts, 8B on one GPU)
     load_in_4bit: bool = False  # QLoRA: 4-bit NF4 base weights (CUDA + bitsandbytes; refused elsewhere)
+    checkpoint_steps: int = 50  # a killed trainer resumes the round from its last checkpoint (0: off)
     logging_steps: int = 5
     seed: int = 0
     use_cpu: bool = False

@@ -28,12 +28,14 @@ from looptool.data.checker import sample_answer
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
 from looptool.kernel.errors import PermanentError
+from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import SettingsError
 from looptool.llm.client import wire_messages
 from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.loop.settings import TrainerSettings
 
 ProgressFn = Callable[[dict[str, Any]], None]
+log = get_logger("looptool.training")
 
 
 class TrainingOutcome(msgspec.Struct):
@@ -199,7 +201,9 @@ def _common_args(settings: TrainerSettings, output_dir: str) -> dict[str, Any]:
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         logging_steps=settings.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if settings.checkpoint_steps > 0 else "no",
+        save_steps=max(settings.checkpoint_steps, 1),
+        save_total_limit=1,
         report_to=[],
         seed=settings.seed,
         data_seed=settings.seed,
@@ -279,19 +283,23 @@ def train_round(
 
     out = Path(out_dir)
     staging = out.with_name(f"{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    # Checkpoints live beside the adapter under a name of their own, so that a trainer killed
+    # mid-round resumes from the last one instead of starting the round over.
+    checkpoints = out.with_name(f"{out.name}.checkpoints")
+    resume = settings.checkpoint_steps > 0 and any(checkpoints.glob("checkpoint-*"))
     model, tokenizer = _load_model(settings, previous_adapter)
     peft_config = None if previous_adapter else _lora_config(settings)
     skipped: dict[str, int] = {}
     if settings.method == "sft":
         prepared = prepare_sft(samples, tokenizer, settings.max_length, template_kwargs)
         skipped = prepared.skipped
-        trainer = sft_trainer(prepared, tokenizer, settings, str(staging / "trainer"), model, peft_config)
+        trainer = sft_trainer(prepared, tokenizer, settings, str(checkpoints), model, peft_config)
     else:
         from trl import GRPOConfig, GRPOTrainer
 
         dataset = Dataset.from_list(grpo_rows(samples, tokenizer, template_kwargs))
         args = GRPOConfig(
-            **_common_args(settings, str(staging / "trainer")),
+            **_common_args(settings, str(checkpoints)),
             num_generations=settings.grpo_generations,
             max_completion_length=settings.grpo_max_completion_length,
             temperature=settings.grpo_temperature,
@@ -316,7 +324,9 @@ def train_round(
 
     trainer.add_callback(_Progress(on_progress, lambda: trainer.state.max_steps))
     start = time.perf_counter()
-    result = trainer.train()
+    if resume:
+        log.info("resuming the round from its last checkpoint", checkpoints=str(checkpoints))
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - start
     tokens = _trained_tokens(trainer, result)
     trainer.model.save_pretrained(str(staging / "adapter"))
@@ -325,6 +335,7 @@ def train_round(
         shutil.rmtree(out)
     os.replace(staging / "adapter", out)
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return TrainingOutcome(
         adapter_dir=str(out),
         steps=trainer.state.global_step,

@@ -2,13 +2,17 @@
 
 Listens to ``model.ready``; at round 0 it also scores the base model, the loop's starting point.
 Emits ``eval.completed`` with accuracy per category and overall, and keeps the per-item
-results (id, valid, error type, error) in the Object Store for inspection.
+results (id, valid, error type, error) in the Object Store for inspection. At round 0 it checks
+the run's training data against the eval sets (``looptool lint``'s contamination test) and
+reports the overlapping samples with the scores.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from looptool.data.lint import Contamination, contamination
+from looptool.data.samples import Sample
 from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.runtime import Context, Service
@@ -30,6 +34,13 @@ async def evaluate_round(ctx: Context, event: ModelReady) -> None:
     if not samples:
         ctx.log.warning("no evaluation sets configured (evaluator.sets)")
         return
+    overlap = Contamination()
+    if event.round == 0 and event.dataset is not None:  # the run's training data, checked once
+        overlap = contamination(await ctx.load(event.dataset, Sample), {"evaluator.sets": samples})
+        if overlap.contaminated:
+            ctx.log.warning(
+                "training data overlaps the eval sets", samples=overlap.contaminated, first=overlap.contaminated_ids[:5]
+            )
     models = [event.model]
     if event.round == 0 and settings.evaluate_base and event.base_model:
         models.insert(0, ctx.settings.model.model)
@@ -52,6 +63,8 @@ async def evaluate_round(ctx: Context, event: ModelReady) -> None:
                 n_items=len(items),
                 details=details,
                 eval_set=",".join(settings.sets),
+                contaminated=overlap.contaminated,
+                contaminated_ids=overlap.contaminated_ids[:50],
             )
         )
         await ctx.mark(done)
