@@ -25,6 +25,7 @@ from looptool.loop import curation
 from looptool.loop.events import (
     SEED_VERDICTS,
     DatasetReady,
+    EvalCompleted,
     ExpandResult,
     JudgeVerdict,
     ModelReady,
@@ -338,6 +339,17 @@ def test_stop_rule(scores: list[float | None], rounds: int, patience: int, round
     assert (curation.stop_reason(scores, config, round) is not None) == stops
 
 
+def test_the_regression_gate_names_each_category_that_fell_beyond_the_margin() -> None:
+    base = {"overall": 0.40, "simple": 0.50, "parallel": 0.30}
+    r0 = {"overall": 0.45, "simple": 0.60, "parallel": 0.30}
+    assert curation.regression_reason([base, r0], 0.05) is None  # gains only
+    r1 = {"overall": 0.43, "simple": 0.52, "parallel": 0.31}  # simple fell 0.08 below its best (r0)
+    assert curation.regression_reason([base, r0, r1], 0.05) == "regression beyond 0.050: simple 0.600 -> 0.520"
+    assert curation.regression_reason([base, r0, r1], 0.10) is None  # within the margin
+    assert curation.regression_reason([base, r0, r1], 0.0) is None  # off
+    assert curation.regression_reason([r1], 0.01) is None  # nothing earlier to fall from
+
+
 def test_verdict_actions_follow_the_policy() -> None:
     keep = JudgeSettings()
     drop = JudgeSettings(both_right="discard", unclear="discard")
@@ -367,3 +379,22 @@ def test_subject_wildcards() -> None:
     assert subject_matches("looptool.r.>", "looptool.r.probe.task")
     assert not subject_matches("looptool.r.>", "looptool.r2.probe.task")
     assert not subject_matches("looptool.*.probe.task", "looptool.r.probe.result")
+
+
+def test_eval_history_is_the_base_model_then_each_rounds_model() -> None:
+    ledger = RunLedger("r")
+
+    def evaluated(round: int, model: str, overall: float) -> EvalCompleted:
+        return EvalCompleted(run="r", round=round, model=model, metrics={"overall": overall}, n_items=1)
+
+    for event in (
+        ModelReady(run="r", round=0, model="r-r0"),
+        evaluated(0, "r-r0", 0.5),
+        evaluated(0, "policy", 0.3),  # the base model, evaluated at round 0
+        ModelReady(run="r", round=1, model="r-r1"),
+        evaluated(1, "r-r1", 0.4),
+    ):
+        ledger.apply(event)
+    assert [m["overall"] for m in ledger.eval_history(1)] == [0.3, 0.5, 0.4]
+    assert [m["overall"] for m in ledger.eval_history(0)] == [0.3, 0.5]
+    assert curation.regression_reason(ledger.eval_history(1), 0.05) == "regression beyond 0.050: overall 0.500 -> 0.400"

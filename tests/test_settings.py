@@ -65,3 +65,21 @@ def test_cli_reports_bad_settings_in_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("looptool: error: LOOPTOOL_RUNTIME__CONCURRENCY: bad setting runtime.concurrency")
     assert "Traceback" not in result.stderr
+
+
+def test_a_trainer_asked_for_qlora_without_a_gpu_refuses_to_start() -> None:
+    from looptool.loop.settings import TrainerSettings
+    from looptool.loop.training import check_trainer_settings, training_dtype
+
+    with pytest.raises(SettingsError, match="load_in_4bit .* needs a CUDA GPU"):
+        check_trainer_settings(TrainerSettings(load_in_4bit=True, use_cpu=True))
+    check_trainer_settings(TrainerSettings(use_cpu=True))  # the default asks for nothing special
+    assert training_dtype(TrainerSettings(use_cpu=True)) == "float32"  # auto on a CPU
+    assert training_dtype(TrainerSettings(dtype="bfloat16")) == "bfloat16"  # asked for, given
+
+    # The service refuses before it connects anywhere, with the reason on one line.
+    env = {**os.environ, "LOOPTOOL_TRAINER__LOAD_IN_4BIT": "true", "LOOPTOOL_NATS__URL": "nats://127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "looptool", "serve", "trainer"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode != 0 and "load_in_4bit (QLoRA) needs a CUDA GPU" in done.stderr

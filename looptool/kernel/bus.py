@@ -17,6 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import anyio
 import nats
 import nats.errors
 import nats.js.errors
@@ -123,7 +124,10 @@ class Bus:
                 context.load_cert_chain(settings.tls_cert, settings.tls_key)
             options["tls"] = context
         try:
-            nc = await nats.connect(**options)
+            # nats-py retries a failing first connection without end (a max_reconnect_attempts of
+            # 0 counts as unlimited too): bound it, so that a wrong URL is an error, not a hang.
+            with anyio.fail_after(settings.first_connect_timeout):
+                nc = await nats.connect(**options)
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot reach NATS at {settings.url}: {exc!r}") from exc
         bus = holder["bus"] = cls(nc, settings)

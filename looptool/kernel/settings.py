@@ -39,7 +39,10 @@ class NatsSettings(Section):
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    connect_timeout: float = 5.0
+    connect_timeout: float = 5.0  # per attempt
+    # How long the first connection may keep failing (a server still starting) before the client
+    # gives up with an error; afterwards, reconnects go on forever (max_reconnect_attempts).
+    first_connect_timeout: float = 30.0
     max_reconnect_attempts: int = -1  # forever: a service outlives a NATS restart
     reconnect_wait: float = 0.5
     storage: Literal["file", "memory"] = "file"

@@ -94,6 +94,21 @@ def stop_reason(scores: list[float | None], config: RunConfig, round: int) -> st
     return None
 
 
+def regression_reason(history: list[dict[str, float]], margin: float) -> str | None:
+    """The regression gate: why the run ends because the latest evaluation (``history[-1]``)
+    fell more than ``margin`` below the best earlier score of some category (None: it did not).
+    ``history`` is the base model's metrics, then each round's model's, in order."""
+    if margin <= 0 or len(history) < 2:
+        return None
+    latest, earlier = history[-1], history[:-1]
+    falls = []
+    for category, score in sorted(latest.items()):
+        best = max((m[category] for m in earlier if category in m), default=None)
+        if best is not None and best - score > margin:
+            falls.append(f"{category} {best:.3f} -> {score:.3f}")
+    return f"regression beyond {margin:.3f}: {', '.join(falls)}" if falls else None
+
+
 def _take(samples: list[Sample], n: int, rng: random.Random) -> list[Sample]:
     if n <= 0:
         return []

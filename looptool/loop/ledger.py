@@ -285,6 +285,19 @@ class RunLedger:
             return {}
         return ledger.evals[ledger.model.model].metrics
 
+    def eval_history(self, r: int) -> list[dict[str, float]]:
+        """Metrics of the base model (when evaluated) and of each round's model through round r."""
+        history = []
+        first = self.rounds.get(0)
+        if first is not None:
+            trained = first.model.model if first.model else None
+            history += [e.metrics for name, e in sorted(first.evals.items()) if name != trained]
+        for round in range(r + 1):
+            ledger = self.rounds.get(round)
+            if ledger is not None and ledger.model is not None and ledger.model.model in ledger.evals:
+                history.append(ledger.evals[ledger.model.model].metrics)
+        return history
+
     def overall(self, r: int) -> float | None:
         """The evaluated policy's overall accuracy after round r's training."""
         ledger = self.rounds.get(r)

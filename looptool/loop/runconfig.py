@@ -33,6 +33,9 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ppl_cut: PplCut = msgspec.field(default_factory=PplCut)
     patience: int = 0  # stop after this many rounds without a gain in eval overall (0: off)
     wait_for_eval: bool = False  # close a round only after its evaluation (implied by patience)
+    # Regression gate: stop when a category's accuracy falls more than this below its best so far,
+    # the base model's included (0: off; implies waiting for each round's evaluation).
+    regression_margin: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:

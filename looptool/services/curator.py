@@ -108,7 +108,7 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
         return
     config = ledger.request.config
     current = ledger.round(round)
-    waits_for_eval = config.wait_for_eval or config.patience > 0
+    waits_for_eval = config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
     if not current.complete() or (waits_for_eval and ledger.overall(round) is None):
         return
     if _closed(ledger, round):
@@ -118,7 +118,9 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
         if not await _claimed(ctx, state, key, started=lambda: _closed(ledger, round)):
             return
         scores = [ledger.overall(r) for r in range(round + 1)]
-        reason = curation.stop_reason(scores, config, round)
+        reason = curation.stop_reason(scores, config, round) or curation.regression_reason(
+            ledger.eval_history(round), config.regression_margin
+        )
         if reason:
             await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
             return
