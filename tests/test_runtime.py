@@ -341,3 +341,30 @@ def test_publish_many_keeps_a_bounded_window_and_loses_nothing(settings, run_id:
     seqs, stored, most = anyio.run(main)
     assert len(seqs) == stored == n and seqs == sorted(set(seqs))  # every ack, in order, none twice
     assert most == 7  # never more acks outstanding than the window
+
+
+def test_heartbeats_flow_but_never_land_in_the_event_log(settings) -> None:
+    from looptool.kernel.events import ServiceHeartbeat, decode_event
+    from looptool.kernel.testing import subject_matches
+
+    assert not subject_matches(names.STREAM_SUBJECTS, names.HEARTBEAT_SUBJECT)  # the stream never takes them
+
+    async def main() -> object:
+        bus = await Bus.connect(settings.nats)
+        beats = await bus.nc.subscribe(names.HEARTBEAT_SUBJECT)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(
+                lambda: run_service(
+                    toy_service.echo, settings, replica="beating", stop=stop, ready=ready, handle_signals=False
+                )
+            )
+            await ready.wait()
+            beat = decode_event((await beats.next_msg(timeout=10)).data)
+            stop.set()
+        await bus.close()
+        return beat
+
+    beat = anyio.run(main)
+    assert isinstance(beat, ServiceHeartbeat) and beat.replica == "beating"

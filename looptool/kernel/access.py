@@ -90,5 +90,5 @@ def cli_permissions() -> Permissions:
     """The operator's command line: submit runs, replay dead letters, read and follow any run."""
     return Permissions(
         publish=(*_common(CLI), f"{names.PREFIX}.*.>", _consume(">")),
-        subscribe=(f"{inbox_prefix(CLI)}.>", f"{names.PREFIX}._live.>"),
+        subscribe=(f"{inbox_prefix(CLI)}.>", names.HEARTBEAT_SUBJECT),
     )

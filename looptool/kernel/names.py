@@ -17,7 +17,8 @@ STREAM = "LOOPTOOL"
 STREAM_SUBJECTS = f"{PREFIX}.>"
 ARTIFACT_BUCKET = "looptool-artifacts"
 STATE_BUCKET = "looptool-state"
-HEARTBEAT_SUBJECT = f"{PREFIX}._live.heartbeat"  # core NATS, not stored
+# Core NATS, outside the stream's subjects, so that liveness never fills the event log.
+HEARTBEAT_SUBJECT = f"{PREFIX}-live.heartbeat"
 SYSTEM_RUN = "_system"  # the run name of events that belong to no run (heartbeats)
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
