@@ -4,6 +4,7 @@ has a password, each service only its own rights (derived from what it emits and
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from looptool.app.cli import resolve_service
 from looptool.app.up import SERVICES, Topology, bus_identities
 from looptool.kernel import access, names
 from looptool.kernel.bus import Bus
-from looptool.kernel.credentials import CredentialsError, SecretsDir, read_credentials
+from looptool.kernel.credentials import CredentialsError, SecretsDir, read_credentials, tls_hosts_for
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import ArtifactRef, DeadLetter, encode_event
 from looptool.kernel.nats_server import NatsServer
@@ -261,3 +262,9 @@ def test_up_secures_the_bus_it_starts(tmp_path: Path) -> None:
                 await nc.close()
 
         anyio.run(main)
+
+
+def test_tls_is_for_servers_bound_beyond_loopback() -> None:
+    assert tls_hosts_for("127.0.0.1") == [] and tls_hosts_for("localhost") == [] and tls_hosts_for("::1") == []
+    assert {"localhost", "127.0.0.1", socket.gethostname()} <= set(tls_hosts_for("0.0.0.0"))
+    assert "10.1.2.3" in tls_hosts_for("10.1.2.3") and "0.0.0.0" not in tls_hosts_for("0.0.0.0")

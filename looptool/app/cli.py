@@ -157,10 +157,9 @@ def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
     config = None
     if not args.insecure:
         from looptool.app.up import bus_identities
-        from looptool.kernel.credentials import SecretsDir, default_tls_hosts, is_loopback
+        from looptool.kernel.credentials import SecretsDir, tls_hosts_for
 
-        tls_hosts = [] if is_loopback(args.host) else default_tls_hosts(args.host)
-        config = SecretsDir(args.secrets).ensure(bus_identities(), tls_hosts=tls_hosts)
+        config = SecretsDir(args.secrets).ensure(bus_identities(), tls_hosts=tls_hosts_for(args.host))
     server = NatsServer(args.store_dir, port=args.port, host=args.host, config_file=config).start()
     print(f"nats-server with JetStream at {server.url} (store {args.store_dir}); Ctrl-C stops it", file=sys.stderr)
     if config is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from looptool.kernel import access
-from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, default_tls_hosts, is_loopback
+from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, tls_hosts_for
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.settings import NatsSettings
 from looptool.llm.families import model_family
@@ -108,8 +108,7 @@ class Topology:
         if self.nats_url is None:
             config = None
             if self.secrets is not None:  # a fresh start: ensure() keeps existing passwords
-                tls_hosts = [] if is_loopback(self.nats_host) else default_tls_hosts(self.nats_host)
-                config = self.secrets.ensure(bus_identities(), tls_hosts=tls_hosts)
+                config = self.secrets.ensure(bus_identities(), tls_hosts=tls_hosts_for(self.nats_host))
             self.nats = NatsServer(self.workdir / "nats", port=self.nats_port, host=self.nats_host, config_file=config)
             self.nats.start()
             self.nats_url = self.nats.url

@@ -177,8 +177,11 @@ class SecretsDir:
         return ca_file.read_text()
 
 
-def default_tls_hosts(bind_host: str) -> list[str]:
-    """The names a server bound to ``bind_host`` is reached by on this machine."""
+def tls_hosts_for(bind_host: str) -> list[str]:
+    """The names a server's certificate must list: none on loopback (no TLS there), else the
+    names it is reached by on this machine."""
+    if is_loopback(bind_host):
+        return []
     hosts = {"localhost", "127.0.0.1", socket.gethostname()}
     if bind_host not in ("0.0.0.0", "::"):
         hosts.add(bind_host)
