@@ -36,7 +36,7 @@ from looptool.kernel.settings import NatsSettings
 
 CLAIM_HEADER = "Looptool-Claim"
 MSG_ID_HEADER = "Nats-Msg-Id"
-PUBLISH_WINDOW = 1000  # acks outstanding in publish_many; nats-py refuses beyond 4000 pending
+PUBLISH_WINDOW = 1000  # acks outstanding in publish_many (below nats-py's own limit of 4000 pending)
 _HEADER_ROOM = 8 * 1024  # headers and protocol overhead kept free below max_payload
 _STREAM_EXISTS_WITH_OTHER_CONFIG = 10058
 
@@ -218,8 +218,9 @@ class Bus:
 
     async def publish_many(self, events: Iterable[Event], *, window: int = PUBLISH_WINDOW) -> list[api.PubAck]:
         """Publish many events pipelined (``publish_async``) with at most ``window`` acks
-        outstanding: unbounded, a slow server lets nats-py's pending limit fill and
-        ``publish_async`` raise ``TooManyStalledMsgsError`` (seen on a 2-core machine)."""
+        outstanding. Unbounded, every future is held at once and the publisher runs into
+        nats-py's pending limit (the bus bench died there on a slow machine with
+        ``TooManyStalledMsgsError``)."""
         acks: list[api.PubAck] = []
         pending: collections.deque[asyncio.Future[api.PubAck]] = collections.deque()
         for event in events:
