@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import msgspec
 import toy_service
-from helpers import make_settings, read_all, wait_for
+from helpers import make_settings, read_all, running, wait_for
 
 from looptool.data.samples import Message, Sample
 from looptool.kernel import names
@@ -352,19 +352,10 @@ def test_heartbeats_flow_but_never_land_in_the_event_log(settings) -> None:
     async def main() -> object:
         bus = await Bus.connect(settings.nats)
         beats = await bus.nc.subscribe(names.HEARTBEAT_SUBJECT)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            ready = anyio.Event()
-            tg.start_soon(
-                lambda: run_service(
-                    toy_service.echo, settings, replica="beating", stop=stop, ready=ready, handle_signals=False
-                )
-            )
-            await ready.wait()
+        async with running(toy_service.echo, settings):
             beat = decode_event((await beats.next_msg(timeout=10)).data)
-            stop.set()
         await bus.close()
         return beat
 
     beat = anyio.run(main)
-    assert isinstance(beat, ServiceHeartbeat) and beat.replica == "beating"
+    assert isinstance(beat, ServiceHeartbeat) and beat.replica == "echo-0"
