@@ -130,7 +130,7 @@ def capability_dashboard(ledger: RunLedger) -> list[str]:
 
 def _decontamination(ledger: RunLedger) -> str:
     first = ledger.rounds.get(0)
-    checked = [e for e in first.evals.values()] if first else []
+    checked = list(first.evals.values()) if first else []
     if not checked:
         return "<p>Decontamination: not checked yet (the evaluator checks round 0's training data).</p>"
     worst = max(checked, key=lambda e: e.contaminated)

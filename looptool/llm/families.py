@@ -3,13 +3,13 @@
 A family is recognised the way TRL recognises templates — by the exact text of the tokenizer's
 chat template against the originals TRL ships in ``trl/chat_templates/`` — so a fine-tuned
 checkpoint that kept its family's template is detected, and one with an edited template is
-not (then ``tool_parser`` and the rest must be set by hand: see :func:`family_for`).
+not (then the server's tool parser must be chosen by hand; ``looptool up`` falls back to hermes).
 
-Training renders each sample as a *conversational prompt–completion* pair with the serving
-template itself (TRL tokenizes the prompt with ``add_generation_prompt=True``, exactly as vLLM
-does, and trains on the completion only), so no ``{% generation %}``-tagged training template is
-needed — the Llama 3.1/3.2 templates have none in TRL — and the prompt trained on is the prompt
-served (:mod:`tests.test_families` checks the token ids against vLLM's).
+Training tokenizes each sample as its prompt, rendered by the serving template itself with
+``add_generation_prompt=True`` exactly as vLLM renders it, followed by the labelled turn, the only
+tokens with loss (:func:`looptool.loop.training.prepare_sft`). So no ``{% generation %}``-tagged
+training template is needed — TRL has none for Llama 3.1/3.2 — and the prompt trained on is the
+prompt served (``tests/test_families.py`` checks the token ids against vLLM's).
 """
 
 from __future__ import annotations
@@ -80,15 +80,6 @@ def detect(chat_template: str | dict[str, str] | None) -> Family | None:
         if chat_template == original_template(family):
             return family
     return None
-
-
-def family_for(name: str, chat_template: str | dict[str, str] | None) -> Family | None:
-    """A family by setting: ``auto`` detects it from the template, a name picks it."""
-    if name == "auto":
-        return detect(chat_template)
-    if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r} (known: auto, {', '.join(FAMILIES)})")
-    return FAMILIES[name]
 
 
 def model_chat_template(model_dir: str | os.PathLike[str]) -> str | None:

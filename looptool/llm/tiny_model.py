@@ -154,10 +154,14 @@ def build_tiny_model(
 def _random_model(family: str, tokenizer: Any, hidden_size: int, layers: int) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-    architectures = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}
-    config_class, model_class = architectures.get(
-        family, architectures.get(family[:5], (Qwen2Config, Qwen2ForCausalLM))
-    )
+    config_class: Any
+    model_class: Any
+    if family.startswith("llama"):
+        config_class, model_class = LlamaConfig, LlamaForCausalLM
+    elif family == "qwen3":
+        config_class, model_class = Qwen3Config, Qwen3ForCausalLM
+    else:
+        config_class, model_class = Qwen2Config, Qwen2ForCausalLM
     config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
