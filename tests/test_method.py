@@ -149,6 +149,38 @@ def test_two_rounds_close_and_every_sample_has_one_outcome() -> None:
     assert datasets[1].composition["expanded"] > 0
 
 
+@pytest.mark.parametrize("ablate", [[], ["jglv"], ["edde"], ["high_ppl"]])
+def test_ablations_leave_out_their_part_and_keep_the_budget(ablate: list[str]) -> None:
+    pool = seed_samples(80)
+    noisy = {s.id for s in pool if s.meta.get("noise")}
+
+    async def main() -> StubBus:
+        bus = StubBus()
+        runner = StubRunner(bus, settings(), curator.service, fake_trainer, fake_probe, judge.service, expander.service)
+        await start(bus, pool, rounds=2, initial_size=30, round_size=30, ablate=ablate)
+        await runner.run_until_idle()
+        return bus
+
+    bus = run(main)
+    first, second = bus.of_type(DatasetReady)
+    samples = msgspec.json.Decoder(Sample).decode_lines(run(bus.get_artifact, second.dataset))
+    assert len(samples) == second.size == 30  # the same budget, whatever is left out
+    composition = second.composition
+    failed_in_first = {r.sample_id for r in bus.of_type(ProbeResult) if r.round == 0 and r.outcome == "failed"}
+    assert failed_in_first and failed_in_first <= noisy
+    carried = [s for s in samples if s.id in failed_in_first]
+    assert len(carried) == len(failed_in_first)  # each failure is an error seed either way
+    clean = [s.label == [ToolCall(**c) for c in s.meta["clean"]] for s in carried]
+    if "jglv" in ablate:  # unverified: every failure trains with its wrong label
+        assert composition["corrected"] == 0 and not any(clean)
+    else:  # the rules tier fixed the noisy labels it could: exactly those train corrected
+        assert composition["corrected"] == sum(clean) > 0
+    expansions = [s for s in samples if s.lineage.origin == "expansion"]
+    assert (composition["expanded"] == 0 and not expansions) if "edde" in ablate else len(expansions) > 0
+    assert (composition["kept"] == 0) if "high_ppl" in ablate else composition["kept"] > 0
+    assert sum(composition[k] for k in ("hard", "corrected", "kept", "expanded", "fresh")) == 30
+
+
 def test_a_sample_whose_work_fails_for_good_ends_errored_and_the_round_closes(tmp_path) -> None:
     async def main() -> tuple[StubBus, Sample]:
         bus = StubBus()

@@ -86,6 +86,63 @@ def test_written_world_reads_back(tmp_path: Path) -> None:
     assert total == 60
 
 
+def test_rich_world_holds_out_domains_for_the_test_split_only() -> None:
+    held_out = ("library", "education")
+    data = build(1500, 400, seed=2, catalogue="rich", held_out_domains=held_out, unseen_share=0.25)
+    domains = Counter(s.meta["domain"] for s in data.train)
+    assert len(domains) == 14 and not set(domains) & set(held_out)  # 16 domains, 2 held out
+    offered_in_train = {t.function.name for s in data.train for t in s.tools}
+    unseen = [s for s in data.test if s.meta.get("unseen_tool")]
+    assert 0.15 < len(unseen) / len(data.test) < 0.35
+    assert all(s.meta["domain"] in held_out for s in unseen)
+    # its main tool was never seen in training, not even offered as a distractor
+    assert all(s.label[0].name not in offered_in_train for s in unseen if s.label)
+    for sample in data.train + data.test:  # every value still grounded in the request
+        assert check_sample(sample, sample.label).valid, sample
+        request = " ".join(m.content or "" for m in sample.messages)
+        assert all(str(v) in request for c in sample.label for v in c.arguments.values() if isinstance(v, str))
+
+
+def test_prior_call_samples_are_multi_turn_conversations() -> None:
+    data = build(400, 0, seed=3, catalogue="rich", prior_calls=0.5)
+    multi = [s for s in data.train if any(m.role == "tool" for m in s.messages)]
+    assert 0.35 < len(multi) / len(data.train) < 0.65
+    for sample in multi:
+        roles = [m.role for m in sample.messages]
+        assert roles == ["user", "assistant", "tool", "assistant", "user"]
+        earlier = sample.messages[1].tool_calls[0]
+        assert earlier.name in {t.function.name for t in sample.tools}  # an offered tool
+        assert sample.messages[2].name == earlier.name
+
+
+def test_label_noise_rates_per_kind() -> None:
+    rates = {"wrong_value": 0.2, "missing_required": 0.1}
+    data = build(3000, 0, seed=4, catalogue="rich", noise_rates=rates)
+    counts = Counter(s.meta.get("noise") for s in data.train)
+    with_label = sum(bool(s.label) for s in data.train)
+    assert 0.16 < counts["wrong_value"] / with_label < 0.24
+    assert 0.06 < counts["missing_required"] / with_label < 0.14  # a few labels have no required one
+    assert set(counts) == {None, "wrong_value", "missing_required"}
+
+
+def test_excluded_ids_are_never_drawn() -> None:
+    first = build(300, 0, seed=5, catalogue="rich").train
+    again = build(300, 0, seed=5, catalogue="rich", exclude=frozenset(s.id for s in first)).train
+    assert not {s.id for s in first} & {s.id for s in again}
+
+
+def test_world_expander_writes_around_rich_tools_and_never_held_out_ones() -> None:
+    world = World.of("rich", held_out=("library",))
+    rng = random.Random(1)
+    seeds = build(200, 0, seed=6, catalogue="rich", held_out_domains=("library",)).train
+    for seed in seeds[:60]:
+        for new in world.similar(seed, 2, rng):
+            assert new.category == seed.category
+            assert not any(t.function.name.endswith("_book") for t in new.tools)  # library's noun
+            if seed.label:
+                assert seed.label[0].name in {c.name for c in new.label}
+
+
 def test_grpo_rewards_with_trl_calling_convention() -> None:
     sample = next(s for s in build(50, 0, seed=1).train if s.category == "parallel")
     row = grpo_row(sample)

@@ -7,10 +7,12 @@ expander, streams progress, and writes the report.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import anyio
+import msgspec
 from rich.console import Console
 
 from looptool.app.report import write_report
@@ -19,8 +21,9 @@ from looptool.app.up import Topology
 from looptool.app.watch import watch
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
-from looptool.llm.tiny_model import build_tiny_model
 from looptool.loop.runconfig import PplCut, RunConfig
+from looptool.loop.settings import TrainerSettings
+from looptool.loop.toy_policy import HELD_OUT_DOMAINS, Recipe, build_toy_policy, pretraining_split
 
 
 def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: float = 3.0) -> dict[str, str]:
@@ -42,6 +45,8 @@ def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: flo
         "LOOPTOOL_JUDGE__VOTES": "3",
         "LOOPTOOL_EXPANDER__MODE": "world",
         "LOOPTOOL_EXPANDER__K": "2",
+        "LOOPTOOL_EXPANDER__WORLD_CATALOGUE": "rich",
+        "LOOPTOOL_EXPANDER__WORLD_HELD_OUT": msgspec.json.encode(HELD_OUT_DOMAINS).decode(),
         "LOOPTOOL_RUNTIME__CONCURRENCY": "16",
         "LOOPTOOL_RUNTIME__ACK_WAIT": "30",
         "LOOPTOOL_ARTIFACT_DIR": str(artifacts),
@@ -49,10 +54,49 @@ def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: flo
     }
 
 
+def trainer_settings(model_dir: Path) -> TrainerSettings:
+    """The demo's trainer settings as a :class:`TrainerSettings` (for training outside the
+    topology, as the bench's static arm does)."""
+    env = demo_env(model_dir, [], Path("."))
+    return TrainerSettings(
+        base_model=str(model_dir),
+        use_cpu=True,
+        learning_rate=float(env["LOOPTOOL_TRAINER__LEARNING_RATE"]),
+        lora_rank=int(env["LOOPTOOL_TRAINER__LORA_RANK"]),
+        lora_alpha=int(env["LOOPTOOL_TRAINER__LORA_ALPHA"]),
+        epochs=float(env["LOOPTOOL_TRAINER__EPOCHS"]),
+        max_length=int(env["LOOPTOOL_TRAINER__MAX_LENGTH"]),
+    )
+
+
+def cache_dir() -> Path:
+    """Where built models are kept between runs: ``$LOOPTOOL_CACHE``, else the user's cache."""
+    if os.environ.get("LOOPTOOL_CACHE"):
+        return Path(os.environ["LOOPTOOL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "looptool"
+
+
 def prepare(workdir: Path, train: int, test: int, pool: int, noise: float, seed: int) -> tuple[Path, Path, list[str]]:
-    """The world's files and the tiny model: (seed data, model dir, test sets)."""
-    world = write(build(pool, test, seed=seed, noise_rate=noise), workdir / "world")
-    model_dir = build_tiny_model(workdir / "model", seed=seed)
+    """The world's files and the pretrained toy policy: (seed data, model dir, test sets).
+
+    The rich world: procedural tools, multi-turn samples, label noise of every kind alike, and
+    a test split with tools of domains nobody trained on; never a sample the policy was
+    pretrained on."""
+    recipe = Recipe()
+    model_dir = build_toy_policy(cache_dir(), recipe)
+    pretrained = frozenset(s.id for s in pretraining_split(recipe))
+    data = build(
+        pool,
+        test,
+        seed=seed,
+        noise_rate=noise,
+        catalogue="rich",
+        held_out_domains=HELD_OUT_DOMAINS,
+        unseen_share=0.2,
+        prior_calls=0.15,
+        exclude=pretrained,
+    )
+    world = write(data, workdir / "world")
     return world["train"], model_dir, [str(p) for name, p in world.items() if name != "train"]
 
 

@@ -51,20 +51,28 @@ def next_round(current: RoundLedger, config: RunConfig, pool: list[Sample], fres
     carried = current.carried(cut)
     errors = [s for s in carried if outcomes[s.id] in ("hard", "corrected")]  # the error seeds
     mastered = [s for s in carried if outcomes[s.id] == "kept"]
-    seen = {s.id for s in carried}
-    expanded = [s for s in current.expanded() if not (s.id in seen or seen.add(s.id))]  # type: ignore[func-returns-value]
+    if "jglv" in config.ablate:  # no verification: every failure trains, with its label as is
+        errors = current.failed_as_probed()
+        failed = {s.id for s in errors}
+        mastered = [s for s in mastered if s.id not in failed]
+    if "high_ppl" in config.ablate:
+        mastered = []
+    seen = {s.id for s in errors + mastered}
+    expanded = [] if "edde" in config.ablate else current.expanded()
+    expanded = [s for s in expanded if not (s.id in seen or seen.add(s.id))]  # type: ignore[func-returns-value]
     if config.round_size > 0:
         rng = random.Random(f"{config.seed}:{current.round}")
         budget = config.round_size
         errors = _take(errors, budget, rng)
         expanded = _take(expanded, budget - len(errors), rng)
         mastered = _take(mastered, budget - len(errors) - len(expanded), rng)
+    corrected = 0 if "jglv" in config.ablate else sum(outcomes[s.id] == "corrected" for s in errors)
     composition = {
         key: value for key, value in current.composition(cut).items() if key in ("dropped", "discarded", "errored")
     }
     composition |= {
-        "hard": sum(outcomes[s.id] == "hard" for s in errors),
-        "corrected": sum(outcomes[s.id] == "corrected" for s in errors),
+        "hard": len(errors) - corrected,
+        "corrected": corrected,
         "kept": len(mastered),
         "expanded": len(expanded),
     }

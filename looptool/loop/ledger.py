@@ -219,6 +219,14 @@ class RoundLedger:
                 carried.append(sample)
         return carried
 
+    def failed_as_probed(self) -> list[Sample]:
+        """Every failed probe's sample with its label as probed, by id (for the "w/o JGLV" ablation)."""
+        return [
+            probe.sample
+            for _, probe in sorted(self.probes.items())
+            if probe.outcome == "failed" and probe.sample is not None
+        ]
+
     def expanded(self) -> list[Sample]:
         return [s for seed in sorted(self.expansions) for s in self.expansions[seed].samples]
 

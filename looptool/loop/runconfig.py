@@ -36,6 +36,10 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Regression gate: stop when a category's accuracy falls more than this below its best so far,
     # the base model's included (0: off; implies waiting for each round's evaluation).
     regression_margin: float = 0.0
+    # Ablations, the paper's rows "w/o JGLV", "w/o EDDE", "w/o high-PPL samples": failed samples
+    # carried with their labels unverified ("jglv"), no expansions ("edde"), no mastered samples
+    # ("high_ppl"). With round_size the freed budget is filled with fresh seed data.
+    ablate: list[Literal["jglv", "edde", "high_ppl"]] = msgspec.field(default_factory=list)
     seed: int = 0
 
     def __post_init__(self) -> None:

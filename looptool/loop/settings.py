@@ -37,6 +37,8 @@ class JudgeSettings(Section):
 
 class ExpanderSettings(Section):
     mode: Literal["llm", "world"] = "llm"  # world: the synthetic world's generator, offline
+    world_catalogue: Literal["core", "rich"] = "core"  # the world's tools, for mode = "world"
+    world_held_out: list[str] = msgspec.field(default_factory=list)  # domains never to write (test-only)
     k: int = 4  # new samples per seed (the paper's k)
     temperature: float = 1.0
     max_tokens: int = 2048

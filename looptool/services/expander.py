@@ -53,7 +53,8 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
 
     for _attempt in range(1 + settings.retries):
         if settings.mode == "world":
-            candidates, unreadable = World(settings.seed).similar(seed, settings.k, rng), dict[str, int]()
+            world = World.of(settings.world_catalogue, settings.seed, held_out=settings.world_held_out)
+            candidates, unreadable = world.similar(seed, settings.k, rng), dict[str, int]()
             generator, prompt = "world", "world"
         else:
             endpoint = ctx.settings.generator_model

@@ -14,276 +14,18 @@ offline expander.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from looptool.data.samples import FunctionSpec, Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from looptool.data.samples import Lineage, Message, Sample, ToolCall, sample_id
 from looptool.data.worlds.noise import LABEL_NOISE
+from looptool.data.worlds.tools import CATALOGUES, TOOLS, Tool
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 
-CITIES = [
-    "Oslo",
-    "Lima",
-    "Nairobi",
-    "Osaka",
-    "Denver",
-    "Porto",
-    "Hanoi",
-    "Quito",
-    "Tunis",
-    "Perth",
-    "Bergen",
-    "Austin",
-    "Cusco",
-    "Dakar",
-    "Kyoto",
-    "Seville",
-]
-NAMES = ["Ana Silva", "Kenji Mori", "Lea Novak", "Omar Haddad", "Sara Lind", "Tom Baker", "Ivy Chen", "Raj Patel"]
-SYMBOLS = ["AAPL", "MSFT", "NVDA", "TSLA", "AMZN", "GOOG", "ORCL", "INTC"]
-ITEMS = [
-    "desk lamp",
-    "running shoes",
-    "coffee grinder",
-    "yoga mat",
-    "rain jacket",
-    "phone case",
-    "backpack",
-    "water bottle",
-]
-DATES = [f"2026-{m:02d}-{d:02d}" for m in range(1, 13) for d in (3, 9, 14, 21, 27)]
-TOPICS = ["budget review", "design sync", "hiring plan", "quarterly report", "team lunch", "launch retro"]
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    schema: dict[str, Any]
-    draw: Callable[[random.Random], Any]
-    phrase: str  # how the request says it; {v} is the value
-    required: bool = True
-
-
-@dataclass(frozen=True)
-class Tool:
-    domain: str
-    name: str
-    description: str
-    ask: str  # the request's opening, e.g. "What's the weather"
-    params: tuple[Param, ...] = field(default_factory=tuple)
-
-    def spec(self) -> ToolSpec:
-        properties = {p.name: p.schema for p in self.params}
-        required = [p.name for p in self.params if p.required]
-        return ToolSpec(
-            function=FunctionSpec(
-                name=self.name,
-                description=self.description,
-                parameters={"type": "object", "properties": properties, "required": required},
-            )
-        )
-
-
-def _s(description: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "description": description, **extra}
-
-
-def _choice(values: list[Any]) -> Callable[[random.Random], Any]:
-    return lambda rng: rng.choice(values)
-
-
-TOOLS: tuple[Tool, ...] = (
-    Tool(
-        "weather",
-        "get_current_weather",
-        "Current weather for a city.",
-        "What's the weather",
-        (
-            Param("city", _s("City name"), _choice(CITIES), "in {v}"),
-            Param(
-                "unit",
-                _s("Temperature unit", enum=["celsius", "fahrenheit"]),
-                _choice(["celsius", "fahrenheit"]),
-                "in {v}",
-                required=False,
-            ),
-        ),
-    ),
-    Tool(
-        "weather",
-        "get_forecast",
-        "Daily forecast for a city.",
-        "Give me the forecast",
-        (
-            Param("city", _s("City name"), _choice(CITIES), "for {v}"),
-            Param(
-                "days",
-                {"type": "integer", "description": "Number of days", "minimum": 1, "maximum": 14},
-                lambda r: r.randint(2, 14),
-                "for the next {v} days",
-            ),
-        ),
-    ),
-    Tool(
-        "travel",
-        "search_flights",
-        "Search flights between two cities.",
-        "Find flights",
-        (
-            Param("origin", _s("Departure city"), _choice(CITIES), "from {v}"),
-            Param("destination", _s("Arrival city"), _choice(CITIES), "to {v}"),
-            Param("date", _s("Departure date, YYYY-MM-DD"), _choice(DATES), "on {v}"),
-            Param(
-                "cabin",
-                _s("Cabin class", enum=["economy", "premium", "business"]),
-                _choice(["economy", "premium", "business"]),
-                "in {v} class",
-                required=False,
-            ),
-        ),
-    ),
-    Tool(
-        "travel",
-        "book_hotel",
-        "Book a hotel room.",
-        "Book a hotel",
-        (
-            Param("city", _s("City"), _choice(CITIES), "in {v}"),
-            Param(
-                "nights",
-                {"type": "integer", "description": "Number of nights"},
-                lambda r: r.randint(1, 9),
-                "for {v} nights",
-            ),
-            Param(
-                "guest",
-                {
-                    "type": "object",
-                    "description": "Main guest",
-                    "properties": {"name": _s("Full name"), "age": {"type": "integer"}},
-                    "required": ["name"],
-                },
-                lambda r: {"name": r.choice(NAMES), "age": r.randint(18, 80)},
-                "for guest {v}",
-            ),
-        ),
-    ),
-    Tool(
-        "finance",
-        "get_stock_prices",
-        "Latest prices for stock symbols.",
-        "Get the stock prices",
-        (
-            Param(
-                "symbols",
-                {"type": "array", "items": {"type": "string"}, "description": "Ticker symbols"},
-                lambda r: r.sample(SYMBOLS, r.randint(1, 3)),
-                "of {v}",
-            ),
-        ),
-    ),
-    Tool(
-        "finance",
-        "convert_currency",
-        "Convert an amount between currencies.",
-        "Convert",
-        (
-            Param(
-                "amount",
-                {"type": "number", "description": "Amount to convert"},
-                lambda r: round(r.uniform(5, 5000), 2),
-                "{v}",
-            ),
-            Param(
-                "source",
-                _s("Currency code", enum=["USD", "EUR", "JPY", "NOK", "GBP"]),
-                _choice(["USD", "EUR", "JPY", "NOK", "GBP"]),
-                "from {v}",
-            ),
-            Param(
-                "target",
-                _s("Currency code", enum=["USD", "EUR", "JPY", "NOK", "GBP"]),
-                _choice(["USD", "EUR", "JPY", "NOK", "GBP"]),
-                "to {v}",
-            ),
-        ),
-    ),
-    Tool(
-        "calendar",
-        "create_event",
-        "Create a calendar event.",
-        "Schedule",
-        (
-            Param("title", _s("Event title"), _choice(TOPICS), "a {v}"),
-            Param("date", _s("Date, YYYY-MM-DD"), _choice(DATES), "on {v}"),
-            Param(
-                "duration_minutes",
-                {"type": "integer", "description": "Length in minutes"},
-                _choice([15, 30, 45, 60, 90]),
-                "for {v} minutes",
-                required=False,
-            ),
-            Param(
-                "attendees",
-                {"type": "array", "items": {"type": "string"}, "description": "People invited"},
-                lambda r: r.sample(NAMES, r.randint(1, 3)),
-                "with {v}",
-                required=False,
-            ),
-        ),
-    ),
-    Tool(
-        "shopping",
-        "search_products",
-        "Search the catalogue.",
-        "Search for",
-        (
-            Param("query", _s("What to look for"), _choice(ITEMS), "{v}"),
-            Param(
-                "max_price",
-                {"type": "number", "description": "Price ceiling"},
-                lambda r: float(r.choice([20, 35, 50, 80, 120])),
-                "under {v} dollars",
-                required=False,
-            ),
-            Param(
-                "in_stock",
-                {"type": "boolean", "description": "Only items in stock"},
-                _choice([True, False]),
-                "with in-stock only set to {v}",
-                required=False,
-            ),
-        ),
-    ),
-    Tool(
-        "math",
-        "calculate_compound_interest",
-        "Compound interest on a principal.",
-        "Calculate the compound interest",
-        (
-            Param(
-                "principal",
-                {"type": "number", "description": "Starting amount"},
-                lambda r: float(r.choice([1000, 2500, 5000, 12000])),
-                "on {v}",
-            ),
-            Param(
-                "rate",
-                {"type": "number", "description": "Yearly rate, e.g. 0.05"},
-                _choice([0.02, 0.035, 0.05, 0.07]),
-                "at a rate of {v}",
-            ),
-            Param("years", {"type": "integer", "description": "Years"}, lambda r: r.randint(1, 30), "over {v} years"),
-        ),
-    ),
-)
-
-_BY_NAME = {tool.name: tool for tool in TOOLS}
 _IRRELEVANT_ASKS = [
     "Tell me a joke about penguins.",
     "Who wrote the novel Middlemarch?",
@@ -291,6 +33,7 @@ _IRRELEVANT_ASKS = [
     "What is the capital of Mongolia?",
     "Summarise the plot of Hamlet in one sentence.",
 ]
+DEFAULT_MIX = {"simple": 0.3, "multiple": 0.25, "parallel": 0.2, "parallel_multiple": 0.15, "irrelevance": 0.1}
 
 
 def _render(value: Any) -> str:
@@ -302,11 +45,21 @@ def _render(value: Any) -> str:
 
 
 class World:
-    """The tool catalogue plus seeded sample makers."""
+    """A tool catalogue plus seeded sample makers.
 
-    def __init__(self, seed: int = 0) -> None:
+    ``prior_calls`` is the share of samples whose request follows an earlier, answered tool call
+    (a multi-turn conversation: user, assistant call, tool result, assistant, user)."""
+
+    def __init__(self, seed: int = 0, tools: tuple[Tool, ...] = TOOLS, prior_calls: float = 0.0) -> None:
         self.seed = seed
-        self.tools = TOOLS
+        self.tools = tools
+        self.prior_calls = prior_calls
+
+    @classmethod
+    def of(cls, catalogue: str, seed: int = 0, held_out: Iterable[str] = (), prior_calls: float = 0.0) -> World:
+        """The world of a named catalogue without the tools of the ``held_out`` domains."""
+        excluded = set(held_out)
+        return cls(seed, tuple(t for t in CATALOGUES[catalogue] if t.domain not in excluded), prior_calls)
 
     def _call(self, tool: Tool, rng: random.Random) -> tuple[ToolCall, str]:
         arguments: dict[str, Any] = {}
@@ -355,7 +108,9 @@ class World:
             raise ValueError(f"unknown category {category!r}; known: {CATEGORIES}")
         tools = [t.spec() for t in offered]
         messages = [Message(role="user", content=request)]
-        if rng.random() < 0.25 and category != "irrelevance":
+        if self.prior_calls and rng.random() < self.prior_calls:
+            messages = [*self._earlier_call(offered, rng), *messages]
+        elif rng.random() < 0.25 and category != "irrelevance":
             # Multi-turn variant: the request arrives after a greeting exchange.
             messages = [
                 Message(role="user", content="Hi, I need some help."),
@@ -372,12 +127,24 @@ class World:
             lineage=Lineage(origin="seed", source="world"),
         )
 
+    def _earlier_call(self, offered: list[Tool], rng: random.Random) -> list[Message]:
+        """An earlier request to one of the offered tools, its call, the result and a reply."""
+        call, text = self._call(rng.choice(offered), rng)
+        call_id = f"call_{rng.randrange(10**6):06d}"
+        return [
+            Message(role="user", content=text + "."),
+            Message(role="assistant", tool_calls=[call]),
+            Message(role="tool", name=call.name, tool_call_id=call_id, content='{"status": "ok"}'),
+            Message(role="assistant", content="Done."),
+        ]
+
     def similar(self, seed: Sample, k: int, rng: random.Random) -> list[Sample]:
         """``k`` new samples exercising the seed's capability: same category, same main tool,
         fresh values (the offline stand-in for an LLM expander)."""
-        main = next((_BY_NAME[c.name] for c in seed.label if c.name in _BY_NAME), None)
+        known = {tool.name: tool for tool in self.tools}
+        main = next((known[c.name] for c in seed.label if c.name in known), None)
         if main is None:
-            main = next((_BY_NAME[t.function.name] for t in seed.tools if t.function.name in _BY_NAME), None)
+            main = next((known[t.function.name] for t in seed.tools if t.function.name in known), None)
         category = seed.category if seed.category in CATEGORIES else "simple"
         return [self.make(category, rng, tool=main) for _ in range(k)]
 
@@ -388,44 +155,82 @@ class WorldData(msgspec.Struct):
 
 
 def build(
-    n_train: int, n_test: int, seed: int = 0, noise_rate: float = 0.0, mix: dict[str, float] | None = None
+    n_train: int,
+    n_test: int,
+    seed: int = 0,
+    noise_rate: float = 0.0,
+    mix: dict[str, float] | None = None,
+    *,
+    catalogue: str = "core",
+    noise_rates: dict[str, float] | None = None,
+    held_out_domains: tuple[str, ...] = (),
+    unseen_share: float = 0.0,
+    prior_calls: float = 0.0,
+    exclude: frozenset[str] = frozenset(),
 ) -> WorldData:
-    """A train set with ``noise_rate`` of labels corrupted, and a clean, disjoint test set."""
-    world = World(seed)
+    """A train set with label noise and a clean, disjoint test set.
+
+    ``noise_rate`` corrupts that share of labels, the kinds of :data:`LABEL_NOISE` alike;
+    ``noise_rates`` instead gives each kind its own rate. Tools of ``held_out_domains`` never
+    appear in the train set; ``unseen_share`` of the test set is built around them. Samples
+    whose id is in ``exclude`` (another split's) are never drawn."""
+    train_world = World.of(catalogue, seed, held_out_domains, prior_calls)
+    test_world = World.of(catalogue, seed, (), prior_calls)
+    unseen_tools = [t for t in test_world.tools if t.domain in held_out_domains]
+    if held_out_domains and not unseen_tools:
+        raise ValueError(f"no tools in the held-out domains {held_out_domains} of catalogue {catalogue!r}")
     rng = random.Random(seed)
-    mix = mix or {"simple": 0.3, "multiple": 0.25, "parallel": 0.2, "parallel_multiple": 0.15, "irrelevance": 0.1}
+    mix = mix or DEFAULT_MIX
     categories, weights = list(mix), list(mix.values())
 
-    def draw(n: int, seen: set[str]) -> list[Sample]:
+    def draw(n: int, seen: set[str], test: bool) -> list[Sample]:
         samples: list[Sample] = []
         attempts = 0
         while len(samples) < n:
             attempts += 1
             if attempts > n * 50:
                 raise ValueError(f"cannot draw {n} distinct samples from the world (got {len(samples)})")
-            sample = world.make(rng.choices(categories, weights)[0], rng)
+            unseen = test and unseen_tools and rng.random() < unseen_share
+            world = test_world if unseen else train_world
+            sample = world.make(rng.choices(categories, weights)[0], rng, rng.choice(unseen_tools) if unseen else None)
             if sample.id not in seen:  # distinct, and the test split never overlaps train
                 seen.add(sample.id)
+                if unseen:
+                    sample.meta["unseen_tool"] = True
                 samples.append(sample)
         return samples
 
-    seen: set[str] = set()
-    train = draw(n_train, seen)
-    test = draw(n_test, seen)
-    noise_kinds = list(LABEL_NOISE)
+    seen: set[str] = set(exclude)
+    train = draw(n_train, seen, test=False)
+    test = draw(n_test, seen, test=True)
+    rates = noise_rates if noise_rates is not None else dict.fromkeys(LABEL_NOISE, noise_rate / len(LABEL_NOISE))
+    unknown = set(rates) - set(LABEL_NOISE)
+    if unknown:
+        raise ValueError(f"unknown label noise kinds {sorted(unknown)}; known: {sorted(LABEL_NOISE)}")
     for sample in train:
-        if sample.label and rng.random() < noise_rate:
-            kind = rng.choice(noise_kinds)
-            corrupted = LABEL_NOISE[kind](sample.label, sample.tools, rng)
-            if corrupted is not None and corrupted != sample.label:
-                sample.meta["noise"] = kind
-                sample.meta["clean_label"] = msgspec.to_builtins(sample.label)
-                sample.label = corrupted
-                sample.id = sample_id(sample.tools, sample.messages, sample.label)
+        kind = _noise_kind(rates, rng) if sample.label else None
+        if kind is None:
+            continue
+        corrupted = LABEL_NOISE[kind](sample.label, sample.tools, rng)
+        if corrupted is not None and corrupted != sample.label:
+            sample.meta["noise"] = kind
+            sample.meta["clean_label"] = msgspec.to_builtins(sample.label)
+            sample.label = corrupted
+            sample.id = sample_id(sample.tools, sample.messages, sample.label)
     for category in CATEGORIES:
         for index, sample in enumerate(s for s in test if s.category == category):
             sample.meta["bfcl_id"] = f"{category}_{index}"
     return WorldData(train=train, test=test)
+
+
+def _noise_kind(rates: dict[str, float], rng: random.Random) -> str | None:
+    """Which kind of noise hits a label (None: it stays clean): kind k with probability rates[k]."""
+    draw = rng.random()
+    for kind, rate in rates.items():
+        if draw < rate:
+            return kind
+        draw -= rate
+    return None
 
 
 def write(data: WorldData, out_dir: str | Path) -> dict[str, Path]:
