@@ -18,7 +18,7 @@ from looptool.data.worlds.synthetic import build
 from looptool.kernel.bus import Bus
 from looptool.llm.client import ModelSettings
 from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, ProbeResult
-from looptool.loop.expansion import generation_prompt, seed_rng
+from looptool.loop.expansion import generation_prompt, parse_generated, seed_rng
 from looptool.loop.judging import load_prompt, render_judge_prompt, tally
 from looptool.loop.rules import decide, ungrounded_values, validate_calls
 from looptool.loop.settings import ExpanderSettings, JudgeSettings, Settings
@@ -85,6 +85,14 @@ def test_rules_details() -> None:
     assert ungrounded_values([ToolCall(call.name, {"city": "Atlantis"})], sample.messages)[0].param == "city"
     assert decide(sample, list(reversed(sample.label))).verdict == "both_right"
     assert decide(sample, [], parse_error="invalid JSON").verdict == "prediction_wrong"
+
+
+@pytest.mark.parametrize(
+    ("reply", "rejected"),
+    [("{not json", {"unparseable_reply": 1}), ('{"samples": []}', {"empty_reply": 1}), ("", {"unparseable_reply": 1})],
+)
+def test_a_useless_generator_reply_is_counted_by_kind(reply: str, rejected: dict[str, int]) -> None:
+    assert parse_generated(reply) == ([], rejected)
 
 
 def test_tally_needs_a_quorum() -> None:
@@ -324,4 +332,5 @@ def test_llm_expansion_of_garbage_is_counted_and_rejected(nats_server, vllm_serv
     assert Counter(r.seed_id for r in results) == Counter(s.id for s in seeds)
     for result in results:
         assert result.samples == []
-        assert result.rejected == {"unparseable_reply": 2}  # one call plus one retry, both garbage
+        # one call plus one retry, both useless: garbage, or (guided JSON cut short) an empty batch
+        assert set(result.rejected) <= {"unparseable_reply", "empty_reply"} and sum(result.rejected.values()) == 2

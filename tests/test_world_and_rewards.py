@@ -219,3 +219,25 @@ def test_score_command_names_a_bad_prediction_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{bad}:2: id: expected a string id" in result.stderr
+
+
+def test_world_command_writes_the_rich_world_with_held_out_domains(tmp_path: Path) -> None:
+    from looptool.app.cli import main
+
+    args = ["world", "--out", str(tmp_path), "--train", "200", "--test", "80", "--catalogue", "rich"]
+    assert main([*args, "--held-out", "library", "--unseen-share", "0.5", "--prior-calls", "0.3"]) == 0
+    train = read_samples(tmp_path / "train.jsonl")
+    assert len(train) == 200 and not {s.meta["domain"] for s in train} & {"library"}
+    assert any(m.role == "tool" for s in train for m in s.messages)
+    tests = [
+        s
+        for category in CATEGORIES
+        if (tmp_path / "test" / f"BFCL_v4_{category}.json").exists()
+        for s in import_file(
+            tmp_path / "test" / f"BFCL_v4_{category}.json",
+            "bfcl",
+            answer_path(tmp_path / "test" / f"BFCL_v4_{category}.json"),
+        ).samples
+    ]
+    assert len(tests) == 80
+    assert any(c.name.endswith("_book") for s in tests for c in s.label)  # a held-out tool, test only

@@ -203,7 +203,16 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_world(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.data.worlds.synthetic import build, write
 
-    data = build(args.train, args.test, seed=args.seed, noise_rate=args.noise)
+    data = build(
+        args.train,
+        args.test,
+        seed=args.seed,
+        noise_rate=args.noise,
+        catalogue=args.catalogue,
+        held_out_domains=tuple(args.held_out),
+        unseen_share=args.unseen_share,
+        prior_calls=args.prior_calls,
+    )
     for name, path in write(data, args.out).items():
         print(f"{name}: {path}")
 
@@ -433,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--test", type=int, default=200)
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--noise", type=float, default=0.1, help="fraction of train labels corrupted")
+    world.add_argument("--catalogue", choices=["core", "rich"], default="core", help="rich: 57 tools in 16 domains")
+    world.add_argument("--held-out", nargs="*", default=[], help="domains whose tools only the test split uses")
+    world.add_argument("--unseen-share", type=float, default=0.0, help="share of the test split on held-out tools")
+    world.add_argument("--prior-calls", type=float, default=0.0, help="share of samples after an earlier call")
     world.set_defaults(func=cmd_world)
 
     imp = commands.add_parser("import", help="import a dataset into LoopTool samples (JSONL)")

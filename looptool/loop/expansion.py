@@ -105,6 +105,8 @@ def parse_generated(text: str) -> tuple[list[Sample], dict[str, int]]:
         batch = _batch_decoder.decode(text)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return [], {"unparseable_reply": 1}
+    if not batch.samples:  # asked for k, wrote none: as useless as garbage, and counted
+        return [], {"empty_reply": 1}
     samples: list[Sample] = []
     rejected: dict[str, int] = {}
     for generated in batch.samples:
