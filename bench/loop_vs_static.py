@@ -44,6 +44,7 @@ from looptool.llm.serving import load_adapter
 from looptool.loop.curation import shuffled_pool
 from looptool.loop.evaluation import evaluate, load_eval_sets, metrics
 from looptool.loop.ledger import RunLedger
+from looptool.loop.settings import load_settings
 from looptool.loop.training import train_round
 
 ABLATIONS = {"full": [], "no-jglv": ["jglv"], "no-edde": ["edde"], "no-high-ppl": ["high_ppl"]}
@@ -136,7 +137,13 @@ def static_arm(
 
 def one_seed(workdir: Path, args: argparse.Namespace, seed: int) -> dict[str, Any]:
     seed_data, model_dir, test_sets = prepare(
-        workdir, args.train, args.test, pool=args.train * (args.rounds + 1) * 2, noise=args.noise, seed=seed
+        workdir,
+        args.train,
+        args.test,
+        pool=args.train * (args.rounds + 1) * 2,
+        noise=args.noise,
+        seed=seed,
+        cache=load_settings().cache_dir,
     )
     result: dict[str, Any] = {"seed": seed, "arms": {}, "judge": {}, "seconds": {}}
     loop_arms = [arm for arm in args.arms if arm != "static"]

@@ -379,7 +379,15 @@ def cmd_secrets(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.app.demo import run_demo
 
-    run_demo(args.workdir, rounds=args.rounds, train=args.train, test=args.test, noise=args.noise, seed=args.seed)
+    run_demo(
+        args.workdir,
+        rounds=args.rounds,
+        train=args.train,
+        test=args.test,
+        noise=args.noise,
+        seed=args.seed,
+        cache=settings.cache_dir,
+    )
 
 
 def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:

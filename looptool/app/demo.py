@@ -69,21 +69,23 @@ def trainer_settings(model_dir: Path) -> TrainerSettings:
     )
 
 
-def cache_dir() -> Path:
-    """Where built models are kept between runs: ``$LOOPTOOL_CACHE``, else the user's cache."""
-    if os.environ.get("LOOPTOOL_CACHE"):
-        return Path(os.environ["LOOPTOOL_CACHE"])
+def cache_dir(setting: str = "") -> Path:
+    """Where built models are kept between runs: the ``cache_dir`` setting, else the user's cache."""
+    if setting:
+        return Path(setting)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "looptool"
 
 
-def prepare(workdir: Path, train: int, test: int, pool: int, noise: float, seed: int) -> tuple[Path, Path, list[str]]:
+def prepare(
+    workdir: Path, train: int, test: int, pool: int, noise: float, seed: int, cache: str = ""
+) -> tuple[Path, Path, list[str]]:
     """The world's files and the pretrained toy policy: (seed data, model dir, test sets).
 
     The rich world: procedural tools, multi-turn samples, label noise of every kind alike, and
     a test split with tools of domains nobody trained on; never a sample the policy was
     pretrained on."""
     recipe = Recipe()
-    model_dir = build_toy_policy(cache_dir(), recipe)
+    model_dir = build_toy_policy(cache_dir(cache), recipe)
     pretrained = frozenset(s.id for s in pretraining_split(recipe))
     data = build(
         pool,
@@ -122,6 +124,7 @@ def run_demo(
     noise: float = 0.15,
     seed: int = 0,
     run: str | None = None,
+    cache: str = "",
 ) -> Path:
     workdir = Path(workdir).resolve()
     console = Console(stderr=True)
@@ -129,7 +132,9 @@ def run_demo(
     console.print(
         f"[bold]LoopTool demo[/] in {workdir}: {rounds} rounds, {train} samples a round, label noise {noise:.0%}"
     )
-    seed_data, model_dir, test_sets = prepare(workdir, train, test, pool=train * (rounds + 1), noise=noise, seed=seed)
+    seed_data, model_dir, test_sets = prepare(
+        workdir, train, test, pool=train * (rounds + 1), noise=noise, seed=seed, cache=cache
+    )
     run = run or f"demo-{int(time.time())}"
     config = demo_run_config(run, seed_data, rounds, train, seed)
     with Topology(

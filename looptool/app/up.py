@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -79,6 +80,7 @@ class Topology:
         self.quiet = quiet
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._stopping = False
 
     def credentials_dir(self, identity: str) -> str | None:
         """Where ``identity`` (a service, ``cli`` or ``admin``) finds its credentials, when this
@@ -162,17 +164,23 @@ class Topology:
     def _pump(self, replica: str, process: subprocess.Popen[bytes]) -> None:
         log = open(self.workdir / f"{replica}.log", "ab")
         assert process.stdout is not None
+        last: deque[str] = deque(maxlen=5)
         for line in process.stdout:
             log.write(line)
             log.flush()
+            last.append(line.decode(errors="replace").rstrip())
             if not self.quiet:
-                self._say(replica, line.decode(errors="replace").rstrip())
+                self._say(replica, last[-1])
+        code = process.wait()
+        if code != 0 and not self._stopping:  # a dead service is never silent, quiet or not
+            self._say(replica, f"exited with status {code}: " + " / ".join(last))
 
     def _say(self, who: str, text: str) -> None:
         with self._lock:
             print(f"{who:>12} | {text}", file=sys.stderr, flush=True)
 
     def stop(self) -> None:
+        self._stopping = True
         for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

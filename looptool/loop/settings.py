@@ -106,6 +106,7 @@ class Settings(KernelSettings):
     evaluator: EvaluatorSettings = msgspec.field(default_factory=EvaluatorSettings)
     curator: CuratorSettings = msgspec.field(default_factory=CuratorSettings)
     artifact_dir: str = ".looptool/artifacts"
+    cache_dir: str = ""  # models built once and reused (the demo's toy policy); "": ~/.cache/looptool
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
