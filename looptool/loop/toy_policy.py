@@ -34,12 +34,14 @@ import msgspec
 
 from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import build
+from looptool.llm.tiny_model import CONVERSATION_TEMPLATE
 
 # LoopTool's hermes call syntax with a compact system block: each tool as one signature line,
 # ``name(param: type, optional?: a|b|c) - description``, as some model families render tools
 # (TypeScript-like), instead of JSON schemas three times as long — context a small model cannot
 # afford to spend.
-TOY_TEMPLATE = """
+TOY_TEMPLATE = (
+    """
 {%- macro type_of(schema) -%}
 {%- if schema.enum is defined -%}{{ schema.enum | join('|') }}
 {%- elif schema.type == 'array' -%}{{ type_of(schema['items']) if schema['items'] is defined else 'any' }}[]
@@ -61,31 +63,9 @@ TOY_TEMPLATE = """
 {{ '\\n' }}{{ f.name }}({{ fields(f.parameters or {}) }}) - {{ f.description }}
 {%- endfor %}
 </tools><|im_end|>
-{% elif messages[0].role == 'system' %}<|im_start|>system
-{{ messages[0].content }}<|im_end|>
-{% endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- elif message.role == 'user' %}<|im_start|>user
-{{ message.content }}<|im_end|>
-{% elif message.role == 'assistant' %}<|im_start|>assistant
-{% generation %}
-{%- if message.content %}{{ message.content }}{% endif %}
-{%- for tool_call in message.tool_calls or [] %}
-{%- set call = tool_call.function if tool_call.function is defined else tool_call %}
-{%- if not loop.first or message.content %}
-{% endif %}<tool_call>
-{"name": "{{ call.name }}", "arguments": {{ call.arguments | tojson if call.arguments is not string else call.arguments }}}
-</tool_call>
-{%- endfor %}<|im_end|>{% endgeneration %}{{ '\\n' }}
-{%- elif message.role == 'tool' %}<|im_start|>user
-<tool_response>
-{{ message.content }}
-</tool_response><|im_end|>
-{% endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
+"""
+    + CONVERSATION_TEMPLATE
+)
 
 # Numbers (dates and decimals whole), names (letters and underscores) and runs of anything
 # else: the pieces BPE may merge within, never across — so a value is the same tokens in a
