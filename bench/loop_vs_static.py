@@ -33,7 +33,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from looptool.app.demo import demo_env, demo_run_config, prepare, trainer_settings
+from looptool.app.demo import demo_env, demo_run_config, prepare
 from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology
 from looptool.app.watch import watch
@@ -115,19 +115,21 @@ def static_arm(
     assert topology.vllm is not None
     endpoint = ModelSettings(base_url=topology.vllm.base_url, api_key=topology.vllm.api_key or "EMPTY", model="policy")
     pool = shuffled_pool(read_samples(seed_data), seed)  # the order the loop's curator draws in
-    settings = trainer_settings(model_dir)
+    # The settings the demo's trainer and evaluator services run with, read by the same loader.
+    settings = load_settings(environ=demo_env(model_dir, test_sets, workdir / "artifacts"))
+    held_out = load_eval_sets(test_sets)
     previous: str | None = None
     history = []
     for r in range(rounds):
         out = workdir / "static" / f"r{r}"
-        train_round(pool[r * train : (r + 1) * train], settings, out, previous)
+        train_round(pool[r * train : (r + 1) * train], settings.trainer, out, previous)
         previous = str(out)
 
         async def score(name: str = f"static-{seed}-r{r}", adapter: Path = out) -> dict[str, float]:
             await load_adapter(endpoint, name, adapter)
             client = ModelClient(endpoint)
             try:
-                return metrics(await evaluate(client, name, load_eval_sets(test_sets), max_tokens=96))
+                return metrics(await evaluate(client, name, held_out, max_tokens=settings.evaluator.max_tokens))
             finally:
                 await client.close()
 

