@@ -73,3 +73,19 @@ def test_the_dashboard_per_round(tmp_path: Path) -> None:
     page = write_report(ledger, tmp_path)[0].read_text()
     assert "<h2>Capabilities</h2>" in page and "expansions for wrong value" in page
     assert "Labels corrected by the judge: 1." in page and "note=&#x27;fixed&#x27;" in page
+
+
+def test_the_report_shows_each_benchmarks_headline_per_round(tmp_path: Path) -> None:
+    from looptool.app.report import metric_columns
+    from looptool.loop.events import EvalCompleted
+
+    ledger = RunLedger("r")
+    for round, score in [(0, 0.2), (1, 0.3)]:
+        metrics = {"overall": score, "simple_python": score, "multi_turn_base": score / 2, "bfcl_overall": score / 3}
+        ledger.apply(EvalCompleted(run="r", round=round, model=f"m-r{round}", metrics=metrics, n_items=10))
+    ledger.apply(
+        EvalCompleted(run="r", round=0, model="base", metrics={"overall": 0.1, "acebench_summary": 0.4}, n_items=3)
+    )
+    assert metric_columns(ledger) == ["overall", "acebench_summary", "bfcl_overall", "multi_turn_base", "simple_python"]
+    page = write_report(ledger, tmp_path)[0].read_text()
+    assert "<th>bfcl_overall</th>" in page and "0.100" in page and "—" in page

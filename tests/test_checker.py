@@ -259,3 +259,31 @@ def test_bfcl_labels_pass_their_own_possible_answers_where_bfcl_agrees() -> None
             if not check_sample(sample, sample.label).valid:
                 failing.append(sample.meta["bfcl_id"])
     assert len(failing) <= 10, failing  # 8 in bfcl-eval 2026.3.23
+
+
+@pytest.mark.parametrize("category", ["irrelevance", "live_irrelevance", "live_relevance"])
+def test_relevance_verdicts_identical_to_bfcl_eval(category: str) -> None:
+    """No call / one call, per item, against bfcl-eval's own relevance evaluation (its FC
+    decoding: ``[{name: json arguments}]``)."""
+    import json
+    import types
+
+    bfcl_reference.ast_checker()  # registers the stand-in model registry
+    from bfcl_eval.eval_checker.eval_runner import _evaluate_single_relevance_entry
+
+    handler = types.SimpleNamespace(
+        decode_ast=lambda result, language, has_tool_call_tag: [
+            {name: json.loads(arguments)} for call in result for name, arguments in call.items()
+        ]
+    )
+    questions, answers = bfcl_reference.category_files(category)
+    valid = []
+    for sample in import_file(questions, "bfcl", answers).samples[:40]:
+        some_call = ToolCall(sample.tools[0].function.name, {})
+        for calls in ([], [some_call]):
+            ours = check_sample(sample, calls)
+            result = [{c.name: json.dumps(c.arguments)} for c in calls]
+            theirs = _evaluate_single_relevance_entry(handler, sample.meta["bfcl_id"], result, {}, "m", category)
+            assert ours.valid == theirs["valid"], (sample.meta["bfcl_id"], calls)
+            valid.append(ours.valid)
+    assert True in valid and False in valid

@@ -186,7 +186,7 @@ def test_acebench_layout_with_its_possible_answers() -> None:
     first, second = adjust.samples
     assert [m.role for m in first.messages] == ["user", "assistant", "user"]  # "system:" turns are the assistant's
     assert second.label == [ToolCall("Weather_getForecast", {"city": "Braga", "days": 5})]
-    assert second.meta["acebench_alternatives"] == [{"Weather_getForecast": {"city": "Braga"}}]
+    assert second.meta["acebench_ground_truth"][1] == {"Weather_getForecast": {"city": "Braga"}}
     for sample in [parallel, first, second]:
         assert label_problem(sample) is None
     (irrelevant,) = import_file(ACEBENCH / "data_special_irrelevant.json", "acebench").samples

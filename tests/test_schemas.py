@@ -24,6 +24,7 @@ from looptool.loop.events import (
     EVENT_TYPES,
     DatasetReady,
     EvalCompleted,
+    EvalShard,
     ExpandResult,
     JudgeVerdict,
     ModelReady,
@@ -91,6 +92,7 @@ def one_of_each(run: str) -> list[Event]:
         ),
         ExpandResult(run=run, round=1, seed_id=sample.id, samples=[sample], rejected={"duplicate": 2}),
         TrainProgress(run=run, round=1, step=5, total_steps=25, loss=6.5, epoch=0.2, learning_rate=1e-3),
+        EvalShard(run=run, round=1, model="m-r1", shard=2, shards=4, contaminated=1, contaminated_ids=["s-1"]),
         EvalCompleted(run=run, round=1, model="m-r1", metrics={"overall": 0.5}, n_items=20, details=ref),
         RunFinished(run=run, round=3, reason="max rounds"),
         RoundStalled(

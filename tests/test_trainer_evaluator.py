@@ -18,8 +18,8 @@ from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
 from looptool.kernel.names import adapter_dir
 from looptool.llm.client import ModelClient, ModelSettings
-from looptool.loop.evaluation import load_eval_sets
-from looptool.loop.events import DatasetReady, EvalCompleted, ModelReady, TrainProgress
+from looptool.loop.evaluation import load_eval_sets, single_turn
+from looptool.loop.events import DatasetReady, EvalCompleted, EvalShard, ModelReady, TrainProgress
 from looptool.loop.settings import EvaluatorSettings, Settings, TrainerSettings
 from looptool.loop.training import train_round
 from looptool.services.evaluator import service as evaluator
@@ -41,6 +41,12 @@ def loop_settings(
     return settings
 
 
+ACEBENCH_SET = Path(__file__).parent / "fixtures" / "formats" / "acebench_card" / "data_normal_atom_list.json"
+# Beside the world's test split: an ACEBench file, BFCL single-turn items and one BFCL
+# multi-turn entry (its tools are longer than the tiny model's context: it fails as refused).
+BENCHMARK_SETS = [str(ACEBENCH_SET), "bfcl:simple_python:2", "bfcl:multi_turn_base:1"]
+
+
 def eval_sets(tmp_path: Path, n: int = 30) -> tuple[list[str], int]:
     paths = write(build(0, n, seed=31), tmp_path / "world")
     return [str(p) for name, p in paths.items() if name != "train"], n
@@ -52,16 +58,17 @@ async def publish_dataset(bus: Bus, run: str, round: int, samples) -> None:
 
 
 def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server, tiny_model, run_id, tmp_path) -> None:
-    sets, n_items = eval_sets(tmp_path)
+    world_sets, n_world = eval_sets(tmp_path)
+    sets, n_items = world_sets + BENCHMARK_SETS, n_world + 1 + 2 + 1
     settings = loop_settings(nats_server.url, vllm_server.base_url, tiny_model, tmp_path / "artifacts", sets)
     samples = build(240, 0, seed=30).train
 
     async def main():
         bus = await Bus.connect(settings.nats)
-        async with running(trainer, settings), running(evaluator, settings):
+        async with running(trainer, settings), running(evaluator, settings, replicas=2):
             await publish_dataset(bus, run_id, 0, samples)
             await wait_for(lambda: _at_least(bus, run_id, EvalCompleted, 2), timeout=900, interval=1.0)
-        out = {t: await read_all(bus, run_id, t) for t in (TrainProgress, ModelReady, EvalCompleted)}
+        out = {t: await read_all(bus, run_id, t) for t in (TrainProgress, ModelReady, EvalShard, EvalCompleted)}
         details = await bus.get_artifact(out[EvalCompleted][-1].details)
         await bus.close()
         return out, details
@@ -84,15 +91,26 @@ def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server,
 
     by_model = {e.model: e for e in out[EvalCompleted]}
     assert set(by_model) == {"policy", ready.model}  # round 0: the base model too
+    assert len(out[EvalCompleted]) == 2  # one result per model, whichever replica finished last
+    shards = settings.evaluator.shards
+    assert sorted((e.model, e.shard) for e in out[EvalShard]) == sorted(
+        (model, k) for model in by_model for k in range(shards)
+    )
     for result in by_model.values():
         assert result.n_items == n_items
         assert {"overall", "simple", "multiple", "parallel", "parallel_multiple"} <= set(result.metrics)
+        assert {"normal_atom_list", "acebench_summary", "simple_python", "multi_turn_base", "bfcl_overall"} <= set(
+            result.metrics
+        )
         assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     rows = [msgspec.json.decode(line) for line in details.splitlines()]
     assert len(rows) == n_items and {"id", "valid", "error_type"} <= set(rows[0])
+    assert len({row["id"] for row in rows}) == n_items  # every item scored once across the shards
+    (multi_turn,) = [row for row in rows if row["category"] == "multi_turn_base"]
+    assert multi_turn["benchmark"] == "bfcl" and multi_turn["error_type"] == "refused"
     # Decontamination at round 0: the same world made both sets, so some training samples share
     # tools and phrasing with eval items — reported with the scores, as lint counts them.
-    expected = contamination(samples, {"evaluator.sets": load_eval_sets(sets)})
+    expected = contamination(samples, {"evaluator.sets": single_turn(load_eval_sets(sets))})
     assert expected.contaminated > 0
     for result in by_model.values():
         assert result.contaminated == expected.contaminated

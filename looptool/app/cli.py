@@ -175,18 +175,17 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     from rich.table import Table
 
     from looptool.data.formats import answer_path
-    from looptool.data.scoring import PredictionFileError, accuracy_table, score
+    from looptool.data.scoring import PredictionFileError, accuracy_table, metrics, score
 
     answers = args.answers or answer_path(args.questions)
     try:
-        report, items = score(args.questions, answers if Path(answers).exists() else None, args.predictions)
+        report, items = score(
+            args.questions, answers if Path(answers).exists() else None, args.predictions, args.format
+        )
         scored = []
         for item in items:
             scored.append(item)
-            sys.stdout.buffer.write(
-                _json.encode({"id": item.id, "valid": item.valid, "error_type": item.error_type, "error": item.error})
-                + b"\n"
-            )
+            sys.stdout.buffer.write(_json.encode(item) + b"\n")
     except (PredictionFileError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
     console = Console(stderr=True)
@@ -195,8 +194,13 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     table = Table(title=f"{args.questions} ({report.summary()})")
     for column in ("category", "correct", "total", "accuracy"):
         table.add_column(column, justify="left" if column == "category" else "right")
-    for category, ok, total, accuracy in accuracy_table(scored):
+    rows = accuracy_table(scored)
+    for category, ok, total, accuracy in rows:
         table.add_row(category, str(ok), str(total), f"{accuracy:.2%}")
+    # The benchmark's own summary rows (its weights; categories not scored count 0).
+    for name, value in metrics(scored).items():
+        if name.startswith(("acebench_", "bfcl_")):
+            table.add_row(name, "", "", f"{value:.2%}")
     console.print(table)
 
 
@@ -436,12 +440,17 @@ def build_parser() -> argparse.ArgumentParser:
     nats.add_argument("--insecure", action="store_true", help="no credentials (not recommended)")
     nats.set_defaults(func=cmd_nats)
 
-    score = commands.add_parser("score", help="score predictions on BFCL-format questions with the AST checker")
-    score.add_argument("--questions", required=True, help="BFCL question file (JSONL)")
+    score = commands.add_parser(
+        "score", help="score predictions on BFCL questions (AST checker) or ACEBench questions (ACEBench's rules)"
+    )
+    score.add_argument("--questions", required=True, help="BFCL or ACEBench question file (JSON lines)")
     score.add_argument("--answers", help="possible-answer file (default: possible_answer/<name> beside the questions)")
     score.add_argument(
-        "--predictions", required=True, help='JSONL: {"id", "calls": [{"name", "arguments"}]} or {"id", "text"}'
+        "--predictions",
+        required=True,
+        help='JSON lines: {"id", "calls": [{"name", "arguments"}]}, {"id", "text"} or ACEBench\'s {"id", "result"}',
     )
+    score.add_argument("--format", default="auto", choices=["auto", "bfcl", "acebench"], help="the questions' layout")
     score.set_defaults(func=cmd_score)
 
     world = commands.add_parser("world", help="write a synthetic tool world: train.jsonl and a BFCL-format test split")

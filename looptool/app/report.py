@@ -22,6 +22,17 @@ from looptool.loop import capabilities
 from looptool.loop.ledger import OUTCOMES, RunLedger
 
 CATEGORY_ORDER = ("overall", "simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+# Each benchmark's own headline (its weights), charted beside the item-weighted overall.
+BENCHMARK_HEADLINES = ("bfcl_overall", "acebench_summary")
+
+
+def metric_columns(ledger: RunLedger) -> list[str]:
+    """``overall``, the benchmarks' summaries, then every category any evaluation scored."""
+    seen = {name for rl in ledger.rounds.values() for result in rl.evals.values() for name in result.metrics}
+    summaries = sorted(n for n in seen if n.startswith(("bfcl_", "acebench_")))
+    known = [c for c in CATEGORY_ORDER if c in seen and c != "overall"]
+    rest = sorted(seen - {"overall", *summaries, *known})
+    return ["overall", *summaries, *known, *rest]
 
 
 def _png(figure: plt.Figure) -> bytes:
@@ -34,10 +45,12 @@ def _png(figure: plt.Figure) -> bytes:
 def eval_chart(ledger: RunLedger) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 4))
     rounds = sorted(r for r in ledger.rounds if ledger.overall(r) is not None)
-    categories = [c for c in CATEGORY_ORDER if any(c in ledger.policy_metrics(r) for r in rounds)]
+    charted = (*CATEGORY_ORDER, *BENCHMARK_HEADLINES)
+    categories = [c for c in charted if any(c in ledger.policy_metrics(r) for r in rounds)]
     for category in categories:
         values = [ledger.policy_metrics(r).get(category) for r in rounds]
-        axis.plot(rounds, values, marker="o", linewidth=2.5 if category == "overall" else 1.2, label=category)
+        bold = category == "overall" or category in BENCHMARK_HEADLINES
+        axis.plot(rounds, values, marker="o", linewidth=2.5 if bold else 1.2, label=category)
     first = ledger.rounds.get(0)
     base = (
         next((e for name, e in first.evals.items() if name != first.model.model), None)
@@ -162,18 +175,25 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
     saved = {r: t.get("rules", 0) + t.get("match", 0) for r, t in tiers.items()}
     llm_calls = {r: sum(v.llm_calls for v in rl.verdicts.values()) for r, rl in ledger.rounds.items()}
 
+    columns = metric_columns(ledger)
     eval_rows = []
     for r in sorted(ledger.rounds):
         for name, result in sorted(ledger.rounds[r].evals.items()):
             eval_rows.append(
-                [r, name, result.n_items, *(f"{result.metrics.get(c, float('nan')):.3f}" for c in CATEGORY_ORDER)]
+                [
+                    r,
+                    name,
+                    result.n_items,
+                    *(f"{result.metrics[c]:.3f}" if c in result.metrics else "—" for c in columns),
+                ]
             )
     sections = [
         f"<h1>LoopTool run <code>{html.escape(ledger.run)}</code></h1>",
         f"<p>Status: <b>{html.escape(ledger.finished.reason if ledger.finished else 'running')}</b> · service errors {ledger.errors} · dead letters {ledger.dead_letters}</p>",
         "<h2>Held-out accuracy</h2>",
         _img(main_chart, "accuracy per round"),
-        _table(["round", "model", "items", *CATEGORY_ORDER], eval_rows),
+        "<p>Accuracy per category; <code>overall</code> weighs every item alike. <code>bfcl_overall</code> is BFCL's overall with BFCL's weights (computed by bfcl-eval's leaderboard code: categories not evaluated count 0), <code>acebench_summary</code> ACEBench's weighted summary likewise.</p>",
+        _table(["round", "model", "items", *columns], eval_rows),
         _decontamination(ledger),
         "<h2>Data composition per round</h2>",
         "<p>What became of each round's samples (kept: mastered above the perplexity cut, or both right; dropped: mastered below it; hard: the policy was wrong; corrected: the label was; discarded: both wrong), the expansions grown from the verified failures, and fresh seed data added to the next round.</p>",

@@ -1,4 +1,5 @@
-"""Scoring predictions on BFCL-format question/answer files (``looptool score``)."""
+"""Scoring predictions on benchmark items (``looptool score``, the evaluator): BFCL items with the
+AST checker, ACEBench items with ACEBench's rules."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from looptool.data import acebench_scoring
 from looptool.data.calls import CallParseError, call_from_json, extract_calls
 from looptool.data.checker import CheckResult, check_sample
 from looptool.data.formats import ImportReport, RowError, import_file
@@ -23,16 +25,27 @@ class ScoredItem(msgspec.Struct):
     valid: bool
     error_type: str = ""
     error: str = ""
+    benchmark: str = ""  # "bfcl" or "acebench" when the items are that benchmark's own
+
+
+class Reply(msgspec.Struct):
+    """A model's answer to one item: its text, and its calls (None when the text did not parse:
+    ``parse_error`` says why)."""
+
+    text: str | None = None
+    calls: list[ToolCall] | None = None
+    parse_error: str | None = None
 
 
 class PredictionFileError(LoopToolError, ValueError):
     pass
 
 
-def read_predictions(path: str | Path) -> dict[str, list[ToolCall] | CheckResult]:
-    """``id -> calls`` from ``{"id", "calls": [...]}`` or ``{"id", "text": "..."}`` lines. A text
-    that does not parse is kept as a failed result (error type ``parse``), not an exception."""
-    predictions: dict[str, list[ToolCall] | CheckResult] = {}
+def read_predictions(path: str | Path) -> dict[str, Reply]:
+    """``id -> reply`` from ``{"id", "calls": [...]}``, ``{"id", "text": "..."}`` or ACEBench's
+    result lines ``{"id", "result": "..."}``. A text whose calls do not parse is kept (scored as
+    a failure with error type ``parse``), not an exception."""
+    predictions: dict[str, Reply] = {}
     for line, row in read_rows(path):
         if isinstance(row, RowError):
             raise PredictionFileError(str(row))
@@ -41,52 +54,77 @@ def read_predictions(path: str | Path) -> dict[str, list[ToolCall] | CheckResult
             raise PredictionFileError(f"{where}: id: expected a string id")
         if row["id"] in predictions:
             raise PredictionFileError(f"{where}: id: {row['id']!r} is predicted twice")
+        text = row.get("text", row.get("result"))
         try:
             if "calls" in row:
                 if not isinstance(row["calls"], list):
                     raise PredictionFileError(f"{where}: calls: expected a list")
-                predictions[row["id"]] = [call_from_json(call) for call in row["calls"]]
-            elif isinstance(row.get("text"), str):
-                predictions[row["id"]] = extract_calls(row["text"])
+                predictions[row["id"]] = Reply(calls=[call_from_json(call) for call in row["calls"]])
+            elif isinstance(text, str):
+                predictions[row["id"]] = Reply(text=text, calls=extract_calls(text))
             else:
-                raise PredictionFileError(f"{where}: needs 'calls' (a list) or 'text' (a string)")
+                raise PredictionFileError(f"{where}: needs 'calls' (a list), or 'text' or 'result' (a string)")
         except CallParseError as exc:
-            predictions[row["id"]] = CheckResult(False, "parse", exc.reason)
+            predictions[row["id"]] = Reply(text=text, parse_error=exc.reason)
     return predictions
 
 
+def item_id(sample: Sample) -> str:
+    return str(sample.meta.get("bfcl_id") or sample.meta.get("acebench_id") or sample.id)
+
+
 def score(
-    questions: str | Path, answers: str | Path | None, predictions: str | Path
+    questions: str | Path, answers: str | Path | None, predictions: str | Path, format: str = "auto"
 ) -> tuple[ImportReport, Iterator[ScoredItem]]:
-    report = import_file(questions, "bfcl", answers)
+    report = import_file(questions, format, answers)
     predicted = read_predictions(predictions)
 
     def items() -> Iterator[ScoredItem]:
         for sample in report.samples:
-            yield score_item(sample, predicted.get(sample.meta["bfcl_id"]))
+            yield score_item(sample, predicted.get(item_id(sample)))
 
     return report, items()
 
 
-def score_item(sample: Sample, prediction: list[ToolCall] | CheckResult | None) -> ScoredItem:
-    item_id = sample.meta["bfcl_id"]
-    if prediction is None:
+def score_item(sample: Sample, reply: Reply | CheckResult | None, benchmark: str = "") -> ScoredItem:
+    """One item's verdict: ACEBench's rules for an ACEBench item (its text for the special
+    categories, its calls otherwise), the AST checker for everything else."""
+    category = sample.meta.get("acebench_category", sample.category)
+    if reply is None:
         result = CheckResult(False, "no_prediction", "no prediction for this id")
-    elif isinstance(prediction, CheckResult):
-        result = prediction
+    elif isinstance(reply, CheckResult):
+        result = reply
+    elif "acebench_category" in sample.meta:
+        benchmark = "acebench"
+        result = acebench_scoring.check_item(sample, reply.text, reply.calls)
+    elif reply.calls is None:
+        result = CheckResult(False, "parse", reply.parse_error or "the reply did not parse")
     else:
-        result = check_sample(sample, prediction)
+        result = check_sample(sample, reply.calls)
     return ScoredItem(
-        id=item_id, category=sample.category, valid=result.valid, error_type=result.error_type, error=result.error
+        id=item_id(sample),
+        category=category,
+        valid=result.valid,
+        error_type=result.error_type,
+        error=result.error,
+        benchmark=benchmark or ("acebench" if "acebench_category" in sample.meta else ""),
     )
 
 
 def accuracy_table(items: list[ScoredItem]) -> list[tuple[str, int, int, float]]:
-    """``(category, correct, total, accuracy)`` per category, then ``overall`` (item-weighted)."""
+    """``(category, correct, total, accuracy)`` per category, then ``overall`` (item-weighted).
+    An ACEBench multi-turn category counts dialogues, as ACEBench does."""
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    dialogues: dict[str, dict[str, bool]] = defaultdict(dict)
     for item in items:
+        if item.benchmark == "acebench" and "multi_turn" in item.category:
+            unit = acebench_scoring.dialogue_of(item.id)
+            dialogues[item.category][unit] = dialogues[item.category].get(unit, True) and item.valid
+            continue
         counts[item.category][0] += item.valid
         counts[item.category][1] += 1
+    for category, units in dialogues.items():
+        counts[category] = [sum(units.values()), len(units)]
     rows = [(category, ok, total, ok / total) for category, (ok, total) in sorted(counts.items())]
     ok = sum(r[1] for r in rows)
     total = sum(r[2] for r in rows)
@@ -95,4 +133,18 @@ def accuracy_table(items: list[ScoredItem]) -> list[tuple[str, int, int, float]]
 
 
 def metrics(items: list[ScoredItem]) -> dict[str, Any]:
-    return {category: accuracy for category, _, _, accuracy in accuracy_table(items)}
+    """Accuracy per category and overall (item-weighted), plus each benchmark's own summary
+    where its items were scored: BFCL's overall with BFCL's weights (its own leaderboard code),
+    ACEBench's summary with its weights."""
+    table = accuracy_table(items)
+    scores: dict[str, Any] = {category: accuracy for category, _, _, accuracy in table}
+    benchmark_of = {item.category: item.benchmark for item in items}
+    ace = {category: accuracy for category, _, _, accuracy in table if benchmark_of.get(category) == "acebench"}
+    if ace:
+        scores.update({f"acebench_{k}": v for k, v in acebench_scoring.summary(ace).items()})
+    bfcl = {category: (ok, total) for category, ok, total, _ in table if benchmark_of.get(category) == "bfcl"}
+    if bfcl:
+        from looptool.data import bfcl_reference
+
+        scores.update({f"bfcl_{k}": v for k, v in bfcl_reference.leaderboard(bfcl).items()})
+    return scores

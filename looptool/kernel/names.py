@@ -112,6 +112,11 @@ def evaluated_key(run: str, round: int, model: str) -> str:
     return f"evaluated.{check_token('run', run)}.r{round}.{safe_token(model)}"
 
 
+def eval_shard_key(run: str, round: int, model: str, shard: int) -> str:
+    """Set (to the shard's artifact) once one shard of a round's evaluation is scored."""
+    return f"{evaluated_key(run, round, model)}.s{shard}"
+
+
 def expansion_key(run: str, round: int, content_key: str) -> str:
     return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
 
@@ -139,8 +144,9 @@ def adapter_artifact(run: str, round: int) -> str:
     return f"{check_token('run', run)}/r{round}/adapter.tar"
 
 
-def eval_artifact(run: str, round: int, model: str) -> str:
-    return f"{check_token('run', run)}/r{round}/eval-{safe_token(model)}.jsonl"
+def eval_artifact(run: str, round: int, model: str, shard: int | None = None) -> str:
+    part = "" if shard is None else f"-s{shard}"
+    return f"{check_token('run', run)}/r{round}/eval-{safe_token(model)}{part}.jsonl"
 
 
 def adapter_name(run: str, round: int) -> str:

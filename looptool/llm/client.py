@@ -261,7 +261,8 @@ class ModelClient:
 
 
 def wire_messages(sample: Sample, with_label: bool = False) -> list[dict[str, Any]]:
-    """Messages in the OpenAI request format: tool calls with ids and JSON-string arguments.
+    """Messages in the OpenAI request format: tool calls with ids and JSON-string arguments; a
+    tool result without an id answers the next unanswered call before it.
 
     Arguments are serialised as ``json.dumps`` does (``", "`` / ``": "``), the same text a
     chat template's ``tojson`` writes for a dict, so that the server renders a conversation
@@ -271,10 +272,13 @@ def wire_messages(sample: Sample, with_label: bool = False) -> list[dict[str, An
     messages = row["messages"] if with_label else row["messages"][:-1]
     wire = []
     counter = 0
+    unanswered: list[str] = []  # ids of the last calls, for tool results that carry none
     for message in messages:
         message = dict(message)
+        if message["role"] == "tool" and message.get("tool_call_id") is None and unanswered:
+            message["tool_call_id"] = unanswered.pop(0)
         if message.get("tool_calls"):
-            calls = []
+            calls: list[dict[str, Any]] = []
             for call in message["tool_calls"]:
                 calls.append(
                     {
@@ -288,6 +292,7 @@ def wire_messages(sample: Sample, with_label: bool = False) -> list[dict[str, An
                 )
                 counter += 1
             message["tool_calls"] = calls
+            unanswered = [call["id"] for call in calls]
         wire.append(message)
     return wire
 

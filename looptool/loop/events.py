@@ -124,6 +124,21 @@ class TrainProgress(Event, tag="train.progress"):
         return f"{super().dedup_key()}:{self.step}"
 
 
+class EvalShard(Event, tag="eval.shard"):
+    """One part of a round's evaluation (items ``shard``, ``shard + shards``, ...), for whichever
+    evaluator replica takes it; the one that scores the last part publishes ``eval.completed``."""
+
+    model: str
+    shard: int
+    shards: int
+    # Decontamination (round 0), carried to whoever publishes the result.
+    contaminated: int = 0
+    contaminated_ids: list[str] = msgspec.field(default_factory=list)
+
+    def dedup_key(self) -> str:
+        return f"{super().dedup_key()}:{self.model}:{self.shard}"
+
+
 class EvalCompleted(Event, tag="eval.completed"):
     model: str
     metrics: dict[str, float]
@@ -163,6 +178,7 @@ AnyEvent: TypeAlias = Union[  # noqa: UP007
     JudgeVerdict,
     ExpandResult,
     TrainProgress,
+    EvalShard,
     EvalCompleted,
     RunFinished,
     RoundStalled,

@@ -82,11 +82,14 @@ class TrainerSettings(Section):
 
 
 class EvaluatorSettings(Section):
-    # BFCL-format question files (answers at possible_answer/<name> beside them), or
-    # "bfcl:<category>" for BFCL's own data from the bfcl-eval package.
+    # "bfcl:<category>" for BFCL's own data from the bfcl-eval package (multi-turn included), or
+    # question files in BFCL's or ACEBench's layout (answers in possible_answer/ beside them);
+    # ":<n>" after a set keeps its first n items. See looptool.loop.evaluation.
     sets: list[str] = msgspec.field(default_factory=list)
     max_tokens: int = 256
     evaluate_base: bool = True  # at round 0, also score the base model
+    # Parts each round's evaluation is split into, for evaluator replicas to score in parallel.
+    shards: int = 4
 
 
 class CuratorSettings(Section):

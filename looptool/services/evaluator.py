@@ -1,10 +1,12 @@
-"""The evaluator: scores every round's model on held-out BFCL-format sets.
+"""The evaluator: scores every round's model on held-out benchmark sets.
 
-Listens to ``model.ready``; at round 0 it also scores the base model, the loop's starting point.
-Emits ``eval.completed`` with accuracy per category and overall, and keeps the per-item
-results (id, valid, error type, error) in the Object Store for inspection. At round 0 it checks
-the run's training data against the eval sets (``looptool lint``'s contamination test) and
-reports the overlapping samples with the scores.
+Listens to ``model.ready``; at round 0 it also scores the base model, the loop's starting point,
+and checks the run's training data against the eval sets (``looptool lint``'s contamination
+test). It splits each evaluation into ``evaluator.shards`` parts (``eval.shard``) that any
+evaluator replica scores — BFCL's multi-turn rollouts are long, so replicas share them. The
+replica that scores the last part publishes ``eval.completed``: accuracy per category, overall,
+and each benchmark's own summary (BFCL's overall, ACEBench's summary), with the per-item results
+(id, valid, error type, error) in the Object Store.
 """
 
 from __future__ import annotations
@@ -13,30 +15,36 @@ import msgspec
 
 from looptool.data.lint import Contamination, contamination
 from looptool.data.samples import Sample
+from looptool.data.scoring import ScoredItem
 from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
+from looptool.kernel.events import ArtifactRef
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
-from looptool.loop.evaluation import EvalSetError, evaluate, load_eval_sets, metrics
-from looptool.loop.events import EvalCompleted, ModelReady
+from looptool.loop.evaluation import EvalItem, EvalSetError, evaluate, load_eval_sets, metrics, single_turn
+from looptool.loop.events import EvalCompleted, EvalShard, ModelReady
 
-service = Service("evaluator", "Held-out evaluation of every round's model", emits=(EvalCompleted,))
+service = Service("evaluator", "Held-out evaluation of every round's model", emits=(EvalShard, EvalCompleted))
 _encoder = msgspec.json.Encoder()
 
 
-@service.on(ModelReady)
-async def evaluate_round(ctx: Context, event: ModelReady) -> None:
-    settings = ctx.settings.evaluator
+def _eval_items(ctx: Context) -> list[EvalItem]:
     try:
-        samples = load_eval_sets(settings.sets)
+        return load_eval_sets(ctx.settings.evaluator.sets)
     except (EvalSetError, FileNotFoundError, ModuleNotFoundError) as exc:
         raise PermanentError(str(exc)) from None
-    if not samples:
+
+
+@service.on(ModelReady)
+async def split(ctx: Context, event: ModelReady) -> None:
+    settings = ctx.settings.evaluator
+    items = _eval_items(ctx)
+    if not items:
         ctx.log.warning("no evaluation sets configured (evaluator.sets)")
         return
     overlap = Contamination()
     if event.round == 0 and event.dataset is not None:  # the run's training data, checked once
-        overlap = contamination(await ctx.load(event.dataset, Sample), {"evaluator.sets": samples})
+        overlap = contamination(await ctx.load(event.dataset, Sample), {"evaluator.sets": single_turn(items)})
         if overlap.contaminated:
             ctx.log.warning(
                 "training data overlaps the eval sets", samples=overlap.contaminated, first=overlap.contaminated_ids[:5]
@@ -44,28 +52,70 @@ async def evaluate_round(ctx: Context, event: ModelReady) -> None:
     models = [event.model]
     if event.round == 0 and settings.evaluate_base and event.base_model:
         models.insert(0, ctx.settings.model.model)
-    policy = ctx.use(ModelClients).get(ctx.settings.model)
-    for model in models:
-        done = names.evaluated_key(event.run, event.round, model)
-        if await ctx.holder(done) is not None:  # a redelivery after the result was published
-            continue
-        items = await evaluate(policy, model, samples, settings.max_tokens)
-        details = await ctx.put_artifact(
-            names.eval_artifact(event.run, event.round, model), b"".join(_encoder.encode(i) + b"\n" for i in items)
+    shards = max(1, min(settings.shards, len(items)))
+    await ctx.publish_many(
+        EvalShard(
+            run=event.run,
+            round=event.round,
+            model=model,
+            shard=shard,
+            shards=shards,
+            contaminated=overlap.contaminated,
+            contaminated_ids=overlap.contaminated_ids[:50],
         )
-        scores = metrics(items)
-        await ctx.publish(
-            EvalCompleted(
-                run=event.run,
-                round=event.round,
-                model=model,
-                metrics=scores,
-                n_items=len(items),
-                details=details,
-                eval_set=",".join(settings.sets),
-                contaminated=overlap.contaminated,
-                contaminated_ids=overlap.contaminated_ids[:50],
-            )
+        for model in models
+        for shard in range(shards)
+    )
+
+
+@service.on(EvalShard)
+async def score_shard(ctx: Context, event: EvalShard) -> None:
+    done = names.eval_shard_key(event.run, event.round, event.model, event.shard)
+    if await ctx.holder(done) is None:  # not a redelivery of a shard already scored
+        items = _eval_items(ctx)[event.shard :: event.shards]
+        policy = ctx.use(ModelClients).get(ctx.settings.model)
+        scored = await evaluate(policy, event.model, items, ctx.settings.evaluator.max_tokens)
+        part = await ctx.put_artifact(
+            names.eval_artifact(event.run, event.round, event.model, event.shard), _jsonl(scored)
         )
-        await ctx.mark(done)
-        ctx.log.info("evaluated", model=model, overall=round(scores["overall"], 4), items=len(items))
+        await ctx.mark(done, _encoder.encode(part).decode())
+        ctx.log.info("eval shard scored", model=event.model, shard=event.shard, items=len(scored))
+    await _complete_if_last(ctx, event)
+
+
+async def _complete_if_last(ctx: Context, event: EvalShard) -> None:
+    """Publish the round's result once every shard is in. Each replica marks its shard before
+    looking, so the last one to finish sees them all; two finishing together both publish the
+    same event, which JetStream's deduplication stores once."""
+    evaluated = names.evaluated_key(event.run, event.round, event.model)
+    if await ctx.holder(evaluated) is not None:
+        return
+    parts = [
+        await ctx.holder(names.eval_shard_key(event.run, event.round, event.model, k)) for k in range(event.shards)
+    ]
+    if any(part is None for part in parts):
+        return
+    items: list[ScoredItem] = []
+    for part in parts:
+        items += await ctx.load(msgspec.json.decode(part or "", type=ArtifactRef), ScoredItem)
+    details = await ctx.put_artifact(names.eval_artifact(event.run, event.round, event.model), _jsonl(items))
+    scores = metrics(items)
+    await ctx.publish(
+        EvalCompleted(
+            run=event.run,
+            round=event.round,
+            model=event.model,
+            metrics=scores,
+            n_items=len(items),
+            details=details,
+            eval_set=",".join(ctx.settings.evaluator.sets),
+            contaminated=event.contaminated,
+            contaminated_ids=event.contaminated_ids,
+        )
+    )
+    await ctx.mark(evaluated)
+    ctx.log.info("evaluated", model=event.model, overall=round(scores["overall"], 4), items=len(items))
+
+
+def _jsonl(items: list[ScoredItem]) -> bytes:
+    return b"".join(_encoder.encode(item) + b"\n" for item in items)

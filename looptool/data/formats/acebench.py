@@ -9,7 +9,8 @@ call is right).
 Quirks read as they are: in ``question`` the assistant's turns are written ``system:``; some
 functions name their schema ``arguments`` instead of ``parameters``; the *special* categories
 (irrelevant, incomplete, error_param) expect the model to say what is wrong instead of calling,
-so their label is "no call" and their ground truth is kept in ``meta``. The *agent* categories
+so their label is "no call". Every item keeps its ground truth and functions in ``meta`` for
+ACEBench's scoring rules. The *agent* categories
 need ACEBench's simulated environment and are rejected by name.
 """
 
@@ -93,16 +94,20 @@ def import_acebench(questions: str | Path, answers: str | Path | None = None) ->
         if ace_id not in truth:
             raise RowRejected("id", f"no ground truth for {ace_id!r} in {answers}")
         expected = truth[ace_id]
-        meta: dict[str, Any] = {"acebench_id": ace_id, "acebench_category": category}
+        # What ACEBench's rules score against (looptool.data.acebench_scoring): the answer whole,
+        # and the functions with their declared types as written.
+        meta: dict[str, Any] = {
+            "acebench_id": ace_id,
+            "acebench_category": category,
+            "acebench_ground_truth": expected,
+            "acebench_functions": functions,
+        }
         if category.startswith("special"):
-            meta["acebench_ground_truth"] = expected
             return make_sample(tools, messages, [], category="irrelevance", meta=meta)
         alternatives = expected if isinstance(expected, list) else [expected]
         if not alternatives or not all(isinstance(a, dict) for a in alternatives):
             raise RowRejected("ground_truth", f"expected an object of calls (or a list of them), got {expected!r:.80}")
         label = calls_of(alternatives[0], {t.function.name for t in tools})
-        if len(alternatives) > 1:
-            meta["acebench_alternatives"] = alternatives[1:]
         return make_sample(tools, messages, label, meta=meta)
 
     # A benchmark: every item counts, duplicates and suspect labels included (flagged).

@@ -1,0 +1,190 @@
+"""ACEBench's scoring rules, item by item, on items in ACEBench's own layout.
+
+ACEBench is not on PyPI and its code may not be copied here, so each verdict below is the one
+ACEBench's ``eval_main.py`` / ``model_eval/checker.py`` give for that reply — worked out from its
+rules and noted beside the row, quirks included (integers are never value-checked, strings match
+by containment after normalisation, whitespace is deleted before parsing, the error type of a
+parallel miss is the last compared call's).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from looptool.data import acebench_scoring
+from looptool.data.formats import import_file
+from looptool.data.samples import Sample, ToolCall
+from looptool.data.scoring import Reply, ScoredItem, metrics, read_predictions, score_item
+
+ACEBENCH = Path(__file__).parent / "fixtures" / "formats" / "acebench_card"
+PARALLEL = (
+    "[HomeLighting_setScene(room='kitchen', brightness={b}, schedule={{'start': '19:30', 'repeat': ['weekdays']}}),"
+    " HomeLighting_setScene(room='{study}', brightness=80, schedule={{'start': '07:00'}}),"
+    " Weather_getForecast(city='Lisbon', days=3)]"
+)
+
+CASES = [
+    # (file, id, reply, valid, error type)
+    ("normal_single_turn_parallel_function", "_0", PARALLEL.format(b=30, study="study"), True, ""),
+    # integers are checked for their type only
+    ("normal_single_turn_parallel_function", "_0", PARALLEL.format(b=31, study="study"), True, ""),
+    # a string matches when it contains the expected one
+    ("normal_single_turn_parallel_function", "_0", PARALLEL.format(b=30, study="my study"), True, ""),
+    # no study call: the last call compared against "study" has another name
+    (
+        "normal_single_turn_parallel_function",
+        "_0",
+        PARALLEL.format(b=30, study="hall"),
+        False,
+        "simple_function_checker:unclear",
+    ),
+    (
+        "normal_single_turn_parallel_function",
+        "_0",
+        "[Weather_getForecast(city='Lisbon', days=3)]",
+        False,
+        "wrong functions number",
+    ),
+    (
+        "normal_single_turn_parallel_function",
+        "_0",
+        PARALLEL.format(b=30, study="study").replace("Weather_getForecast", "Weather_now"),
+        False,
+        "function_mismatch",
+    ),
+    ("normal_multi_turn_user_adjust", "_0_0", "[Weather_getForecast(city='Porto', days=5)]", True, ""),
+    # whitespace is deleted before parsing: "Por to" is "Porto"
+    ("normal_multi_turn_user_adjust", "_0_0", "[Weather_getForecast(city='Por to', days=5)]", True, ""),
+    ("normal_multi_turn_user_adjust", "_0_0", "[Weather_getForecast(city=5, days=5)]", False, "type_error"),
+    (
+        "normal_multi_turn_user_adjust",
+        "_0_0",
+        "[Weather_getForecast(city='Porto', units='C')]",
+        False,
+        "addition_args",
+    ),
+    ("normal_multi_turn_user_adjust", "_0_0", "[Weather_getForecast(days=5)]", False, "lack_args"),
+    ("normal_multi_turn_user_adjust", "_0_0", "The forecast is sunny.", False, "wrong_output_format"),
+    ("normal_multi_turn_user_adjust", "_0_1", "[Weather_getForecast(city='Braga')]", True, ""),
+    ("normal_multi_turn_user_adjust", "_0_1", "[Weather_getForecast(city='Porto')]", False, "value_error:string"),
+    # "number" reads as int: a float value passes on the expected value's type, unchecked
+    ("normal_atom_number", "_0", "[Thermostat_setTarget(room='hall', temperature=30.0, tolerance=2)]", True, ""),
+    ("normal_atom_number", "_0", "[Thermostat_setTarget(room='hall', temperature='21.5')]", False, "type_error"),
+    # "true" reads as True; strings in lists are normalised
+    ("normal_atom_list", "_0", "[Notes_tag(note='groceries', tags=['work', 'FAMILY'], pinned='true')]", True, ""),
+    # booleans are checked for their type only; an optional parameter may be left out
+    ("normal_atom_list", "_0", "[Notes_tag(note='groceries', tags=['Work', 'Family'], pinned=False)]", True, ""),
+    ("normal_atom_list", "_0", "[Notes_tag(note='groceries', tags=['Work', 'Family'])]", True, ""),
+    # an argument neither declared nor in the answer
+    (
+        "normal_single_turn_parallel_function",
+        "_0",
+        PARALLEL.format(b=30, study="study").replace("days=3)", "days=3, units='metric')"),
+        False,
+        "addition_args",
+    ),
+    (
+        "normal_atom_list",
+        "_0",
+        "[Notes_tag(note='groceries', tags=['Family', 'Work'])]",
+        False,
+        "value_error:list/tuple",
+    ),
+    (
+        "special_irrelevant",
+        "_0",
+        "Due to the limitations of the function, I cannot solve this problem.",
+        True,
+        "",
+    ),
+    ("special_irrelevant", "_0", "[Weather_getForecast(city='Tokyo')]", False, "error_detection"),
+    (
+        "special_incomplete",
+        "_0",
+        "Missing necessary parameters (city) for the api (Weather_getForecast)",
+        True,
+        "",
+    ),
+    ("special_incomplete", "_0", "Missing necessary parameters for the forecast.", False, "error_correction"),
+    ("special_incomplete", "_0", "Which city?", False, "error_detection"),
+    (
+        "special_error_param",
+        "_0",
+        "There is incorrect value (4410-012) for the parameters (city) in the conversation history.",
+        True,
+        "",
+    ),
+    ("special_error_param", "_0", "There is incorrect value in the request.", False, "error_correction"),
+]
+
+
+def item(category: str, suffix: str) -> Sample:
+    samples = import_file(ACEBENCH / f"data_{category}.json", "acebench").samples
+    return next(s for s in samples if s.meta["acebench_id"] == category + suffix)
+
+
+@pytest.mark.parametrize(("category", "suffix", "reply", "valid", "error_type"), CASES)
+def test_verdicts_follow_acebench_rules(category: str, suffix: str, reply: str, valid: bool, error_type: str) -> None:
+    result = acebench_scoring.check_item(item(category, suffix), reply)
+    assert (result.valid, result.error_type) == (valid, error_type), result.error
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith("normal") and "(" in c[2]])
+def test_calls_from_a_tool_call_reply_score_as_their_python_form(case: tuple[str, str, str, bool, str]) -> None:
+    category, suffix, reply, valid, _ = case
+    calls = [
+        ToolCall(name, arguments)
+        for call in acebench_scoring.decode(reply.replace(" ", ""))
+        for name, arguments in call.items()
+    ]
+    assert acebench_scoring.check_item(item(category, suffix), None, calls).valid == valid
+
+
+def test_multi_turn_dialogues_count_once_and_the_summary_weighs_categories() -> None:
+    adjust = [
+        score_item(item("normal_multi_turn_user_adjust", s), Reply(text=r))
+        for s, r in [
+            ("_0_0", "[Weather_getForecast(city='Porto', days=5)]"),
+            ("_0_1", "[Weather_getForecast(city='Porto')]"),
+        ]
+    ]
+    irrelevant = score_item(item("special_irrelevant", "_0"), Reply(text="the limitations of the function"))
+    scores = metrics([*adjust, irrelevant])
+    assert scores["normal_multi_turn_user_adjust"] == 0.0  # one dialogue, one turn wrong
+    assert scores["special_irrelevant"] == 1.0
+    assert scores["acebench_special"] == pytest.approx(1 / 3)
+    assert scores["acebench_summary"] == pytest.approx(0.2676 / 3)
+
+
+def test_looptool_score_reads_acebench_result_files(tmp_path: Path) -> None:
+    predictions = tmp_path / "result.json"
+    rows = [
+        {"id": "normal_multi_turn_user_adjust_0_0", "result": "[Weather_getForecast(city='Porto', days=5)]"},
+        {"id": "normal_multi_turn_user_adjust_0_1", "result": "[Weather_getForecast(city='Braga')]"},
+    ]
+    predictions.write_text("\n".join(json.dumps(r) for r in rows))
+    assert isinstance(read_predictions(predictions)["normal_multi_turn_user_adjust_0_0"], Reply)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "looptool",
+            "score",
+            "--questions",
+            str(ACEBENCH / "data_normal_multi_turn_user_adjust.json"),
+            "--predictions",
+            str(predictions),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    verdicts = [ScoredItem(**json.loads(line)) for line in done.stdout.splitlines()]
+    assert [v.valid for v in verdicts] == [True, True]
+    assert "normal_multi_turn_user_adjust" in done.stderr and "acebench_summary" in done.stderr
