@@ -117,3 +117,25 @@ def test_dockerfile_installs_the_project() -> None:
     install = next(i for i in dockerfile.replace("\\\n", " ").splitlines() if "pip install" in i)
     # A failed install must fail the build: an unbracketed `|| true` would swallow it.
     assert re.sub(r"\([^)]*\)", "", install).count("||") == 0, install
+
+
+def test_cluster_override_makes_three_routed_nodes_and_replicated_services(compose) -> None:
+    cluster = yaml.safe_load((REPO / "compose.cluster.yaml").read_text())
+    nodes = {name: cluster["services"][name] for name in ("nats", "nats-b", "nats-c")}
+    names = {}
+    for name, node in nodes.items():
+        command = node["command"]
+        assert command[:2] == compose["services"]["nats"]["command"][:2]  # the generated users and TLS
+        names[name] = command[command.index("--server_name") + 1]
+        routes = command[command.index("--routes") + 1].split(",")
+        assert sorted(route.split("//")[1].split(":")[0] for route in routes) == sorted(set(nodes) - {name})
+        assert command[command.index("--cluster_name") + 1] == "looptool"
+    assert len(set(names.values())) == 3
+    secrets = build_parser().parse_args(cluster["services"]["secrets"]["command"][1:])
+    assert set(nodes) <= set(secrets.tls_host)  # certificates valid for every node a client dials
+    for name in [*SERVICES, "cli"]:
+        env = cluster["services"][name]["environment"]
+        settings = load_settings(environ=env)
+        assert settings.nats.replicas == 3
+        assert sorted(u.split("//")[1].split(":")[0] for u in settings.nats.url.split(",")) == sorted(nodes)
+    assert {"nats-b", "nats-c"} <= set(cluster["volumes"])

@@ -152,7 +152,7 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
     import signal
 
-    from looptool.kernel.nats_server import NatsServer
+    from looptool.kernel.nats_server import NatsCluster, NatsServer, free_port
 
     config = None
     if not args.insecure:
@@ -160,7 +160,13 @@ def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
         from looptool.kernel.credentials import SecretsDir, tls_hosts_for
 
         config = SecretsDir(args.secrets).ensure(bus_identities(), tls_hosts=tls_hosts_for(args.host))
-    server = NatsServer(args.store_dir, port=args.port, host=args.host, config_file=config).start()
+    server: NatsServer | NatsCluster
+    if args.cluster >= 3:
+        ports = [args.port] + [free_port() for _ in range(args.cluster - 1)]
+        server = NatsCluster(args.store_dir, args.cluster, host=args.host, config_file=config, ports=ports).start()
+        print("a JetStream cluster: give services LOOPTOOL_NATS__REPLICAS=3", file=sys.stderr)
+    else:
+        server = NatsServer(args.store_dir, port=args.port, host=args.host, config_file=config).start()
     print(f"nats-server with JetStream at {server.url} (store {args.store_dir}); Ctrl-C stops it", file=sys.stderr)
     if config is not None:
         print(f"credentials: {Path(args.secrets).resolve()}/<service|cli|admin>", file=sys.stderr)
@@ -338,6 +344,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
         nats_host=args.nats_host,
         secure=not args.insecure,
         secrets_dir=args.secrets,
+        nats_nodes=args.nats_cluster,
     ) as topology:
         print("topology up; Ctrl-C stops it", file=sys.stderr)
         cli = topology.client_settings()
@@ -438,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     nats.add_argument("--store-dir", default=".looptool/nats")
     nats.add_argument("--secrets", default=".looptool/secrets", help="credentials directory (made when missing)")
     nats.add_argument("--insecure", action="store_true", help="no credentials (not recommended)")
+    nats.add_argument("--cluster", type=int, default=1, metavar="N", help="N >= 3 local nodes as one JetStream cluster")
     nats.set_defaults(func=cmd_nats)
 
     score = commands.add_parser(
@@ -521,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--nats-host", default="127.0.0.1", help="where the embedded NATS listens; beyond loopback it speaks TLS"
     )
     up.add_argument("--secrets", help="credentials of a --nats bus (a directory `looptool secrets` wrote)")
+    up.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="start the embedded NATS as a JetStream cluster of N >= 3 nodes (log and buckets at replicas 3)",
+    )
     up.add_argument("--insecure", action="store_true", help="no credentials, no API key (not recommended)")
     up.set_defaults(func=cmd_up)
 

@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+import anyio
+
 from looptool.kernel import access
+from looptool.kernel.bus import Bus
 from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, tls_hosts_for
-from looptool.kernel.nats_server import NatsServer
+from looptool.kernel.nats_server import NatsCluster, NatsServer, free_port
 from looptool.kernel.settings import NatsSettings
 from looptool.llm.families import model_family
 from looptool.llm.vllm_server import VllmServer
@@ -57,15 +60,19 @@ class Topology:
         nats_host: str = "127.0.0.1",
         secure: bool = True,
         secrets_dir: str | os.PathLike[str] | None = None,
+        nats_nodes: int = 1,
     ) -> None:
         """``secure`` (the default) applies to what this topology starts itself: the embedded
         NATS and vLLM get credentials in ``<workdir>/secrets``. With ``nats_url`` the bus is the
-        caller's: ``secrets_dir`` names its credentials (as ``looptool secrets`` writes them)."""
+        caller's: ``secrets_dir`` names its credentials (as ``looptool secrets`` writes them).
+        ``nats_nodes`` of 3 or more starts the embedded NATS as a JetStream cluster of that many
+        nodes, the event log and buckets replicated on 3 of them."""
         self.workdir = Path(workdir)
         self.replicas = {name: 1 for name in SERVICES} | dict(replicas or {})
         self.model_dir = Path(model_dir) if model_dir else None
         self.env = dict(env or {})
-        self.nats: NatsServer | None = None
+        self.nats: NatsServer | NatsCluster | None = None
+        self.nats_nodes = nats_nodes
         self.nats_url = nats_url
         self.nats_port = nats_port  # embedded server's port (None: a free one)
         self.nats_host = nats_host
@@ -93,8 +100,14 @@ class Topology:
         """How a client of this topology's bus connects (the CLI's identity by default)."""
         return NatsSettings(url=self.nats_url or "", credentials_dir=self.credentials_dir(identity))
 
+    @property
+    def nats_replicas(self) -> int:
+        return 3 if self.nats_nodes >= 3 else 1
+
     def service_env(self, service: str) -> dict[str, str]:
         env = {**os.environ, **self.env, "LOOPTOOL_NATS__URL": self.nats_url or "", "PYTHONUNBUFFERED": "1"}
+        if self.nats_replicas > 1:
+            env["LOOPTOOL_NATS__REPLICAS"] = str(self.nats_replicas)
         credentials = self.credentials_dir(service)
         if credentials is not None:
             env["LOOPTOOL_NATS__CREDENTIALS_DIR"] = credentials
@@ -111,9 +124,19 @@ class Topology:
             config = None
             if self.secrets is not None:  # a fresh start: ensure() keeps existing passwords
                 config = self.secrets.ensure(bus_identities(), tls_hosts=tls_hosts_for(self.nats_host))
-            self.nats = NatsServer(self.workdir / "nats", port=self.nats_port, host=self.nats_host, config_file=config)
+            if self.nats_nodes >= 3:
+                ports = [self.nats_port or free_port()] + [free_port() for _ in range(self.nats_nodes - 1)]
+                self.nats = NatsCluster(
+                    self.workdir / "nats", self.nats_nodes, host=self.nats_host, config_file=config, ports=ports
+                )
+            else:
+                self.nats = NatsServer(
+                    self.workdir / "nats", port=self.nats_port, host=self.nats_host, config_file=config
+                )
             self.nats.start()
             self.nats_url = self.nats.url
+            if self.nats_replicas > 1:  # replicated before any client can create it with fewer copies
+                anyio.run(self._provision)
             where = f", credentials in {self.secrets.root}" if self.secrets is not None else ""
             self._say("nats", f"JetStream at {self.nats_url}{where}")
         try:
@@ -138,6 +161,11 @@ class Topology:
             self.stop()
             raise
         return self
+
+    async def _provision(self) -> None:
+        settings = self.client_settings(access.ADMIN)
+        settings.replicas = self.nats_replicas
+        await (await Bus.connect(settings)).close()
 
     def spawn(self, service: str, index: int) -> subprocess.Popen[bytes]:
         replica = f"{service}-{index}"

@@ -14,8 +14,8 @@ import asyncio
 import collections
 import hashlib
 import ssl
-from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import anyio
 import nats
@@ -33,6 +33,17 @@ from looptool.kernel.errors import LoopToolError, PermanentError, PoisonMessage
 from looptool.kernel.events import ArtifactRef, Event, decode_event, encode_event, json_depth_exceeds
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import NatsSettings
+
+T = TypeVar("T")
+ASYNC_ACK_TIMEOUT = 5.0  # seconds before a pipelined publish is sent again (same message id)
+
+# Nothing answers for the stream (no leader yet): such requests are tried again (Bus._while_leaderless).
+_LEADERLESS = (
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+)
 
 CLAIM_HEADER = "Looptool-Claim"
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -94,7 +105,7 @@ class Bus:
             log.info("nats reconnected")
 
         options: dict[str, Any] = dict(
-            servers=[settings.url],
+            servers=[url.strip() for url in settings.url.split(",")],
             name=name,
             connect_timeout=settings.connect_timeout,
             max_reconnect_attempts=settings.max_reconnect_attempts,
@@ -131,8 +142,22 @@ class Bus:
         except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
             raise ConnectionError(f"cannot reach NATS at {settings.url}: {exc!r}") from exc
         bus = holder["bus"] = cls(nc, settings)
-        await bus.provision()
+        await bus._provision_when_ready()
         return bus
+
+    async def _provision_when_ready(self) -> None:
+        """A cluster answers JetStream requests only once its nodes have elected a meta leader
+        (seconds after they start, or after one is lost): until ``first_connect_timeout``, try again."""
+        deadline = anyio.current_time() + self.settings.first_connect_timeout
+        while True:
+            try:
+                await self.provision()
+                return
+            except _LEADERLESS:
+                if anyio.current_time() > deadline:
+                    await self.nc.close()
+                    raise
+                await anyio.sleep(0.5)
 
     async def provision(self) -> None:
         """Create (or bring up to date) the stream and the buckets. Safe to call repeatedly."""
@@ -144,15 +169,39 @@ class Bus:
             max_age=self.settings.max_age_days * 86400,
             duplicate_window=self.settings.duplicate_window,
             allow_direct=True,
+            num_replicas=self.settings.replicas,
         )
         try:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != _STREAM_EXISTS_WITH_OTHER_CONFIG:
                 raise
+            # Never fewer copies than the stream has: a client with the default settings must
+            # not scale a cluster's replicated log down to one copy.
+            existing = await self.js.stream_info(names.STREAM)
+            config.num_replicas = max(existing.config.num_replicas or 1, self.settings.replicas)
             await self.js.update_stream(config)
-        self._artifacts = await self.js.create_object_store(names.ARTIFACT_BUCKET, storage=storage)
-        self._state = await self.js.create_key_value(bucket=names.STATE_BUCKET, history=5, storage=storage)
+        replicas = self.settings.replicas
+        try:  # buckets are bound as they are (scaled up if asked), created only when missing
+            self._artifacts = await self.js.object_store(names.ARTIFACT_BUCKET)
+            await self._scale_up(f"OBJ_{names.ARTIFACT_BUCKET}")
+        except nats.js.errors.BucketNotFoundError:
+            self._artifacts = await self.js.create_object_store(
+                names.ARTIFACT_BUCKET, storage=storage, replicas=replicas
+            )
+        try:
+            self._state = await self.js.key_value(names.STATE_BUCKET)
+            await self._scale_up(f"KV_{names.STATE_BUCKET}")
+        except nats.js.errors.BucketNotFoundError:
+            self._state = await self.js.create_key_value(
+                bucket=names.STATE_BUCKET, history=5, storage=storage, replicas=replicas
+            )
+
+    async def _scale_up(self, stream: str) -> None:
+        config = (await self.js.stream_info(stream)).config
+        if (config.num_replicas or 1) < self.settings.replicas:
+            config.num_replicas = self.settings.replicas
+            await self.js.update_stream(config)
 
     async def close(self) -> None:
         """Flush what was published or acked, then close (callers drain their own work first)."""
@@ -213,8 +262,24 @@ class Bus:
 
     async def publish(self, event: Event, *, msg_id: str | None = None) -> api.PubAck:
         """Publish one event to its subject; returns JetStream's ack (``duplicate`` tells a repeat)."""
-        subject, data, headers = await self._prepare(event, msg_id)
-        return await self.js.publish(subject, data, headers=headers or None)
+        return await self._publish_retrying(*await self._prepare(event, msg_id))
+
+    async def _publish_retrying(self, subject: str, data: bytes, headers: dict[str, str]) -> api.PubAck:
+        """Publish, trying again while the stream has no leader. A retry repeats the message id,
+        so a first attempt that did land is stored once."""
+        return await self._while_leaderless(lambda: self.js.publish(subject, data, headers=headers or None))
+
+    async def _while_leaderless(self, request: Callable[[], Awaitable[T]]) -> T:
+        """A JetStream request, tried again while nothing answers for the stream (a cluster
+        electing a new leader after losing a node, a server restarting), up to ``leader_timeout``."""
+        deadline = anyio.current_time() + self.settings.leader_timeout
+        while True:
+            try:
+                return await request()
+            except _LEADERLESS:
+                if anyio.current_time() > deadline:
+                    raise
+                await anyio.sleep(0.25)
 
     async def publish_many(self, events: Iterable[Event], *, window: int = PUBLISH_WINDOW) -> list[api.PubAck]:
         """Publish many events pipelined (``publish_async``) with at most ``window`` acks
@@ -222,18 +287,33 @@ class Bus:
         nats-py's pending limit (the bus bench died there on a slow machine with
         ``TooManyStalledMsgsError``)."""
         acks: list[api.PubAck] = []
-        pending: collections.deque[asyncio.Future[api.PubAck]] = collections.deque()
-        for event in events:
-            subject, data, headers = await self._prepare(event, None)
-            pending.append(await self.js.publish_async(subject, data, headers=headers or None))
-            if len(pending) >= window:
-                acks.append(await pending.popleft())
-        while pending:
-            acks.append(await pending.popleft())
+        pending: collections.deque[tuple[asyncio.Future[api.PubAck], tuple[str, bytes, dict[str, str]]]]
+        pending = collections.deque()
+
+        async def settle() -> None:
+            future, message = pending.popleft()
+            try:
+                # An ack can be lost with the node that would have sent it: never wait forever.
+                acks.append(await asyncio.wait_for(future, ASYNC_ACK_TIMEOUT))
+            except (TimeoutError, *_LEADERLESS):
+                acks.append(await self._publish_retrying(*message))
+
+        try:
+            for event in events:
+                message = await self._prepare(event, None)
+                subject, data, headers = message
+                pending.append((await self.js.publish_async(subject, data, headers=headers or None), message))
+                if len(pending) >= window:
+                    await settle()
+            while pending:
+                await settle()
+        finally:
+            for future, _ in pending:  # abandoned by an error: retrieve theirs, quietly
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
         return acks
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str = "") -> api.PubAck:
-        return await self.js.publish(subject, data, headers={MSG_ID_HEADER: msg_id} if msg_id else None)
+        return await self._publish_retrying(subject, data, {MSG_ID_HEADER: msg_id} if msg_id else {})
 
     async def _prepare(self, event: Event, msg_id: str | None) -> tuple[str, bytes, dict[str, str]]:
         subject = names.for_event(event)
@@ -313,9 +393,11 @@ class Bus:
             inactive_threshold=60.0,
             mem_storage=True,
         )
-        sub = await self.js.pull_subscribe(filter_subject, stream=names.STREAM, config=config)
+        sub = await self._while_leaderless(
+            lambda: self.js.pull_subscribe(filter_subject, stream=names.STREAM, config=config)
+        )
         try:
-            remaining = (await sub.consumer_info()).num_pending or 0
+            remaining = (await self._while_leaderless(sub.consumer_info)).num_pending or 0
             while follow or remaining > 0:
                 try:
                     batch = await sub.fetch(256, timeout=idle_timeout)

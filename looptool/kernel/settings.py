@@ -27,7 +27,7 @@ class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class NatsSettings(Section):
-    url: str = "nats://127.0.0.1:4222"
+    url: str = "nats://127.0.0.1:4222"  # several servers of one cluster: comma-separated
     # An identity's directory written by `looptool secrets` / `looptool up` (user, password, CA):
     # the usual way in. The fields below are for a bus whose credentials come from elsewhere.
     credentials_dir: str | None = None
@@ -46,6 +46,12 @@ class NatsSettings(Section):
     max_reconnect_attempts: int = -1  # forever: a service outlives a NATS restart
     reconnect_wait: float = 0.5
     storage: Literal["file", "memory"] = "file"
+    # Copies JetStream keeps of the event log, the state bucket and the artifact store: 3 on a
+    # three-node cluster, so that losing a node loses nothing (1 on a single server).
+    replicas: int = 1
+    # How long a publish or a read keeps trying while the stream has no leader (a cluster
+    # electing one after losing a node).
+    leader_timeout: float = 30.0
     max_age_days: float = 30.0  # event log retention
     duplicate_window: float = 600.0  # seconds JetStream remembers Nats-Msg-Id values
 
