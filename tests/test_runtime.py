@@ -316,13 +316,28 @@ def test_publish_many_keeps_a_bounded_window_and_loses_nothing(settings, run_id:
             publish_async = bus.js.publish_async
 
             class Counted:
+                """The ack future, counting as settled once publish_many awaits or reads it."""
+
                 def __init__(self, future: Any) -> None:
                     self.future = future
+                    self.settled = False
+
+                def _settle(self) -> None:
+                    nonlocal unawaited
+                    if not self.settled:
+                        self.settled = True
+                        unawaited -= 1
 
                 def __await__(self) -> Any:
-                    nonlocal unawaited
-                    unawaited -= 1
+                    self._settle()
                     return self.future.__await__()
+
+                def result(self) -> Any:
+                    self._settle()
+                    return self.future.result()
+
+                def __getattr__(self, name: str) -> Any:  # done, add_done_callback, ...
+                    return getattr(self.future, name)
 
             async def counting(*args: Any, **kwargs: Any) -> Counted:
                 nonlocal unawaited, most
