@@ -7,13 +7,12 @@ from pathlib import Path
 import anyio
 import pytest
 import toy_service
-from helpers import make_settings, read_all, wait_for
+from helpers import make_settings, read_all, running, wait_for
 from test_runtime import tasks
 
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
 from looptool.kernel.nats_server import NatsCluster
-from looptool.kernel.runtime import run_service
 from looptool.loop.events import ProbeResult
 
 
@@ -34,16 +33,7 @@ def test_a_round_completes_when_the_stream_leader_is_killed(cluster: NatsCluster
     toy_service.handled.clear()
 
     async def main() -> tuple[list[ProbeResult], bytes, str | None, int]:
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            for replica in ("a", "b"):
-                ready = anyio.Event()
-                tg.start_soon(
-                    lambda r=replica, e=ready: run_service(
-                        toy_service.echo, settings, replica=r, stop=stop, ready=e, handle_signals=False
-                    )
-                )
-                await ready.wait()
+        async with running(toy_service.echo, settings, replicas=2):
             bus = await Bus.connect(settings.nats)
             info = await bus.js.stream_info(names.STREAM)
             ref = await bus.put_artifact(f"{run_id}/before.bin", b"x" * 300_000)
@@ -55,7 +45,6 @@ def test_a_round_completes_when_the_stream_leader_is_killed(cluster: NatsCluster
             victim.kill()  # mid-round, the stream's leader
             await bus.publish_many(tasks(run_id, 60)[30:])
             await wait_for(lambda: _handled_at_least(60), timeout=300, interval=0.5)
-            stop.set()
         results = await read_all(bus, run_id, ProbeResult)
         artifact = await bus.get_artifact(ref)
         mark = await bus.value(f"mark.{run_id}")
