@@ -151,3 +151,16 @@ def test_bfcl_leaderboard_overall_uses_bfcl_weights() -> None:
     board = bfcl_reference.leaderboard({**perfect_multi_turn, "irrelevance": (5, 10), "live_irrelevance": (10, 10)})
     assert board["irrelevance"] == pytest.approx(0.75) and board["overall"] == pytest.approx(0.375)
     assert "live" not in board  # no live category scored: no live summary
+
+
+def test_a_checker_crash_scores_the_entry_as_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from looptool.loop.multi_turn import Rollout, score_rollout
+
+    def crash(*args: Any) -> dict[str, Any]:
+        raise AssertionError("Model instances and ground truth instances do not match in length")
+
+    monkeypatch.setattr(bfcl_reference, "check_multi_turn", crash)
+    item = load_multi_turn("multi_turn_base")[0]
+    scored = score_rollout(item, Rollout(turns=[[]] * len(item.ground_truth)), "looptool_x")
+    assert (scored.valid, scored.error_type) == (False, "multi_turn:checker_error")
+    assert "do not match" in scored.error

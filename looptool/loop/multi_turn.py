@@ -101,7 +101,10 @@ def score_rollout(item: MultiTurnItem, done: Rollout, instance: str) -> ScoredIt
     if done.refused is not None:
         result = CheckResult(False, "refused", done.refused)
     else:
-        verdict = bfcl_reference.check_multi_turn(done.turns, item.ground_truth, item.entry, instance)
+        try:
+            verdict = bfcl_reference.check_multi_turn(done.turns, item.ground_truth, item.entry, instance)
+        except Exception as exc:  # bfcl-eval's checker asserts on states it cannot compare: a failure
+            verdict = {"valid": False, "error_type": "multi_turn:checker_error", "error_message": repr(exc)}
         result = CheckResult(
             verdict["valid"], verdict.get("error_type", ""), str(verdict.get("error_message", ""))[:500]
         )
