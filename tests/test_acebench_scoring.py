@@ -188,3 +188,78 @@ def test_looptool_score_reads_acebench_result_files(tmp_path: Path) -> None:
     verdicts = [ScoredItem(**json.loads(line)) for line in done.stdout.splitlines()]
     assert [v.valid for v in verdicts] == [True, True]
     assert "normal_multi_turn_user_adjust" in done.stderr and "acebench_summary" in done.stderr
+
+
+SENT = {
+    "inbox": {
+        "1": {"sender_id": "USR1", "receiver_id": "USR2", "message": "Hi", "time": "2024-06-01"},
+        "2": {"sender_id": "USR1", "receiver_id": "USR2", "message": "Lunch at noon?"},
+    }
+}
+SEND = "[send_message(sender_name='Ana', receiver_name='Bruno', message='Lunch at noon?')]"
+OLDEST_GONE = {"inbox": {"2": {"sender_id": "USR2", "receiver_id": "USR1", "message": "Hello", "time": "2024-06-02"}}}
+WRONG_ONE_GONE = {"inbox": {"1": {"sender_id": "USR1", "receiver_id": "USR2", "message": "Hi", "time": "2024-06-01"}}}
+WIFI_ON = {"BaseApi": {"wifi": True, "logged_in": True}}
+
+AGENT_CASES = [
+    # (id, final states, calls made, valid, error type, process accuracy)
+    ("agent_multi_step_0", [WIFI_ON, {"MessageApi": SENT}], ["[turn_on_wifi()]", SEND], True, "", 1.0),
+    (
+        "agent_multi_step_0",
+        [{"BaseApi": {"wifi": False, "logged_in": True}}, {"MessageApi": SENT}],
+        ["[turn_on_wifi()]"],
+        False,
+        "class attributes wrong",
+        0.5,
+    ),
+    # milestones are found in order: a missing first one hides the later ones
+    (
+        "agent_multi_step_0",
+        [{"BaseApi": {"wifi": False, "logged_in": True}}, {"MessageApi": SENT}],
+        [SEND],
+        False,
+        "class attributes wrong",
+        0.0,
+    ),
+    ("agent_multi_step_0", [WIFI_ON], ["[turn_on_wifi()]"], False, "wrong number of class", 0.5),
+    # an expected class that no state has the attributes of is not checked: only the count is
+    ("agent_multi_step_0", [WIFI_ON, {"PhoneApi": {"battery": 3}}], [], True, "", 1.0),
+    # nested objects are checked key by key: an extra message is not looked at
+    (
+        "agent_multi_step_1",
+        [WIFI_ON, {"MessageApi": {"inbox": {**WRONG_ONE_GONE["inbox"], **OLDEST_GONE["inbox"]}}}],
+        [],
+        True,
+        "",
+        1.0,
+    ),
+    # alternative milestone lists: the best one counts
+    (
+        "agent_multi_step_1",
+        [WIFI_ON, {"MessageApi": WRONG_ONE_GONE}],
+        ["[get_earliest_message_id()]", "[delete_message(message_id=2)]"],
+        False,
+        "class attributes wrong",
+        0.5,
+    ),
+]
+
+
+@pytest.mark.parametrize(("ace_id", "states", "process", "valid", "error_type", "accuracy"), AGENT_CASES)
+def test_agent_results_follow_acebench_rules(
+    tmp_path: Path, ace_id: str, states: list, process: list[str], valid: bool, error_type: str, accuracy: float
+) -> None:
+    from looptool.data.scoring import score
+
+    result = tmp_path / "data_agent_multi_step_result.json"
+    result.write_text(json.dumps({"id": ace_id, "result": states, "process": process}))
+    report, items = score(ACEBENCH / "data_agent_multi_step.json", None, result)
+    scored = {item.id: item for item in items}
+    assert report.rows == 2 and scored.keys() == {"agent_multi_step_0", "agent_multi_step_1"}
+    assert (scored[ace_id].valid, scored[ace_id].error_type, scored[ace_id].process) == (valid, error_type, accuracy)
+    other = next(item for item in scored.values() if item.id != ace_id)
+    assert (other.valid, other.error_type) == (False, "no_prediction")  # the item left out still counts
+    scores = metrics(list(scored.values()))
+    assert scores["agent_multi_step"] == (0.5 if valid else 0.0)
+    assert scores["agent_multi_step_process"] == pytest.approx(accuracy / 2)
+    assert scores["acebench_agent"] == pytest.approx(scores["agent_multi_step"] / 2)

@@ -203,9 +203,10 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     rows = accuracy_table(scored)
     for category, ok, total, accuracy in rows:
         table.add_row(category, str(ok), str(total), f"{accuracy:.2%}")
-    # The benchmark's own summary rows (its weights; categories not scored count 0).
+    # The benchmark's own rows: summaries (its weights; categories not scored count 0) and
+    # ACEBench's process accuracy of agent tasks.
     for name, value in metrics(scored).items():
-        if name.startswith(("acebench_", "bfcl_")):
+        if name.startswith(("acebench_", "bfcl_")) or name.endswith("_process"):
             table.add_row(name, "", "", f"{value:.2%}")
     console.print(table)
 

@@ -21,6 +21,10 @@ the same way:
   incorrect value" and each wrong value; ``irrelevant`` needs "the limitations of the function";
 - a multi-turn dialogue (``normal_multi_turn_*_<dialogue>_<turn>``) counts as right only when all
   its turns are;
+- the agent categories, scored offline from ACEBench's own result files: right end to end when the
+  scenario classes' final states match the answer's; the process accuracy is the share of the
+  milestone calls made in order (1 for an item right end to end). Rolling agent tasks out needs
+  ACEBench's environment and user simulator, which LoopTool does not run;
 - the summary weighs the unweighted means of the special (0.2676), normal (0.578) and agent
   (0.1545) categories; a category not scored counts 0, as in ACEBench's table.
 """
@@ -343,6 +347,54 @@ def check_special(category: str, reply: str, truth: Any) -> CheckResult:
     if "irrelevant" in category and "the limitations of the function" not in reply:
         return CheckResult(False, "error_detection", "did not say the functions cannot solve it")
     return OK
+
+
+# --------------------------------------------------------------------------- agent categories
+
+
+def check_agent(truth: Any, states: list[Any]) -> CheckResult:
+    """End to end: the scenario classes' final states (``[{class: {attribute: value}}]``, as
+    ACEBench's inference saves them) against the ground truth's. As in ACEBench, each expected
+    class is compared with the first state of the same attribute names, nested objects key by key,
+    and an expected class that no state matches is not itself a failure (only the count is)."""
+    expected = truth if isinstance(truth, list) else [truth]
+    if len(expected) != len(states):
+        return CheckResult(False, "wrong number of class", f"{len(states)} classes, expected {len(expected)}")
+    for want in expected:
+        got = next((state for state in states if set(state) == set(want)), None)
+        if got is None:
+            continue
+        ((name, want_attributes),) = want.items()
+        for attribute, value in next(iter(got.values())).items():
+            wanted = want_attributes.get(attribute, _MISSING)
+            if wanted is _MISSING:
+                return CheckResult(False, "class attributes wrong", f"{name}.{attribute} is not in the answer")
+            if isinstance(wanted, dict):
+                if not isinstance(value, dict) or any(key not in value or value[key] != v for key, v in wanted.items()):
+                    return CheckResult(False, "class attributes wrong", f"{name}.{attribute}: {value!r:.200}")
+            elif wanted != value:
+                return CheckResult(False, "class attributes wrong", f"{name}.{attribute}: {value!r:.200}")
+    return OK
+
+
+_MISSING = object()
+
+
+def process_accuracy(milestones: list[Any], process: list[str]) -> float:
+    """The share of the milestone calls found, in order, among the calls executed (the best over
+    alternative milestone lists)."""
+    if milestones and isinstance(milestones[0], list):
+        return max(process_accuracy(alternative, process) for alternative in milestones)
+    if not milestones:
+        return 1.0
+    found, position = 0, 0
+    for stone in milestones:
+        while position < len(process):
+            position += 1
+            if process[position - 1].strip() == stone.strip():
+                found += 1
+                break
+    return found / len(milestones)
 
 
 # --------------------------------------------------------------------------- items and summary

@@ -13,8 +13,8 @@ import msgspec
 from looptool.data import acebench_scoring
 from looptool.data.calls import CallParseError, call_from_json, extract_calls
 from looptool.data.checker import CheckResult, check_sample
-from looptool.data.formats import ImportReport, RowError, import_file
-from looptool.data.formats._common import read_rows
+from looptool.data.formats import ImportReport, RowError, answer_path, import_file
+from looptool.data.formats._common import load_answers, read_rows
 from looptool.data.samples import Sample, ToolCall
 from looptool.kernel.errors import LoopToolError
 
@@ -26,6 +26,7 @@ class ScoredItem(msgspec.Struct):
     error_type: str = ""
     error: str = ""
     benchmark: str = ""  # "bfcl" or "acebench" when the items are that benchmark's own
+    process: float | None = None  # ACEBench agent tasks: the share of milestone calls made
 
 
 class Reply(msgspec.Struct):
@@ -35,6 +36,9 @@ class Reply(msgspec.Struct):
     text: str | None = None
     calls: list[ToolCall] | None = None
     parse_error: str | None = None
+    # An ACEBench agent task's result: the scenario classes' final states and the calls made.
+    states: list[Any] | None = None
+    process: list[str] | None = None
 
 
 class PredictionFileError(LoopToolError, ValueError):
@@ -56,7 +60,9 @@ def read_predictions(path: str | Path) -> dict[str, Reply]:
             raise PredictionFileError(f"{where}: id: {row['id']!r} is predicted twice")
         text = row.get("text", row.get("result"))
         try:
-            if "calls" in row:
+            if isinstance(row.get("result"), list):  # ACEBench's agent result lines
+                predictions[row["id"]] = Reply(states=row["result"], process=list(row.get("process") or []))
+            elif "calls" in row:
                 if not isinstance(row["calls"], list):
                     raise PredictionFileError(f"{where}: calls: expected a list")
                 predictions[row["id"]] = Reply(calls=[call_from_json(call) for call in row["calls"]])
@@ -76,12 +82,45 @@ def item_id(sample: Sample) -> str:
 def score(
     questions: str | Path, answers: str | Path | None, predictions: str | Path, format: str = "auto"
 ) -> tuple[ImportReport, Iterator[ScoredItem]]:
+    if Path(questions).name.startswith("data_agent_"):  # no samples: scored on final states
+        return score_acebench_agent(questions, answers, predictions)
     report = import_file(questions, format, answers)
     predicted = read_predictions(predictions)
 
     def items() -> Iterator[ScoredItem]:
         for sample in report.samples:
             yield score_item(sample, predicted.get(item_id(sample)))
+
+    return report, items()
+
+
+def score_acebench_agent(
+    questions: str | Path, answers: str | Path | None, predictions: str | Path
+) -> tuple[ImportReport, Iterator[ScoredItem]]:
+    """ACEBench's agent categories, from the result lines its own inference writes
+    (``{"id", "result": [{class: state}], "process": [calls]}``)."""
+    from looptool.data.formats.acebench import category_of_id
+
+    answers = Path(answers) if answers else answer_path(questions)
+    truth, errors = load_answers(answers, object, "{id, ground_truth, mile_stone}", keep_rows=True)
+    ids = [row["id"] for _, row in read_rows(questions) if isinstance(row, dict) and isinstance(row.get("id"), str)]
+    predicted = read_predictions(predictions)
+    report = ImportReport(rows=len(ids), errors=errors)
+
+    def items() -> Iterator[ScoredItem]:
+        for ace_id in ids:
+            category, reply, row = category_of_id(ace_id), predicted.get(ace_id), truth.get(ace_id)
+            if row is None:
+                result, process = CheckResult(False, "no_ground_truth", f"no ground truth for {ace_id}"), 0.0
+            elif reply is None or reply.states is None:
+                result, process = CheckResult(False, "no_prediction", "no agent result for this id"), 0.0
+            else:
+                result = acebench_scoring.check_agent(row["ground_truth"], reply.states)
+                milestones = row.get("mile_stone") or []
+                process = 1.0 if result.valid else acebench_scoring.process_accuracy(milestones, reply.process or [])
+            yield ScoredItem(
+                ace_id, category, result.valid, result.error_type, result.error, benchmark="acebench", process=process
+            )
 
     return report, items()
 
@@ -139,6 +178,9 @@ def metrics(items: list[ScoredItem]) -> dict[str, Any]:
     table = accuracy_table(items)
     scores: dict[str, Any] = {category: accuracy for category, _, _, accuracy in table}
     benchmark_of = {item.category: item.benchmark for item in items}
+    for category in {item.category for item in items if item.process is not None}:
+        processes = [item.process or 0.0 for item in items if item.category == category]
+        scores[f"{category}_process"] = sum(processes) / len(processes)
     ace = {category: accuracy for category, _, _, accuracy in table if benchmark_of.get(category) == "acebench"}
     if ace:
         scores.update({f"acebench_{k}": v for k, v in acebench_scoring.summary(ace).items()})

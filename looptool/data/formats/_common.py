@@ -112,9 +112,12 @@ def answer_path(questions: str | Path) -> Path:
     return questions.parent / "possible_answer" / questions.name
 
 
-def load_answers(path: str | Path, kind: type | tuple[type, ...], shape: str) -> tuple[dict[str, Any], list[RowError]]:
-    """``{id: ground_truth}`` from a possible-answer file, and a located error per bad row
-    (``kind``: the ground truth's accepted type(s); ``shape``: how the error describes a row)."""
+def load_answers(
+    path: str | Path, kind: type | tuple[type, ...], shape: str, keep_rows: bool = False
+) -> tuple[dict[str, Any], list[RowError]]:
+    """``{id: ground_truth}`` (``{id: row}`` with ``keep_rows``) from a possible-answer file, and
+    a located error per bad row (``kind``: the ground truth's accepted type(s); ``shape``: how
+    the error describes a row)."""
     answers: dict[str, Any] = {}
     errors = []
     for line, row in read_rows(path):
@@ -123,7 +126,7 @@ def load_answers(path: str | Path, kind: type | tuple[type, ...], shape: str) ->
         elif not isinstance(row, dict) or "id" not in row or not isinstance(row.get("ground_truth"), kind):
             errors.append(RowError(str(path), line, "ground_truth", f"expected {shape}"))
         else:
-            answers[str(row["id"])] = row["ground_truth"]
+            answers[str(row["id"])] = row if keep_rows else row["ground_truth"]
     return answers, errors
 
 
