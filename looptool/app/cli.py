@@ -152,7 +152,7 @@ def cmd_schemas(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
     import signal
 
-    from looptool.kernel.nats_server import NatsCluster, NatsServer, free_port
+    from looptool.kernel.nats_server import embedded_nats
 
     config = None
     if not args.insecure:
@@ -160,13 +160,9 @@ def cmd_nats(args: argparse.Namespace, settings: Settings) -> None:
         from looptool.kernel.credentials import SecretsDir, tls_hosts_for
 
         config = SecretsDir(args.secrets).ensure(bus_identities(), tls_hosts=tls_hosts_for(args.host))
-    server: NatsServer | NatsCluster
+    server = embedded_nats(args.store_dir, args.cluster, port=args.port, host=args.host, config_file=config).start()
     if args.cluster >= 3:
-        ports = [args.port] + [free_port() for _ in range(args.cluster - 1)]
-        server = NatsCluster(args.store_dir, args.cluster, host=args.host, config_file=config, ports=ports).start()
         print("a JetStream cluster: give services LOOPTOOL_NATS__REPLICAS=3", file=sys.stderr)
-    else:
-        server = NatsServer(args.store_dir, port=args.port, host=args.host, config_file=config).start()
     print(f"nats-server with JetStream at {server.url} (store {args.store_dir}); Ctrl-C stops it", file=sys.stderr)
     if config is not None:
         print(f"credentials: {Path(args.secrets).resolve()}/<service|cli|admin>", file=sys.stderr)
@@ -181,7 +177,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     from rich.table import Table
 
     from looptool.data.formats import answer_path
-    from looptool.data.scoring import PredictionFileError, accuracy_table, metrics, score
+    from looptool.data.scoring import SUMMARY_PREFIXES, PredictionFileError, accuracy_table, metrics, score
 
     answers = args.answers or answer_path(args.questions)
     try:
@@ -206,7 +202,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> None:
     # The benchmark's own rows: summaries (its weights; categories not scored count 0) and
     # ACEBench's process accuracy of agent tasks.
     for name, value in metrics(scored).items():
-        if name.startswith(("acebench_", "bfcl_")) or name.endswith("_process"):
+        if name.startswith(SUMMARY_PREFIXES) or name.endswith("_process"):
             table.add_row(name, "", "", f"{value:.2%}")
     console.print(table)
 

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from looptool.app.watch import _cut
 from looptool.data.calls import format_python_calls
 from looptool.data.samples import ToolCall
+from looptool.data.scoring import SUMMARY_PREFIXES
 from looptool.loop import capabilities
 from looptool.loop.ledger import OUTCOMES, RunLedger
 
@@ -29,7 +30,7 @@ BENCHMARK_HEADLINES = ("bfcl_overall", "acebench_summary")
 def metric_columns(ledger: RunLedger) -> list[str]:
     """``overall``, the benchmarks' summaries, then every category any evaluation scored."""
     seen = {name for rl in ledger.rounds.values() for result in rl.evals.values() for name in result.metrics}
-    summaries = sorted(n for n in seen if n.startswith(("bfcl_", "acebench_")))
+    summaries = sorted(n for n in seen if n.startswith(SUMMARY_PREFIXES))
     known = [c for c in CATEGORY_ORDER if c in seen and c != "overall"]
     rest = sorted(seen - {"overall", *summaries, *known})
     return ["overall", *summaries, *known, *rest]

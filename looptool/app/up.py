@@ -23,7 +23,7 @@ import anyio
 from looptool.kernel import access
 from looptool.kernel.bus import Bus
 from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, tls_hosts_for
-from looptool.kernel.nats_server import NatsCluster, NatsServer, free_port
+from looptool.kernel.nats_server import NatsCluster, NatsServer, embedded_nats
 from looptool.kernel.settings import NatsSettings
 from looptool.llm.families import model_family
 from looptool.llm.vllm_server import VllmServer
@@ -124,15 +124,9 @@ class Topology:
             config = None
             if self.secrets is not None:  # a fresh start: ensure() keeps existing passwords
                 config = self.secrets.ensure(bus_identities(), tls_hosts=tls_hosts_for(self.nats_host))
-            if self.nats_nodes >= 3:
-                ports = [self.nats_port or free_port()] + [free_port() for _ in range(self.nats_nodes - 1)]
-                self.nats = NatsCluster(
-                    self.workdir / "nats", self.nats_nodes, host=self.nats_host, config_file=config, ports=ports
-                )
-            else:
-                self.nats = NatsServer(
-                    self.workdir / "nats", port=self.nats_port, host=self.nats_host, config_file=config
-                )
+            self.nats = embedded_nats(
+                self.workdir / "nats", self.nats_nodes, port=self.nats_port, host=self.nats_host, config_file=config
+            )
             self.nats.start()
             self.nats_url = self.nats.url
             if self.nats_replicas > 1:  # replicated before any client can create it with fewer copies

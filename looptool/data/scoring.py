@@ -18,6 +18,9 @@ from looptool.data.formats._common import load_answers, read_rows
 from looptool.data.samples import Sample, ToolCall
 from looptool.kernel.errors import LoopToolError
 
+# Metric names of a benchmark's own summary rows (``bfcl_overall``, ``acebench_summary``, ...).
+SUMMARY_PREFIXES = ("bfcl_", "acebench_")
+
 
 class ScoredItem(msgspec.Struct):
     id: str

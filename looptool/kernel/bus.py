@@ -45,6 +45,14 @@ _LEADERLESS = (
     nats.errors.TimeoutError,
 )
 
+
+def _retrieve_quietly(future: asyncio.Future[Any]) -> None:
+    """For an ack future nobody awaits any more: retrieve its outcome, so that asyncio does not
+    log "exception was never retrieved"."""
+    if not future.cancelled():
+        future.exception()
+
+
 CLAIM_HEADER = "Looptool-Claim"
 MSG_ID_HEADER = "Nats-Msg-Id"
 PUBLISH_WINDOW = 1000  # acks outstanding in publish_many (below nats-py's own limit of 4000 pending)
@@ -148,16 +156,11 @@ class Bus:
     async def _provision_when_ready(self) -> None:
         """A cluster answers JetStream requests only once its nodes have elected a meta leader
         (seconds after they start, or after one is lost): until ``first_connect_timeout``, try again."""
-        deadline = anyio.current_time() + self.settings.first_connect_timeout
-        while True:
-            try:
-                await self.provision()
-                return
-            except _LEADERLESS:
-                if anyio.current_time() > deadline:
-                    await self.nc.close()
-                    raise
-                await anyio.sleep(0.5)
+        try:
+            await self._while_leaderless(self.provision, self.settings.first_connect_timeout)
+        except _LEADERLESS:
+            await self.nc.close()
+            raise
 
     async def provision(self) -> None:
         """Create (or bring up to date) the stream and the buckets. Safe to call repeatedly."""
@@ -269,10 +272,11 @@ class Bus:
         so a first attempt that did land is stored once."""
         return await self._while_leaderless(lambda: self.js.publish(subject, data, headers=headers or None))
 
-    async def _while_leaderless(self, request: Callable[[], Awaitable[T]]) -> T:
+    async def _while_leaderless(self, request: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """A JetStream request, tried again while nothing answers for the stream (a cluster
-        electing a new leader after losing a node, a server restarting), up to ``leader_timeout``."""
-        deadline = anyio.current_time() + self.settings.leader_timeout
+        electing a new leader after losing a node, a server restarting), for up to ``timeout``
+        (``leader_timeout`` by default)."""
+        deadline = anyio.current_time() + (self.settings.leader_timeout if timeout is None else timeout)
         while True:
             try:
                 return await request()
@@ -298,7 +302,7 @@ class Bus:
                 if not future.done():
                     await asyncio.wait((future,), timeout=ASYNC_ACK_TIMEOUT)
                 if not future.done():
-                    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    future.add_done_callback(_retrieve_quietly)
                     raise TimeoutError
                 acks.append(future.result())
             except (TimeoutError, *_LEADERLESS):
@@ -314,8 +318,8 @@ class Bus:
             while pending:
                 await settle()
         finally:
-            for future, _ in pending:  # abandoned by an error: retrieve theirs, quietly
-                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            for future, _ in pending:  # abandoned by an error
+                future.add_done_callback(_retrieve_quietly)
         return acks
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str = "") -> api.PubAck:

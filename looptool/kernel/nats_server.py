@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -138,12 +137,13 @@ class NatsCluster:
         size: int = 3,
         host: str = "127.0.0.1",
         config_file: str | os.PathLike[str] | None = None,
-        ports: Sequence[int] = (),
+        port: int | None = None,
         name: str = "looptool",
     ) -> None:
+        """``port``: the first node's client port (the others take free ones)."""
         if size < 3:
             raise ValueError("a JetStream cluster needs at least 3 nodes to survive losing one")
-        ports = list(ports) or [free_port() for _ in range(size)]
+        ports = [port or free_port()] + [free_port() for _ in range(size - 1)]
         cluster_ports = [free_port() for _ in range(size)]
         self.nodes = [
             NatsServer(
@@ -179,3 +179,16 @@ class NatsCluster:
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         self.stop()
+
+
+def embedded_nats(
+    store_dir: str | os.PathLike[str],
+    nodes: int = 1,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    config_file: str | os.PathLike[str] | None = None,
+) -> NatsServer | NatsCluster:
+    """One server, or with ``nodes`` of 3 or more a cluster whose first node listens on ``port``."""
+    if nodes >= 3:
+        return NatsCluster(store_dir, nodes, host=host, config_file=config_file, port=port)
+    return NatsServer(store_dir, port=port, host=host, config_file=config_file)

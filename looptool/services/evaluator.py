@@ -28,11 +28,16 @@ service = Service("evaluator", "Held-out evaluation of every round's model", emi
 _encoder = msgspec.json.Encoder()
 
 
-def _eval_items(ctx: Context) -> list[EvalItem]:
+def _load_items(ctx: Context) -> list[EvalItem]:
     try:
         return load_eval_sets(ctx.settings.evaluator.sets)
     except (EvalSetError, FileNotFoundError, ModuleNotFoundError) as exc:
         raise PermanentError(str(exc)) from None
+
+
+def _eval_items(ctx: Context) -> list[EvalItem]:
+    """The eval sets, loaded once per process: every shard of every round reads the same list."""
+    return ctx.use(_load_items)
 
 
 @service.on(ModelReady)
