@@ -230,36 +230,37 @@ class Bus:
         """Claim ``key`` for ``owner`` atomically (KV create); returns whoever holds it now —
         ``owner`` when this call (or an earlier one by the same owner) won."""
         try:
-            await self.state.create(key, owner.encode())
+            await self._while_leaderless(lambda: self.state.create(key, owner.encode()))
             return owner
-        except nats.js.errors.KeyWrongLastSequenceError:
-            entry = await self.state.get(key)
+        except nats.js.errors.KeyWrongLastSequenceError:  # also when our own first attempt landed
+            entry = await self._while_leaderless(lambda: self.state.get(key))
             return (entry.value or b"").decode()
 
     async def take_over(self, key: str, expected: str, owner: str) -> bool:
         """Compare-and-set: hand ``key`` from holder ``expected`` to ``owner`` (a lease whose
         holder went away); False when someone else moved it first."""
         try:
-            entry = await self.state.get(key)
+            entry = await self._while_leaderless(lambda: self.state.get(key))
         except nats.js.errors.KeyNotFoundError:
             return await self.claim(key, owner) == owner
         if (entry.value or b"").decode() != expected:
             return False
         try:
-            await self.state.update(key, owner.encode(), last=entry.revision)
+            await self._while_leaderless(lambda: self.state.update(key, owner.encode(), last=entry.revision))
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
-            return False
+            # Someone else moved it, or our own attempt landed before a retry: the value tells.
+            return await self.value(key) == owner
 
     async def value(self, key: str) -> str | None:
         try:
-            entry = await self.state.get(key)
+            entry = await self._while_leaderless(lambda: self.state.get(key))
         except nats.js.errors.KeyNotFoundError:
             return None
         return None if entry.value is None else entry.value.decode()
 
     async def put_value(self, key: str, value: str) -> None:
-        await self.state.put(key, value.encode())
+        await self._while_leaderless(lambda: self.state.put(key, value.encode()))
 
     # ------------------------------------------------------------------ publishing
 
@@ -291,16 +292,19 @@ class Bus:
         nats-py's pending limit (the bus bench died there on a slow machine with
         ``TooManyStalledMsgsError``)."""
         acks: list[api.PubAck] = []
-        pending: collections.deque[tuple[asyncio.Future[api.PubAck], tuple[str, bytes, dict[str, str]]]]
-        pending = collections.deque()
+        Message = tuple[str, bytes, dict[str, str]]
+        pending: collections.deque[tuple[asyncio.Future[api.PubAck], Message, float]] = collections.deque()
+        loop = asyncio.get_running_loop()
 
         async def settle() -> None:
-            future, message = pending.popleft()
+            future, message, sent = pending.popleft()
             try:
                 # An ack can be lost with the node that would have sent it: never wait forever.
                 # Only a pending ack gets a timer: one per message cost 3/4 of the publishing rate.
+                # The wait counts from the send, so a window of lost acks expires together (one
+                # by one, 30 lost acks once took 150 s).
                 if not future.done():
-                    await asyncio.wait((future,), timeout=ASYNC_ACK_TIMEOUT)
+                    await asyncio.wait((future,), timeout=max(0.0, sent + ASYNC_ACK_TIMEOUT - loop.time()))
                 if not future.done():
                     future.add_done_callback(_retrieve_quietly)
                     raise TimeoutError
@@ -312,13 +316,14 @@ class Bus:
             for event in events:
                 message = await self._prepare(event, None)
                 subject, data, headers = message
-                pending.append((await self.js.publish_async(subject, data, headers=headers or None), message))
+                future = await self.js.publish_async(subject, data, headers=headers or None)
+                pending.append((future, message, loop.time()))
                 if len(pending) >= window:
                     await settle()
             while pending:
                 await settle()
         finally:
-            for future, _ in pending:  # abandoned by an error
+            for future, _, _ in pending:  # abandoned by an error
                 future.add_done_callback(_retrieve_quietly)
         return acks
 
@@ -436,7 +441,8 @@ class Bus:
 
     async def put_artifact(self, name: str, data: bytes) -> ArtifactRef:
         assert self._artifacts is not None, "Bus.provision() has not run"
-        await self._artifacts.put(name, data)
+        artifacts = self._artifacts
+        await self._while_leaderless(lambda: artifacts.put(name, data))  # a retry replaces the object whole
         return ArtifactRef(
             bucket=names.ARTIFACT_BUCKET, name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
         )
@@ -445,7 +451,8 @@ class Bus:
         assert self._artifacts is not None, "Bus.provision() has not run"
         if ref.bucket != names.ARTIFACT_BUCKET:  # an event may point only into LoopTool's own bucket
             raise PermanentError(f"artifact {ref.bucket[:80]}/{ref.name[:80]}: not in bucket {names.ARTIFACT_BUCKET}")
-        result = await self._artifacts.get(ref.name)
+        artifacts = self._artifacts
+        result = await self._while_leaderless(lambda: artifacts.get(ref.name))
         data = result.data or b""
         if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ArtifactCorrupted(f"artifact {ref.bucket}/{ref.name}: checksum mismatch")
