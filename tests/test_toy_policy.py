@@ -34,7 +34,7 @@ from looptool.loop.toy_policy import (
 )
 from looptool.loop.training import prepare_sft, train_round
 
-RECIPE = Recipe(samples=300, steps=6, vocab_size=700)
+RECIPE = Recipe(samples=300, steps=6, drill_steps=3, vocab_size=700)  # both phases run
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,12 @@ def test_with_the_full_recipe_every_name_and_value_is_one_token(tmp_path: Path) 
     pieces = {piece for text in names + values for piece in re.findall(COPYABLE_SPLIT, text)}
     assert len(pieces) > 200
     assert [p for p in pieces if len(tokenizer.tokenize(p)) != 1] == []
+    # In a call as the template renders it, the token before a value names its slot: one token
+    # for every parameter of every tool, unseen ones included.
+    slots = {f'{p.name}": "' if p.schema.get("type") == "string" else f'{p.name}": ' for t in tools for p in t.params}
+    assert [slot for slot in slots if len(tokenizer.tokenize(slot)) != 1] == []
+    rendered = tokenizer.tokenize('{"name": "get_weather", "arguments": {"city": "Oslo", "days": 3}}')
+    assert rendered[rendered.index("Oslo") - 1] == tokenizer.tokenize('city": "')[0]
 
 
 def test_the_policy_is_cached_by_its_recipe(toy: Path) -> None:
