@@ -30,7 +30,9 @@ def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: flo
     return {
         "LOOPTOOL_TRAINER__BASE_MODEL": str(model_dir),
         "LOOPTOOL_TRAINER__USE_CPU": "true",
-        "LOOPTOOL_TRAINER__LEARNING_RATE": "0.01",
+        # 0.01 suited the random model it was set for; on the pretrained toy it costs held-out
+        # accuracy (0.14 -> 0.09 after 80 seed samples, 3 epochs; 0.10 at 0.001).
+        "LOOPTOOL_TRAINER__LEARNING_RATE": "0.001",
         "LOOPTOOL_TRAINER__LORA_RANK": "16",
         "LOOPTOOL_TRAINER__LORA_ALPHA": "32",
         "LOOPTOOL_TRAINER__EPOCHS": str(epochs),
