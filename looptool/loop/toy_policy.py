@@ -327,10 +327,12 @@ def _pretrain(
         width = max(len(ids) for ids, _ in chosen)
         input_ids = torch.full((len(chosen), width), pad)
         weights = torch.zeros((len(chosen), width))
+        attention = torch.zeros((len(chosen), width), dtype=torch.long)  # every real token, weighted or not
         for i, (ids, row_weights) in enumerate(chosen):
             input_ids[i, : len(ids)] = torch.tensor(ids)
             weights[i, : len(ids)] = torch.tensor(row_weights)
-        logits = model(input_ids=input_ids, attention_mask=(weights > 0).long()).logits[:, :-1]
+            attention[i, : len(ids)] = 1
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
         losses_per_token = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
         ).view(len(chosen), width - 1)
