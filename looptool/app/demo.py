@@ -19,7 +19,8 @@ from looptool.app.report import write_report
 from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology
 from looptool.app.watch import watch
-from looptool.data.worlds.synthetic import build, write
+from looptool.data.samples import Sample
+from looptool.data.worlds.synthetic import WorldData, build, write
 from looptool.kernel.bus import Bus
 from looptool.loop.runconfig import PplCut, RunConfig
 from looptool.loop.toy_policy import HELD_OUT_DOMAINS, Recipe, build_toy_policy, pretraining_split
@@ -72,8 +73,16 @@ def prepare(
     pretrained on."""
     recipe = Recipe()
     model_dir = build_toy_policy(cache_dir(cache), recipe)
-    pretrained = frozenset(s.id for s in pretraining_split(recipe))
-    data = build(
+    data = demo_world(pool, test, noise, seed, pretraining_split(recipe))
+    world = write(data, workdir / "world")
+    return world["train"], model_dir, [str(p) for name, p in world.items() if name != "train"]
+
+
+def demo_world(pool: int, test: int, noise: float, seed: int, pretrained: list[Sample]) -> WorldData:
+    """The world the demo and the benches run in: ``pool`` seed samples, a ``test`` split with a
+    fifth of its items on tools of domains nobody trained on, multi-turn samples, and never a
+    sample of the toy policy's pretraining split."""
+    return build(
         pool,
         test,
         seed=seed,
@@ -82,10 +91,8 @@ def prepare(
         held_out_domains=HELD_OUT_DOMAINS,
         unseen_share=0.2,
         prior_calls=0.15,
-        exclude=pretrained,
+        exclude=frozenset(s.id for s in pretrained),
     )
-    world = write(data, workdir / "world")
-    return world["train"], model_dir, [str(p) for name, p in world.items() if name != "train"]
 
 
 def demo_run_config(run: str, seed_data: Path, rounds: int, train: int, seed: int) -> RunConfig:
