@@ -268,3 +268,19 @@ def test_tls_is_for_servers_bound_beyond_loopback() -> None:
     assert tls_hosts_for("127.0.0.1") == [] and tls_hosts_for("localhost") == [] and tls_hosts_for("::1") == []
     assert {"localhost", "127.0.0.1", socket.gethostname()} <= set(tls_hosts_for("0.0.0.0"))
     assert "10.1.2.3" in tls_hosts_for("10.1.2.3") and "0.0.0.0" not in tls_hosts_for("0.0.0.0")
+
+
+def test_a_service_reads_an_artifact_large_enough_for_flow_control(secured, run_id) -> None:
+    """Object reads are an ordered push consumer: past a few MB the server asks for flow-control
+    replies (``$JS.FC.…``), and a service refused them stalled for good on a paper-size seed
+    pool (found by bench/paper_scale.py: the curator never published round 0)."""
+    data = os.urandom(24 * 1024 * 1024)
+
+    async def main() -> bytes:
+        async with connected(secured, "trainer") as trainer:
+            ref = await trainer.put_artifact(f"{run_id}/r0/big", data)
+        async with connected(secured, "curator") as curator:
+            with anyio.fail_after(60):
+                return await curator.get_artifact(ref)
+
+    assert anyio.run(main) == data

@@ -66,6 +66,8 @@ def _common(identity: str) -> list[str]:
         f"{_API}.CONSUMER.CREATE.{_ARTIFACT_STREAM}",  # reading an object: an ordered consumer
         f"{_API}.CONSUMER.CREATE.{_ARTIFACT_STREAM}.>",
         f"{_API}.CONSUMER.DELETE.{_ARTIFACT_STREAM}.>",
+        # Its flow-control replies: without them a read of more than a few MB stalls for good.
+        f"$JS.FC.{_ARTIFACT_STREAM}.>",
         names.HEARTBEAT_SUBJECT,
     ]
 
