@@ -258,6 +258,29 @@ async def one_scale(args: argparse.Namespace, scale: int, root: Path) -> dict[st
     return result
 
 
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """How cost grows with the round's size: per-round wall time and its parts, and peak memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [r["samples_per_round"] for r in results]
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for part, label in (("wall_s", "round"), ("work_s", "probe/judge/expand/eval"), ("train_s", "training")):
+        time_ax.plot(
+            sizes, [statistics.mean(r[part] for r in result["rounds"]) for result in results], "o-", label=label
+        )
+    time_ax.set(xlabel="samples a round", ylabel="seconds (mean over rounds)", title="Round time")
+    time_ax.legend()
+    for process in ("curator-0", "expander-0", "probe-0", "nats-server", "trainer-0"):
+        memory_ax.plot(sizes, [result["peak_memory_mib"].get(process, 0) for result in results], "o-", label=process)
+    memory_ax.set(xlabel="samples a round", ylabel="MiB", title="Peak memory (VmHWM)")
+    memory_ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=18304, help="samples a round at scale 1 (the paper's)")
@@ -271,13 +294,20 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=7200)
     parser.add_argument("--workdir", default=".looptool/bench-scale")
     parser.add_argument("--out", default="")
+    parser.add_argument("--plot", default="", help="write the cost curve here (PNG)")
+    parser.add_argument("--plot-from", default="", help="only plot the results of this JSON file")
     args = parser.parse_args()
+    if args.plot_from:
+        plot(msgspec.json.decode(Path(args.plot_from).read_bytes())["results"], Path(args.plot))
+        return
     root = Path(args.workdir).resolve()
     results = []
     for scale in args.scales:
         result = anyio.run(one_scale, args, scale, root)
         print(msgspec.json.format(msgspec.json.encode(result)).decode(), flush=True)
         results.append(result)
+    if args.plot:
+        plot(results, Path(args.plot))
     if args.out:
         Path(args.out).write_bytes(
             msgspec.json.format(msgspec.json.encode({"command": "python " + " ".join(sys.argv), "results": results}))

@@ -12,12 +12,13 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 import toy_service
 from helpers import make_settings, read_all, running, wait_for
 
 from looptool.data.samples import Message, Sample
 from looptool.kernel import names
-from looptool.kernel.bus import Bus
+from looptool.kernel.bus import ArtifactUnavailable, Bus
 from looptool.kernel.events import DeadLetter, ServiceError
 from looptool.kernel.runtime import run_service
 from looptool.loop.events import ExpandResult, ProbeResult, ProbeTask
@@ -374,3 +375,24 @@ def test_heartbeats_flow_but_never_land_in_the_event_log(settings) -> None:
 
     beat = anyio.run(main)
     assert isinstance(beat, ServiceHeartbeat) and beat.replica == "echo-0"
+
+
+def test_an_artifact_read_that_stalls_fails_in_time_instead_of_hanging(nats_server, run_id) -> None:
+    """nats-py's object read waits without end for chunks that a dropped connection never
+    brings; at paper size that held a round for good. The stall cannot be produced on demand
+    against a real server (it needs the connection cut between two chunks), so the store's read
+    is replaced by one that never returns; everything else is the real bus."""
+
+    async def main() -> None:
+        bus = await Bus.connect(make_settings(nats_server.url).nats)
+        try:
+            ref = await bus.put_artifact(f"{run_id}/stalls", b"x" * 1000)
+            assert await bus.get_artifact(ref) == b"x" * 1000
+            bus.settings.artifact_timeout = 0.5
+            bus._artifacts.get = lambda name: anyio.sleep_forever()  # type: ignore[union-attr,method-assign]
+            with anyio.fail_after(10), pytest.raises(ArtifactUnavailable, match="not read within"):
+                await bus.get_artifact(ref)
+        finally:
+            await bus.close()
+
+    anyio.run(main)

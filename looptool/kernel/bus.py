@@ -66,6 +66,10 @@ class ArtifactCorrupted(LoopToolError, RuntimeError):
     pass
 
 
+class ArtifactUnavailable(LoopToolError, RuntimeError):
+    """An artifact read that did not finish in time; the work is tried again."""
+
+
 def decode_bytes(data: bytes) -> Event:
     """An event from its bytes; anything else — bad JSON, an unknown type, a missing field,
     nesting deeper than the kernel allows — is a :class:`PoisonMessage`."""
@@ -452,7 +456,17 @@ class Bus:
         if ref.bucket != names.ARTIFACT_BUCKET:  # an event may point only into LoopTool's own bucket
             raise PermanentError(f"artifact {ref.bucket[:80]}/{ref.name[:80]}: not in bucket {names.ARTIFACT_BUCKET}")
         artifacts = self._artifacts
-        result = await self._while_leaderless(lambda: artifacts.get(ref.name))
+
+        async def read() -> ObjectStore.ObjectResult:
+            with anyio.fail_after(self.settings.artifact_timeout):
+                return await artifacts.get(ref.name)
+
+        try:
+            result = await self._while_leaderless(read)
+        except TimeoutError:
+            raise ArtifactUnavailable(
+                f"artifact {ref.bucket}/{ref.name}: not read within {self.settings.artifact_timeout:.0f}s"
+            ) from None
         data = result.data or b""
         if ref.sha256 and hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ArtifactCorrupted(f"artifact {ref.bucket}/{ref.name}: checksum mismatch")

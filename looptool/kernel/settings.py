@@ -52,6 +52,9 @@ class NatsSettings(Section):
     # How long a publish or a read keeps trying while the stream has no leader (a cluster
     # electing one after losing a node).
     leader_timeout: float = 30.0
+    # One attempt at reading an artifact: nats-py's object read waits without end for chunks a
+    # dropped connection will never bring (seen as a round stalled for good at paper size).
+    artifact_timeout: float = 120.0
     max_age_days: float = 30.0  # event log retention
     duplicate_window: float = 600.0  # seconds JetStream remembers Nats-Msg-Id values
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 
+import anyio
+import anyio.to_thread
+
 from looptool.data.dedup import NearDuplicateIndex, exact_key
 from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import World
@@ -35,6 +38,10 @@ class DatasetIndexes:
 
     def __init__(self, _ctx: object = None) -> None:
         self.by_round: OrderedDict[tuple[str, int], NearDuplicateIndex] = OrderedDict()
+        # One build at a time: every handler in flight missed the cache together at the start
+        # of a round, and 32 builds of a paper-size dataset at once starved the event loop
+        # until the server cut the connection as a slow consumer.
+        self.building = anyio.Lock()
 
 
 @service.on(JudgeVerdict)
@@ -95,14 +102,26 @@ async def _duplicate(
 
 async def _dataset_index(ctx: Context, run: str, round: int) -> NearDuplicateIndex:
     """An index of the round's dataset (from its dataset.ready event)."""
-    cache = ctx.use(DatasetIndexes).by_round
-    if (run, round) not in cache:
-        index = NearDuplicateIndex(ctx.settings.expander.near_duplicate)
-        async for event in ctx.events(run, DatasetReady):
-            if event.round == round:
-                for sample in await ctx.load(event.dataset, Sample):
-                    index.add(sample)
-        cache[(run, round)] = index
-        while len(cache) > 4:
-            cache.popitem(last=False)
+    indexes = ctx.use(DatasetIndexes)
+    cache = indexes.by_round
+    async with indexes.building:
+        if (run, round) not in cache:
+            samples = [
+                sample
+                async for event in ctx.events(run, DatasetReady)
+                if event.round == round
+                for sample in await ctx.load(event.dataset, Sample)
+            ]
+            # MinHash of every sample: seconds at paper size, off the event loop so that the
+            # connection keeps being served meanwhile.
+            cache[(run, round)] = await anyio.to_thread.run_sync(_index, samples, ctx.settings.expander.near_duplicate)
+            while len(cache) > 4:
+                cache.popitem(last=False)
     return cache[(run, round)]
+
+
+def _index(samples: list[Sample], threshold: float) -> NearDuplicateIndex:
+    index = NearDuplicateIndex(threshold)
+    for sample in samples:
+        index.add(sample)
+    return index
