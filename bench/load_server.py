@@ -199,7 +199,7 @@ def _completion(model: str, content: str | None, calls: list[dict[str, Any]], lo
 async def serve(server: LoadServer, port: int, host: str = "127.0.0.1") -> None:
     import uvicorn
 
-    config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(server.app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
     await uvicorn.Server(config).serve()
 
 

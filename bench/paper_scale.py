@@ -17,7 +17,8 @@ Measured per round, from the event log's own timestamps and the load server's cl
   last result), closing (last result → the next ``dataset.ready``: the curator's Eq. 5 and
   dataset upload);
 - **overhead outside model time**: the share of the round in which neither the trainer trained
-  (``train_seconds``) nor the load server had a request in flight;
+  (``train_seconds``) nor the load server had a request in flight; and the same share of the
+  round after ``model.ready`` (the trainer's data preparation left out);
 - events/s through the bus, event-log bytes per sample, peak memory (VmHWM) per process;
 - work done twice: model calls beyond one per probed sample and evaluated item, and judge calls
   beyond what the verdicts report;
@@ -142,6 +143,8 @@ class Observer:
                     "close_s": round(end - last_result, 3),
                     "model_busy_s": round(overlap(busy, ready, end), 2),
                     "overhead_outside_model": round(1 - model / wall, 4),
+                    # The same once the adapter is served: the probe/judge/expand/eval phase and closing.
+                    "overhead_after_training": round(1 - overlap(busy, ready, end) / (end - ready), 4),
                 }
             )
         return out
@@ -267,7 +270,8 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
     sizes = [r["samples_per_round"] for r in results]
     fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for part, label in (("wall_s", "round"), ("work_s", "probe/judge/expand/eval"), ("train_s", "training")):
+    parts = (("wall_s", "round"), ("work_s", "probe, judge, expand, eval"), ("train_s", "trainer (data prep + 1 step)"))
+    for part, label in parts:
         time_ax.plot(
             sizes, [statistics.mean(r[part] for r in result["rounds"]) for result in results], "o-", label=label
         )
