@@ -37,6 +37,9 @@ from starlette.routing import Route
 from looptool.data.formats import decode_samples
 from looptool.data.samples import Sample
 from looptool.llm.client import wire_messages
+from looptool.loop.judging import reply_format
+
+JUDGE_SCHEMA = reply_format()["json_schema"]["name"]  # how a judge's request is told apart
 
 
 def conversation_key(messages: list[dict[str, Any]]) -> str:
@@ -129,7 +132,7 @@ class LoadServer:
             if model == self.generator_model:
                 self.calls["generator"] += 1
                 return JSONResponse({"error": {"message": "the load server writes no samples"}}, status_code=400)
-            if (body.get("response_format") or {}).get("json_schema", {}).get("name") == "judge_reply":
+            if (body.get("response_format") or {}).get("json_schema", {}).get("name") == JUDGE_SCHEMA:
                 self.calls["judge"] += 1
                 verdict = {"verdict": "prediction_wrong", "analysis": "the call differs", "approach": "the label"}
                 return JSONResponse(_completion(model, json.dumps(verdict), [], []))

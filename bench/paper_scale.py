@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_server import LoadServer, serve  # noqa: E402
 
 from looptool.app.runs import submit_run  # noqa: E402
-from looptool.app.up import Topology  # noqa: E402
+from looptool.app.up import MODEL_SECTIONS, Topology  # noqa: E402
 from looptool.data.formats import read_samples  # noqa: E402
 from looptool.data.samples import Sample  # noqa: E402
 from looptool.data.worlds.synthetic import build, write  # noqa: E402
@@ -67,7 +67,7 @@ SCALED = ("probe", "judge", "expander", "evaluator", "curator")
 
 
 def service_env(base_url: str, model_dir: Path, test_sets: list[str], artifacts: Path) -> dict[str, str]:
-    env = {f"LOOPTOOL_{section}__BASE_URL": base_url for section in ("MODEL", "JUDGE_MODEL", "GENERATOR_MODEL")}
+    env = {f"LOOPTOOL_{section}__BASE_URL": base_url for section in MODEL_SECTIONS}
     return env | {
         "LOOPTOOL_TRAINER__BASE_MODEL": str(model_dir),
         "LOOPTOOL_TRAINER__USE_CPU": "true",
@@ -131,7 +131,7 @@ class Observer:
             last_result = max(self.last.get((t.__name__, r), ready) for t in RESULTS)
             end = self.first.get(("DatasetReady", r + 1)) or self.last[("RunFinished", r)]
             wall = end - start
-            model = self.train_seconds.get(r, 0.0) + overlap(busy, ready, end)
+            model_busy = overlap(busy, ready, end)
             out.append(
                 {
                     "round": r,
@@ -141,10 +141,10 @@ class Observer:
                     "train_seconds_reported": round(self.train_seconds.get(r, 0.0), 2),
                     "work_s": round(last_result - ready, 2),
                     "close_s": round(end - last_result, 3),
-                    "model_busy_s": round(overlap(busy, ready, end), 2),
-                    "overhead_outside_model": round(1 - model / wall, 4),
+                    "model_busy_s": round(model_busy, 2),
+                    "overhead_outside_model": round(1 - (self.train_seconds.get(r, 0.0) + model_busy) / wall, 4),
                     # The same once the adapter is served: the probe/judge/expand/eval phase and closing.
-                    "overhead_after_training": round(1 - overlap(busy, ready, end) / (end - ready), 4),
+                    "overhead_after_training": round(1 - model_busy / (end - ready), 4),
                 }
             )
         return out
@@ -165,21 +165,17 @@ async def curator_catch_up(topology: Topology, bus: Bus, timeout: float = 1800) 
     """Restart curator-0 and time until its fresh consumers have delivered and settled the
     whole log (the curator folds every event into its ledgers as it is delivered)."""
     prefix = "curator__"
-    before = {info.name async for info in _consumers(bus) if info.name.startswith(prefix)}
+    before = {info.name for info in await bus.js.consumers_info(names.STREAM) if info.name.startswith(prefix)}
     topology.kill("curator-0")
     start = time.perf_counter()
     topology.restart("curator-0")
     while time.perf_counter() - start < timeout:
-        fresh = [i async for i in _consumers(bus) if i.name.startswith(prefix) and i.name not in before]
+        infos = await bus.js.consumers_info(names.STREAM)
+        fresh = [i for i in infos if i.name.startswith(prefix) and i.name not in before]
         if fresh and all((i.num_pending or 0) == 0 and (i.num_ack_pending or 0) == 0 for i in fresh):
             return time.perf_counter() - start
         await anyio.sleep(0.2)
     raise TimeoutError(f"curator-0 had not caught up after {timeout:.0f}s")
-
-
-async def _consumers(bus: Bus) -> Any:
-    for info in await bus.js.consumers_info(names.STREAM):
-        yield info
 
 
 async def one_scale(args: argparse.Namespace, scale: int, root: Path) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from looptool.data.checker import check_sample
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
 from looptool.llm.client import wire_messages
+from looptool.loop.settings import load_settings
 from looptool.loop.toy_policy import Recipe, build_toy_policy, pretraining_split
 
 
@@ -67,7 +67,7 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     for steps in args.steps:
         recipe = msgspec.structs.replace(Recipe(), steps=steps)
-        model_dir = build_toy_policy(cache_dir(os.environ.get("LOOPTOOL_CACHE_DIR", "")), recipe)
+        model_dir = build_toy_policy(cache_dir(load_settings().cache_dir), recipe)
         pretrained = pretraining_split(recipe)
         test = demo_world(600, args.test, noise=0.15, seed=0, pretrained=pretrained).test
         clean_training = [s for s in pretrained if "noise" not in s.meta][:60]
