@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+import structlog
 import toy_service
 from helpers import make_settings, read_all, running, wait_for
 
@@ -20,7 +21,7 @@ from looptool.data.samples import Message, Sample
 from looptool.kernel import names
 from looptool.kernel.bus import ArtifactUnavailable, Bus
 from looptool.kernel.events import DeadLetter, ServiceError
-from looptool.kernel.runtime import run_service
+from looptool.kernel.runtime import Context, Service, run_service
 from looptool.loop.events import ExpandResult, ProbeResult, ProbeTask
 
 TESTS = Path(__file__).resolve().parent
@@ -396,3 +397,35 @@ def test_an_artifact_read_that_stalls_fails_in_time_instead_of_hanging(nats_serv
             await bus.close()
 
     anyio.run(main)
+
+
+def test_a_reused_worker_starts_each_message_with_a_clean_log_context(settings, run_id: str) -> None:
+    # One worker (concurrency 1) takes every message in turn: what was bound for a poison
+    # message or an earlier sample must be gone when the next message is handled.
+    seen: list[dict[str, Any]] = []
+    service = Service("ctxcheck")
+
+    @service.on(ProbeTask, concurrency=1)
+    async def record(ctx: Context, task: ProbeTask) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+
+    async def main() -> None:
+        bus = await Bus.connect(settings.nats)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(
+                lambda: run_service(service, settings, replica="solo", stop=stop, ready=ready, handle_signals=False)
+            )
+            await ready.wait()
+            await bus.publish_raw(names.for_type(ProbeTask, run_id), b"{not json")
+            await bus.publish_many(tasks(run_id, 3))
+            await wait_for(lambda: _count(len(seen) >= 3))
+            stop.set()
+        await bus.close()
+
+    anyio.run(main)
+    assert [context["sample"] for context in seen] == ["s-00000", "s-00001", "s-00002"]
+    for context in seen:
+        assert context["service"] == "ctxcheck" and context["replica"] == "solo" and context["run"] == run_id
+        assert "subject" not in context  # bound for the poison message only

@@ -139,6 +139,8 @@ _BRACKETS = re.compile(rb'[\[\]{}"\\]')
 
 def json_depth_exceeds(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether JSON text nests arrays/objects deeper than ``limit`` (strings skipped); linear."""
+    if data.count(b"[") + data.count(b"{") <= limit:  # most events: no scan needed
+        return False
     depth = 0
     in_string = False
     escaped = False
