@@ -194,5 +194,5 @@ def test_acebench_layout_with_its_possible_answers() -> None:
     assert irrelevant.meta["acebench_ground_truth"].startswith("Due to the limitations")
     agent = import_file(ACEBENCH / "data_agent_multi_turn.json", "acebench")
     assert agent.samples == [] and [e.reason for e in agent.errors] == [
-        "agent_multi_turn: agent tasks need ACEBench's simulated environment"
+        "agent_multi_turn: agent tasks are played by the evaluator, not imported as samples"
     ]

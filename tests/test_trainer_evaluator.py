@@ -36,15 +36,24 @@ def loop_settings(
     )
     options.update(trainer_options)
     settings.trainer = TrainerSettings(**options)
-    settings.evaluator = EvaluatorSettings(sets=eval_sets, max_tokens=16)
+    # The served base model also plays the user of ACEBench's multi-turn agent task.
+    settings.evaluator = EvaluatorSettings(sets=eval_sets, max_tokens=16, user_simulator=settings.model)
     settings.artifact_dir = str(artifacts)
     return settings
 
 
-ACEBENCH_SET = Path(__file__).parent / "fixtures" / "formats" / "acebench_card" / "data_normal_atom_list.json"
-# Beside the world's test split: an ACEBench file, BFCL single-turn items and one BFCL
-# multi-turn entry (its tools are longer than the tiny model's context: it fails as refused).
-BENCHMARK_SETS = [str(ACEBENCH_SET), "bfcl:simple_python:2", "bfcl:multi_turn_base:1"]
+ACEBENCH = Path(__file__).parent / "fixtures" / "formats" / "acebench_card"
+# Beside the world's test split: an ACEBench file, two ACEBench agent tasks (played in the
+# fixture checkout's scenario classes; the multi-turn one with the served model as the user), BFCL
+# single-turn items and one BFCL multi-turn entry
+# (its tools are longer than the tiny model's context: it fails as refused).
+BENCHMARK_SETS = [
+    str(ACEBENCH / "data_normal_atom_list.json"),
+    f"{ACEBENCH / 'data_agent_multi_step.json'}:1",
+    str(ACEBENCH / "data_agent_multi_turn.json"),
+    "bfcl:simple_python:2",
+    "bfcl:multi_turn_base:1",
+]
 
 
 def eval_sets(tmp_path: Path, n: int = 30) -> tuple[list[str], int]:
@@ -59,7 +68,7 @@ async def publish_dataset(bus: Bus, run: str, round: int, samples) -> None:
 
 def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server, tiny_model, run_id, tmp_path) -> None:
     world_sets, n_world = eval_sets(tmp_path)
-    sets, n_items = world_sets + BENCHMARK_SETS, n_world + 1 + 2 + 1
+    sets, n_items = world_sets + BENCHMARK_SETS, n_world + 1 + 1 + 1 + 2 + 1
     settings = loop_settings(nats_server.url, vllm_server.base_url, tiny_model, tmp_path / "artifacts", sets)
     samples = build(240, 0, seed=30).train
 
@@ -102,12 +111,18 @@ def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server,
         assert {"normal_atom_list", "acebench_summary", "simple_python", "multi_turn_base", "bfcl_overall"} <= set(
             result.metrics
         )
+        assert {"agent_multi_step", "agent_multi_turn", "agent_multi_turn_process", "acebench_agent"} <= set(
+            result.metrics
+        )
         assert all(0.0 <= v <= 1.0 for v in result.metrics.values())
     rows = [msgspec.json.decode(line) for line in details.splitlines()]
     assert len(rows) == n_items and {"id", "valid", "error_type"} <= set(rows[0])
     assert len({row["id"] for row in rows}) == n_items  # every item scored once across the shards
     (multi_turn,) = [row for row in rows if row["category"] == "multi_turn_base"]
     assert multi_turn["benchmark"] == "bfcl" and multi_turn["error_type"] == "refused"
+    agents = [row for row in rows if row["category"].startswith("agent_")]
+    assert sorted(row["category"] for row in agents) == ["agent_multi_step", "agent_multi_turn"]
+    assert all(row["benchmark"] == "acebench" and 0.0 <= row["process"] <= 1.0 for row in agents)
     # Decontamination at round 0: the same world made both sets, so some training samples share
     # tools and phrasing with eval items — reported with the scores, as lint counts them.
     expected = contamination(samples, {"evaluator.sets": single_turn(load_eval_sets(sets))})

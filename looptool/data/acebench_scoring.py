@@ -23,8 +23,8 @@ the same way:
   its turns are;
 - the agent categories, scored offline from ACEBench's own result files: right end to end when the
   scenario classes' final states match the answer's; the process accuracy is the share of the
-  milestone calls made in order (1 for an item right end to end). Rolling agent tasks out needs
-  ACEBench's environment and user simulator, which LoopTool does not run;
+  milestone calls made in order (1 for an item right end to end). The evaluator plays
+  ``agent_multi_step`` tasks itself (:mod:`looptool.loop.acebench_agent`);
 - the summary weighs the unweighted means of the special (0.2676), normal (0.578) and agent
   (0.1545) categories; a category not scored counts 0, as in ACEBench's table.
 """

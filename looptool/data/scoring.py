@@ -114,18 +114,29 @@ def score_acebench_agent(
         for ace_id in ids:
             category, reply, row = category_of_id(ace_id), predicted.get(ace_id), truth.get(ace_id)
             if row is None:
-                result, process = CheckResult(False, "no_ground_truth", f"no ground truth for {ace_id}"), 0.0
+                result = CheckResult(False, "no_ground_truth", f"no ground truth for {ace_id}")
             elif reply is None or reply.states is None:
-                result, process = CheckResult(False, "no_prediction", "no agent result for this id"), 0.0
+                result = CheckResult(False, "no_prediction", "no agent result for this id")
             else:
-                result = acebench_scoring.check_agent(row["ground_truth"], reply.states)
-                milestones = row.get("mile_stone") or []
-                process = 1.0 if result.valid else acebench_scoring.process_accuracy(milestones, reply.process or [])
+                yield score_agent(ace_id, category, row, reply.states, reply.process or [])
+                continue
             yield ScoredItem(
-                ace_id, category, result.valid, result.error_type, result.error, benchmark="acebench", process=process
+                ace_id, category, False, result.error_type, result.error, benchmark="acebench", process=0.0
             )
 
     return report, items()
+
+
+def score_agent(
+    ace_id: str, category: str, answer: dict[str, Any], states: list[Any], process: list[str]
+) -> ScoredItem:
+    """An agent task's verdict from its final class states and the calls made, against its answer
+    row (``ground_truth``, ``mile_stone``): a task right end to end has process accuracy 1."""
+    result = acebench_scoring.check_agent(answer["ground_truth"], states)
+    accuracy = 1.0 if result.valid else acebench_scoring.process_accuracy(answer.get("mile_stone") or [], process)
+    return ScoredItem(
+        ace_id, category, result.valid, result.error_type, result.error, benchmark="acebench", process=accuracy
+    )
 
 
 def score_item(sample: Sample, reply: Reply | CheckResult | None, benchmark: str = "") -> ScoredItem:

@@ -6,7 +6,8 @@ An evaluation set is one of
   checker) and the multi-turn ones (rollouts in BFCL's backends, BFCL's checker);
 - a question file in BFCL's or ACEBench's layout (the answers in ``possible_answer/`` beside it):
   BFCL-layout files (the synthetic world's test split among them) are scored with the AST
-  checker, ACEBench files with ACEBench's rules.
+  checker, ACEBench files with ACEBench's rules; ACEBench's ``agent_multi_step`` tasks are played
+  in its scenario classes (:mod:`looptool.loop.acebench_agent`).
 
 ``:<n>`` after either keeps the first ``n`` items (a smoke test, not a benchmark number).
 """
@@ -25,9 +26,10 @@ from looptool.data.samples import Sample
 from looptool.data.scoring import Reply, ScoredItem, metrics, score_item
 from looptool.kernel.errors import LoopToolError
 from looptool.llm.client import ModelClient, ModelRequestError
+from looptool.loop.acebench_agent import AgentItem, AgentSetError, UserSimulator, evaluate_agent, load_agent_items
 from looptool.loop.multi_turn import MultiTurnItem, evaluate_multi_turn, load_multi_turn
 
-EvalItem: TypeAlias = Sample | MultiTurnItem
+EvalItem: TypeAlias = Sample | MultiTurnItem | AgentItem
 
 
 class EvalSetError(LoopToolError, ValueError):
@@ -48,10 +50,21 @@ def load_eval_sets(specs: list[str]) -> list[EvalItem]:
         loaded: list[EvalItem]
         if source.startswith("bfcl:") and source.removeprefix("bfcl:") in bfcl_reference.MULTI_TURN_CATEGORIES:
             loaded = list(load_multi_turn(source.removeprefix("bfcl:")))
+        elif Path(source).name.startswith("data_agent_"):  # ACEBench's agent tasks: played, not imported
+            loaded = list(_agent_set(spec, Path(source)))
         else:
             loaded = list(_import_set(spec, source))
         items.extend(loaded[:limit])
     return items
+
+
+def _agent_set(spec: str, questions: Path) -> list[AgentItem]:
+    if not questions.exists():
+        raise EvalSetError(f"evaluation set {spec!r}: {questions} does not exist")
+    try:
+        return load_agent_items(questions, answer_path(questions))
+    except AgentSetError as exc:
+        raise EvalSetError(f"evaluation set {spec!r}: {exc}") from None
 
 
 def _import_set(spec: str, source: str) -> list[Sample]:
@@ -81,14 +94,20 @@ def single_turn(items: list[EvalItem]) -> list[Sample]:
     return [item for item in items if isinstance(item, Sample)]
 
 
-async def evaluate(client: ModelClient, model: str, items: list[EvalItem], max_tokens: int) -> list[ScoredItem]:
+async def evaluate(
+    client: ModelClient, model: str, items: list[EvalItem], max_tokens: int, user: UserSimulator | None = None
+) -> list[ScoredItem]:
     """Greedy predictions for every item, scored; unparseable replies and requests the server
-    refuses (a prompt over its context length) score as failures."""
+    refuses (a prompt over its context length) score as failures. ``user`` plays the user in
+    ACEBench's multi-turn agent tasks."""
     scored: list[ScoredItem | None] = [None] * len(items)
 
     async def one(index: int, item: EvalItem) -> None:
         if isinstance(item, MultiTurnItem):
             scored[index] = await evaluate_multi_turn(client, model, item, max_tokens)
+            return
+        if isinstance(item, AgentItem):
+            scored[index] = await evaluate_agent(client, model, item, max_tokens, user)
             return
         benchmark = str(item.meta.get("benchmark", ""))
         try:

@@ -90,6 +90,9 @@ class EvaluatorSettings(Section):
     evaluate_base: bool = True  # at round 0, also score the base model
     # Parts each round's evaluation is split into, for evaluator replicas to score in parallel.
     shards: int = 4
+    # The model that plays the user in ACEBench's agent_multi_turn tasks (an OpenAI-compatible
+    # endpoint); sets with such tasks are refused without one.
+    user_simulator: ModelSettings | None = None
 
 
 class CuratorSettings(Section):

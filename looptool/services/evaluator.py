@@ -21,6 +21,7 @@ from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import ArtifactRef
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
+from looptool.loop.acebench_agent import EndpointUser, needs_user
 from looptool.loop.evaluation import EvalItem, EvalSetError, evaluate, load_eval_sets, metrics, single_turn
 from looptool.loop.events import EvalCompleted, EvalShard, ModelReady
 
@@ -30,9 +31,19 @@ _encoder = msgspec.json.Encoder()
 
 def _load_items(ctx: Context) -> list[EvalItem]:
     try:
-        return load_eval_sets(ctx.settings.evaluator.sets)
+        items = load_eval_sets(ctx.settings.evaluator.sets)
     except (EvalSetError, FileNotFoundError, ModuleNotFoundError) as exc:
         raise PermanentError(str(exc)) from None
+    if ctx.settings.evaluator.user_simulator is None and any(needs_user(item) for item in items):
+        raise PermanentError("evaluator.sets has ACEBench agent_multi_turn tasks: set evaluator.user_simulator")
+    return items
+
+
+def _user(ctx: Context) -> EndpointUser | None:
+    endpoint = ctx.settings.evaluator.user_simulator
+    if endpoint is None:
+        return None
+    return EndpointUser(ctx.use(ModelClients).get(endpoint), endpoint.model, ctx.settings.evaluator.max_tokens)
 
 
 def _eval_items(ctx: Context) -> list[EvalItem]:
@@ -79,7 +90,7 @@ async def score_shard(ctx: Context, event: EvalShard) -> None:
     if await ctx.holder(done) is None:  # not a redelivery of a shard already scored
         items = _eval_items(ctx)[event.shard :: event.shards]
         policy = ctx.use(ModelClients).get(ctx.settings.model)
-        scored = await evaluate(policy, event.model, items, ctx.settings.evaluator.max_tokens)
+        scored = await evaluate(policy, event.model, items, ctx.settings.evaluator.max_tokens, _user(ctx))
         part = await ctx.put_artifact(
             names.eval_artifact(event.run, event.round, event.model, event.shard), _jsonl(scored)
         )

@@ -10,8 +10,9 @@ Quirks read as they are: in ``question`` the assistant's turns are written ``sys
 functions name their schema ``arguments`` instead of ``parameters``; the *special* categories
 (irrelevant, incomplete, error_param) expect the model to say what is wrong instead of calling,
 so their label is "no call". Every item keeps its ground truth and functions in ``meta`` for
-ACEBench's scoring rules. The *agent* categories
-need ACEBench's simulated environment and are rejected by name.
+ACEBench's scoring rules. The *agent* categories are tasks in ACEBench's scenario classes, not
+samples: they are rejected here by name and played by the evaluator
+(:mod:`looptool.loop.acebench_agent`) or scored from results (``looptool score``).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def import_acebench(questions: str | Path, answers: str | Path | None = None) ->
         ace_id = need(row, "id", str)
         category = category_of_id(ace_id)
         if category.startswith("agent"):
-            raise RowRejected("id", f"{category}: agent tasks need ACEBench's simulated environment")
+            raise RowRejected("id", f"{category}: agent tasks are played by the evaluator, not imported as samples")
         messages = dialogue(need(row, "question", str))
         if isinstance(row.get("profile"), dict):
             profile = ", ".join(f"{k}: {v}" for k, v in row["profile"].items())
