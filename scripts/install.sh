@@ -17,4 +17,7 @@ fi
 # BFCL's data files and reference checker. --no-deps: it pins numpy 1.26 and dozens of model
 # SDKs that LoopTool never imports (see looptool/bfcl_reference.py).
 .venv/bin/python -m pip install --quiet --no-deps "bfcl-eval==2026.3.23"
+# BFCL v3's leaderboard code (the last release before V4 changed the overall's weights), apart
+# from the package LoopTool imports: the tests check LoopTool's v3 overall against it.
+.venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/bfcl-eval-v3 "bfcl-eval==2025.8.6.2"
 echo "LoopTool installed in .venv ($(.venv/bin/looptool --help >/dev/null && echo ok))"

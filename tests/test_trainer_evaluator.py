@@ -108,9 +108,14 @@ def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server,
     for result in by_model.values():
         assert result.n_items == n_items
         assert {"overall", "simple", "multiple", "parallel", "parallel_multiple"} <= set(result.metrics)
-        assert {"normal_atom_list", "acebench_summary", "simple_python", "multi_turn_base", "bfcl_overall"} <= set(
-            result.metrics
-        )
+        assert {
+            "normal_atom_list",
+            "acebench_summary",
+            "simple_python",
+            "multi_turn_base",
+            "bfcl_overall",
+            "bfcl_v3_overall",
+        } <= set(result.metrics)
         assert {"agent_multi_step", "agent_multi_turn", "agent_multi_turn_process", "acebench_agent"} <= set(
             result.metrics
         )

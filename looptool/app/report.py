@@ -24,7 +24,7 @@ from looptool.loop.ledger import OUTCOMES, RunLedger
 
 CATEGORY_ORDER = ("overall", "simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 # Each benchmark's own headline (its weights), charted beside the item-weighted overall.
-BENCHMARK_HEADLINES = ("bfcl_overall", "acebench_summary")
+BENCHMARK_HEADLINES = ("bfcl_overall", "bfcl_v3_overall", "acebench_summary")
 
 
 def metric_columns(ledger: RunLedger) -> list[str]:
@@ -193,7 +193,7 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
         f"<p>Status: <b>{html.escape(ledger.finished.reason if ledger.finished else 'running')}</b> · service errors {ledger.errors} · dead letters {ledger.dead_letters}</p>",
         "<h2>Held-out accuracy</h2>",
         _img(main_chart, "accuracy per round"),
-        "<p>Accuracy per category; <code>overall</code> weighs every item alike. <code>bfcl_overall</code> is BFCL's overall with BFCL's weights (computed by bfcl-eval's leaderboard code: categories not evaluated count 0), <code>acebench_summary</code> ACEBench's weighted summary likewise.</p>",
+        "<p>Accuracy per category; <code>overall</code> weighs every item alike. <code>bfcl_overall</code> is BFCL's overall with BFCL's weights (computed by bfcl-eval's leaderboard code: categories not evaluated count 0), <code>bfcl_v3_overall</code> the same with BFCL v3's formula (the number the LoopTool paper reports), <code>acebench_summary</code> ACEBench's weighted summary likewise.</p>",
         _table(["round", "model", "items", *columns], eval_rows),
         _decontamination(ledger),
         "<h2>Data composition per round</h2>",

@@ -116,6 +116,43 @@ def leaderboard(scores: dict[str, tuple[int, int]]) -> dict[str, float]:
     }
 
 
+def v3_overall(scores: dict[str, tuple[int, int]]) -> float:
+    """BFCL v3's overall accuracy, the number the LoopTool paper reports, from ``category ->
+    (correct, total)``: BFCL's leaderboard formula before its V4 release (``generate_leaderboard_csv``
+    of bfcl-eval 2025.8.6.2), the unweighted mean of
+
+    - non-live: the unweighted mean of simple (itself the mean of Python, Java and JavaScript),
+      multiple, parallel, parallel multiple and irrelevance;
+    - live: the item-weighted mean of live simple, multiple, parallel, parallel multiple,
+      irrelevance and relevance;
+    - multi-turn: the unweighted mean of its four categories.
+
+    As there, a category not scored counts 0, in the live mean with the size of its data file
+    (V4's files here; v3's differ by a few items in live irrelevance and relevance)."""
+
+    def accuracy(category: str) -> float:
+        ok, total = scores.get(category, (0, 0))
+        return ok / total if total else 0.0
+
+    def size(category: str) -> int:
+        total = scores.get(category, (0, 0))[1]
+        return total or sum(1 for line in category_files(category)[0].read_text().splitlines() if line.strip())
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    simple = mean([accuracy(c) for c in ("simple_python", "simple_java", "simple_javascript")])
+    non_live = mean([simple, *(accuracy(c) for c in ("multiple", "parallel", "parallel_multiple", "irrelevance"))])
+    live_categories = [*_GROUPS["live"], "live_irrelevance", "live_relevance"]
+    if any(category in scores for category in live_categories):
+        weights = {category: size(category) for category in live_categories}
+        live = sum(accuracy(c) * weights[c] for c in live_categories) / sum(weights.values())
+    else:
+        live = 0.0  # nothing scored: every category counts 0, whatever its size
+    multi_turn = mean([accuracy(c) for c in MULTI_TURN_CATEGORIES])
+    return mean([non_live, live, multi_turn])
+
+
 _GROUPS = {
     "non_live": ("simple_python", "simple_java", "simple_javascript", "multiple", "parallel", "parallel_multiple"),
     "live": ("live_simple", "live_multiple", "live_parallel", "live_parallel_multiple"),
