@@ -321,6 +321,40 @@ def test_the_ledger_is_a_fold_independent_of_order_and_repetition() -> None:
         }
 
 
+def test_a_curators_ledger_drops_a_closed_rounds_samples_and_keeps_its_outcomes() -> None:
+    def sample(sid: str) -> Sample:
+        return msgspec.structs.replace(seed_samples(1)[0], id=sid)
+
+    round_0 = [
+        dataset(3),
+        msgspec.structs.replace(probe("a", "mastered", 5.0), sample=sample("a")),
+        msgspec.structs.replace(probe("b", "failed"), sample=sample("b")),
+        msgspec.structs.replace(probe("c", "failed"), sample=sample("c")),
+        msgspec.structs.replace(verdict("b", "label_wrong", "label_fixed"), sample=sample("b")),
+        verdict("c", "prediction_wrong", "label_ok"),
+        ExpandResult(run="r", seed_id="b", samples=[sample("b-x1"), sample("b-x2")]),
+        ExpandResult(run="r", seed_id="c", samples=[sample("c-x1")]),
+    ]
+    round_1 = msgspec.structs.replace(dataset(5), round=1)
+    kept, curators = RunLedger("r"), RunLedger("r", release_closed_rounds=True)
+    for ledger in (kept, curators):
+        for event in round_0:
+            ledger.apply(event)
+    cut = PplCut("threshold", 2.0)
+    assert len(curators.round(0).carried(cut)) == 3  # still open: its samples are there to close it
+    for ledger in (kept, curators):
+        ledger.apply(round_1)
+    closed, whole = curators.round(0), kept.round(0)
+    assert closed.outcomes(cut) == whole.outcomes(cut) == {"a": "kept", "b": "corrected", "c": "hard"}
+    assert closed.composition(cut) == whole.composition(cut) and closed.composition(cut)["expanded"] == 3
+    assert closed.complete() and all(p.sample is None for p in closed.probes.values())
+    assert not any(e.samples for e in closed.expansions.values())
+    with pytest.raises(RuntimeError, match="released"):
+        closed.carried(cut)
+    assert len(whole.carried(cut)) == 3 and len(whole.expanded()) == 3  # a plain ledger keeps them
+    assert round_0[1].sample is not None  # the events themselves are left whole
+
+
 def test_the_ledger_waits_for_each_stage() -> None:
     ledger = RunLedger("r")
     ledger.apply(dataset(2))

@@ -63,6 +63,8 @@ class RoundLedger:
         self.total_steps = 0
         self.applied = 0  # events that changed this round: progress, for stall detection
         self.stall: RoundStalled | None = None  # the latest stall report
+        self.expanded_count = 0  # samples the expansions made
+        self.released = False  # the events' samples dropped (see :meth:`release_samples`)
         # Kept on insert, so that checking completeness is O(1) per event: consumers deliver
         # results, verdicts and dead letters in no particular order relative to each other.
         self._probed: set[str] = set()  # probe results or probe errors
@@ -103,6 +105,7 @@ class RoundLedger:
         if event.seed_id in self.expansions:
             return
         self.expansions[event.seed_id] = event
+        self.expanded_count += len(event.samples)
         self.applied += 1
         self._expand_pending.discard(event.seed_id)
 
@@ -200,12 +203,25 @@ class RoundLedger:
 
     def composition(self, cut: PplCut) -> dict[str, int]:
         counts = Counter(self.outcomes(cut).values())
-        return {outcome: counts.get(outcome, 0) for outcome in OUTCOMES} | {
-            "expanded": sum(len(e.samples) for e in self.expansions.values())
-        }
+        return {outcome: counts.get(outcome, 0) for outcome in OUTCOMES} | {"expanded": self.expanded_count}
+
+    def release_samples(self) -> None:
+        """Drop the samples the round's events carry, keeping every outcome and count. A closed
+        round's samples live on in the next round's dataset; a curator holding every round's
+        grows with the run (1.4 GB after four rounds of the paper's size)."""
+        # Copies, not edits: whoever else holds these events keeps them whole.
+        self.probes = {sid: msgspec.structs.replace(p, sample=None) for sid, p in self.probes.items()}
+        self.verdicts = {sid: msgspec.structs.replace(v, sample=None) for sid, v in self.verdicts.items()}
+        self.expansions = {sid: msgspec.structs.replace(e, samples=[]) for sid, e in self.expansions.items()}
+        self.released = True
+
+    def _need_samples(self) -> None:
+        if self.released:
+            raise RuntimeError(f"round {self.round}'s samples were released when it closed")
 
     def carried(self, cut: PplCut) -> list[Sample]:
         """The samples this round passes on (kept, hard, corrected), labels as verified."""
+        self._need_samples()
         outcomes = self.outcomes(cut)
         carried = []
         # By id, not by arrival: the next round's dataset (and so its training order) must not
@@ -221,6 +237,7 @@ class RoundLedger:
 
     def failed_as_probed(self) -> list[Sample]:
         """Every failed probe's sample with its label as probed, by id (for the "w/o JGLV" ablation)."""
+        self._need_samples()
         return [
             probe.sample
             for _, probe in sorted(self.probes.items())
@@ -228,14 +245,18 @@ class RoundLedger:
         ]
 
     def expanded(self) -> list[Sample]:
+        self._need_samples()
         return [s for seed in sorted(self.expansions) for s in self.expansions[seed].samples]
 
 
 class RunLedger:
     """Every round of one run, plus run-level facts (request, errors, dead letters, finish)."""
 
-    def __init__(self, run: str) -> None:
+    def __init__(self, run: str, *, release_closed_rounds: bool = False) -> None:
+        """``release_closed_rounds``: drop a round's samples once the next round's dataset is
+        in (the curator's ledgers: closing a round needs only its own samples)."""
         self.run = run
+        self.release_closed_rounds = release_closed_rounds
         self.request: RunRequested | None = None
         self.rounds: dict[int, RoundLedger] = {}
         self.finished: RunFinished | None = None
@@ -253,6 +274,9 @@ class RunLedger:
                 self.request = event
             case DatasetReady():
                 self.round(event.round).dataset = event
+                closed = self.rounds.get(event.round - 1)
+                if self.release_closed_rounds and closed is not None and not closed.released:
+                    closed.release_samples()
             case ModelReady():
                 self.round(event.round).model = event
             case ProbeResult():

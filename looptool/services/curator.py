@@ -55,7 +55,9 @@ class Curation:
         self.first_refused: dict[str, float] = {}  # claim key -> when this replica first found it held
 
     def ledger(self, run: str) -> RunLedger:
-        return self.ledgers.setdefault(run, RunLedger(run))
+        if run not in self.ledgers:
+            self.ledgers[run] = RunLedger(run, release_closed_rounds=True)
+        return self.ledgers[run]
 
 
 @service.on(
