@@ -412,21 +412,14 @@ def test_a_reused_worker_starts_each_message_with_a_clean_log_context(settings, 
 
     async def main() -> None:
         bus = await Bus.connect(settings.nats)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            ready = anyio.Event()
-            tg.start_soon(
-                lambda: run_service(service, settings, replica="solo", stop=stop, ready=ready, handle_signals=False)
-            )
-            await ready.wait()
+        async with running(service, settings):
             await bus.publish_raw(names.for_type(ProbeTask, run_id), b"{not json")
             await bus.publish_many(tasks(run_id, 3))
             await wait_for(lambda: _count(len(seen) >= 3))
-            stop.set()
         await bus.close()
 
     anyio.run(main)
     assert [context["sample"] for context in seen] == ["s-00000", "s-00001", "s-00002"]
     for context in seen:
-        assert context["service"] == "ctxcheck" and context["replica"] == "solo" and context["run"] == run_id
+        assert context["service"] == "ctxcheck" and context["replica"] == "ctxcheck-0" and context["run"] == run_id
         assert "subject" not in context  # bound for the poison message only
