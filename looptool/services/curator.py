@@ -126,9 +126,10 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
         if reason:
             await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
             return
-        fresh_used = ledger.fresh_used(round)
         pool = await _seed_pool(ctx, config) if config.round_size > 0 else []
-        dataset = curation.next_round(current, config, pool, fresh_used)
+        if _closed(ledger, round):  # a holder this replica took over from finished meanwhile
+            return
+        dataset = curation.next_round(current, config, pool, ledger.fresh_used(round))
         ctx.log.info("round closed", closed=round, next_size=len(dataset.samples), composition=dataset.composition)
         await _publish_dataset(ctx, config, round + 1, dataset)
 
