@@ -35,7 +35,6 @@ import copy
 import importlib
 import inspect
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +47,7 @@ from looptool.data.samples import Message, Sample, ToolCall
 from looptool.data.scoring import ScoredItem, score_agent
 from looptool.kernel.errors import LoopToolError
 from looptool.llm.client import ModelClient, ModelRequestError
+from looptool.loop.multi_turn import IDENTIFIER
 
 # Where ACEBench keeps each scenario class, under model_inference/multi_step/scenarios<language>/.
 SCENARIO_MODULES = {
@@ -91,7 +91,6 @@ USER_PROMPT = (
     f"wanted is done, write '{FINISH}' on a line of its own."
 )
 GREETING = "Hello, what can I do for you today?"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class AgentSetError(LoopToolError, ValueError):
@@ -185,13 +184,9 @@ class Scenario:
             self.instances[name] = instance
 
     def execute(self, call: ToolCall) -> str:
-        methods = [
-            method
-            for instance in self.instances.values()
-            for name, method in inspect.getmembers(instance, inspect.ismethod)
-            if name == call.name and not name.startswith("_")
-        ]
-        if not methods or not all(_IDENTIFIER.match(key) for key in call.arguments):
+        found = [] if call.name.startswith("_") else [getattr(i, call.name, None) for i in self.instances.values()]
+        methods = [method for method in found if inspect.ismethod(method)]
+        if not methods or not all(IDENTIFIER.match(key) for key in call.arguments):
             return f"Error during execution: no function {call.name!r}"
         result: Any = None
         try:

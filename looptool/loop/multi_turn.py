@@ -31,7 +31,7 @@ from looptool.data.samples import Message, Sample, ToolCall
 from looptool.data.scoring import ScoredItem
 from looptool.llm.client import ModelClient, ModelRequestError
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class MultiTurnItem(msgspec.Struct, frozen=True):
@@ -52,7 +52,7 @@ def load_multi_turn(category: str) -> list[MultiTurnItem]:
 
 def call_string(call: ToolCall, allowed: set[str]) -> str:
     """A call as BFCL executes it (``name(arg=repr(value), ...)``, BFCL's ``convert_to_function_call``)."""
-    if call.name not in allowed or not all(_IDENTIFIER.match(key) for key in call.arguments):
+    if call.name not in allowed or not all(IDENTIFIER.match(key) for key in call.arguments):
         return "looptool_refused_call()"  # not a backend method: fails in the backend, runs nothing
     return f"{call.name}({','.join(f'{key}={value!r}' for key, value in call.arguments.items())})"
 
