@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,9 @@ from looptool.data.samples import Message, Sample
 from looptool.kernel import names
 from looptool.kernel.bus import ArtifactUnavailable, Bus
 from looptool.kernel.events import DeadLetter, ServiceError
+from looptool.kernel.logs import configure_logging, log_context
 from looptool.kernel.runtime import Context, Service, run_service
+from looptool.kernel.settings import LogSettings
 from looptool.loop.events import ExpandResult, ProbeResult, ProbeTask
 
 TESTS = Path(__file__).resolve().parent
@@ -408,7 +411,7 @@ def test_a_reused_worker_starts_each_message_with_a_clean_log_context(settings, 
     @service.on(ProbeTask, concurrency=1)
     async def record(ctx: Context, task: ProbeTask) -> None:
         if task.run == run_id:  # the shared server's log holds other tests' tasks too
-            seen.append(structlog.contextvars.get_contextvars())
+            seen.append(log_context())  # what a line logged here would carry
 
     async def main() -> None:
         bus = await Bus.connect(settings.nats)
@@ -423,3 +426,69 @@ def test_a_reused_worker_starts_each_message_with_a_clean_log_context(settings, 
     for context in seen:
         assert context["service"] == "ctxcheck" and context["replica"] == "ctxcheck-0" and context["run"] == run_id
         assert "subject" not in context  # bound for the poison message only
+
+
+def test_every_line_a_handler_logs_names_its_message(settings, run_id: str, capsys) -> None:
+    # The work item's fields are added when a line is written (logs.merge_work_context), not
+    # bound per message: the lines themselves must carry them, and only for their own message.
+    service = Service("ctxlines")
+    lines: list[dict[str, Any]] = []
+
+    @service.on(ProbeTask, concurrency=1)
+    async def record(ctx: Context, task: ProbeTask) -> None:
+        if task.run == run_id:
+            ctx.log.warning("handling", **({"sample": "explicit"} if task.sample.id == "s-00001" else {}))
+
+    async def handled_all() -> bool:
+        lines.extend(json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{"))
+        return sum(line["event"] == "handling" and line.get("run") == run_id for line in lines) >= 3
+
+    async def main() -> None:
+        bus = await Bus.connect(settings.nats)
+        async with running(service, settings):
+            await bus.publish_raw(names.for_type(ProbeTask, run_id), b"{not json")
+            await bus.publish_many(tasks(run_id, 3))
+            await wait_for(handled_all)
+        await bus.close()
+
+    configure_logging(LogSettings(format="json", level="info"))
+    try:
+        anyio.run(main)
+    finally:
+        structlog.reset_defaults()
+    handling = [line for line in lines if line["event"] == "handling" and line.get("run") == run_id]
+    assert [line["sample"] for line in handling] == ["s-00000", "explicit", "s-00002"]  # a bound field wins
+    assert all(line["round"] == 0 and line["service"] == "ctxlines" and "subject" not in line for line in handling)
+    poison = [line for line in lines if line["event"] == "dead-lettered" and run_id in line.get("subject", "")]
+    assert len(poison) == 1 and "sample" not in poison[0] and "run" not in poison[0]
+
+
+def test_handlers_that_wait_run_side_by_side_up_to_the_limit_and_no_further(settings, run_id: str) -> None:
+    # Workers wake one another in a chain (runtime._Consumer._work): a batch of waiting
+    # handlers must still spread over every worker, and never over more than the limit.
+    limit, n = 6, 10
+    running_now: list[int] = [0]
+    peak: list[int] = [0]
+    done: list[str] = []
+    service = Service("fanout")
+
+    @service.on(ProbeTask, concurrency=limit)
+    async def slow(ctx: Context, task: ProbeTask) -> None:
+        if task.run != run_id:
+            return
+        running_now[0] += 1
+        peak[0] = max(peak[0], running_now[0])
+        await anyio.sleep(0.3)  # a model call
+        running_now[0] -= 1
+        done.append(task.sample.id)
+
+    async def main() -> None:
+        bus = await Bus.connect(settings.nats)
+        await bus.publish_many(tasks(run_id, n))  # waiting already: the first fetch is a full batch
+        async with running(service, settings):
+            await wait_for(lambda: _count(len(done) >= n))
+        await bus.close()
+
+    anyio.run(main)
+    assert sorted(done) == [f"s-{i:05d}" for i in range(n)]
+    assert peak[0] == limit
