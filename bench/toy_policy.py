@@ -30,13 +30,20 @@ from looptool.loop.settings import load_settings
 from looptool.loop.toy_policy import Recipe, build_toy_policy, pretraining_split
 
 
-def accuracy(model_dir: Path, samples: list[Sample], unseen: tuple[str, ...]) -> dict[str, float]:
+def correct(model_dir: Path, samples: list[Sample], adapter: Path | None = None) -> list[bool]:
+    """Whether the greedy reply to each sample passes the evaluator's checker; with ``adapter``
+    (a LoRA one, merged into the model) where one is given."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    hits: dict[str, list[bool]] = defaultdict(list)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.eval()
+    verdicts = []
     for sample in samples:
         prompt = tokenizer.apply_chat_template(
             wire_messages(sample), tools=export_row(sample)["tools"] or None, tokenize=False, add_generation_prompt=True
@@ -46,9 +53,18 @@ def accuracy(model_dir: Path, samples: list[Sample], unseen: tuple[str, ...]) ->
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=96, do_sample=False)
         reply = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False).split("<|im_end|>")[0]
         try:
-            ok = check_sample(sample, extract_calls(reply)).valid
+            verdicts.append(check_sample(sample, extract_calls(reply)).valid)
         except CallParseError:
-            ok = False
+            verdicts.append(False)
+    return verdicts
+
+
+def accuracy(
+    model_dir: Path, samples: list[Sample], unseen: tuple[str, ...], adapter: Path | None = None
+) -> dict[str, float]:
+    """Greedy accuracy overall, per category and per kind of tool (seen, weak domains, unseen)."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for sample, ok in zip(samples, correct(model_dir, samples, adapter), strict=True):
         hits["overall"].append(ok)
         hits[sample.category].append(ok)
         domain = sample.meta.get("domain")
