@@ -38,6 +38,7 @@ from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology
 from looptool.app.watch import watch
 from looptool.data.formats import read_samples
+from looptool.data.worlds.synthetic import clean_label, label_is_noisy
 from looptool.kernel.bus import Bus
 from looptool.llm.client import ModelClient, ModelSettings
 from looptool.llm.serving import load_adapter
@@ -62,8 +63,7 @@ def judge_quality(ledger: RunLedger) -> dict[str, Any]:
             sample = probe.sample
             if sample is None:
                 continue
-            clean = sample.meta.get("clean_label")
-            is_noisy = clean is not None and msgspec.to_builtins(sample.label) != clean
+            is_noisy = label_is_noisy(sample)
             verdict = round_ledger.verdicts.get(sid)
             is_flagged = verdict is not None and verdict.verdict in LABEL_WRONG
             flagged += is_flagged
@@ -75,7 +75,7 @@ def judge_quality(ledger: RunLedger) -> dict[str, Any]:
                 counts["failed"] += probe.outcome == "failed"
                 counts["flagged"] += is_flagged
                 fixed = verdict is not None and verdict.sample is not None and verdict.action == "label_fixed"
-                counts["fixed_to_clean"] += fixed and msgspec.to_builtins(verdict.sample.label) == clean  # type: ignore[union-attr]
+                counts["fixed_to_clean"] += fixed and verdict.sample.label == clean_label(sample)  # type: ignore[union-attr]
     return {
         "precision": round(flagged_noisy / flagged, 3) if flagged else None,
         "recall": round(flagged_noisy / noisy, 3) if noisy else None,

@@ -34,16 +34,11 @@ import msgspec
 from toy_policy import accuracy, correct
 
 from looptool.app.demo import cache_dir, demo_env, demo_world
-from looptool.data.samples import Sample, ToolCall
+from looptool.data.worlds.synthetic import label_is_noisy, with_clean_label
 from looptool.loop.curation import shuffled_pool
 from looptool.loop.settings import load_settings
 from looptool.loop.toy_policy import Recipe, build_toy_policy, pretraining_split
 from looptool.loop.training import train_round
-
-
-def with_clean_label(sample: Sample) -> Sample:
-    clean = sample.meta.get("clean_label")
-    return sample if clean is None else msgspec.structs.replace(sample, label=msgspec.convert(clean, list[ToolCall]))
 
 
 def main() -> None:
@@ -89,10 +84,7 @@ def main() -> None:
                 row = {
                     "arm": arm,
                     "samples": len(samples),
-                    "noisy_labels": sum(
-                        "clean_label" in s.meta and msgspec.to_builtins(s.label) != s.meta["clean_label"]
-                        for s in samples
-                    ),
+                    "noisy_labels": sum(label_is_noisy(s) for s in samples),
                     "steps": outcome.steps,
                     "first_loss": round(outcome.losses[0], 4) if outcome.losses else None,
                     "last_loss": round(outcome.losses[-1], 4) if outcome.losses else None,

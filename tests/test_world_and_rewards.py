@@ -15,7 +15,15 @@ from looptool.data.checker import check_sample
 from looptool.data.formats import answer_path, import_file, read_samples
 from looptool.data.samples import ToolCall
 from looptool.data.worlds.noise import LABEL_NOISE
-from looptool.data.worlds.synthetic import CATEGORIES, World, build, write
+from looptool.data.worlds.synthetic import (
+    CATEGORIES,
+    World,
+    build,
+    clean_label,
+    label_is_noisy,
+    with_clean_label,
+    write,
+)
 from looptool.loop.rewards import correctness_reward, format_reward, grpo_row
 
 
@@ -61,6 +69,10 @@ def test_label_noise_is_controlled_and_recorded() -> None:
         clean = msgspec.convert(sample.meta["clean_label"], list[ToolCall])
         assert clean != sample.label
         assert check_sample(sample, clean).valid is False or sample.meta["noise"] == "wrong_value"
+        assert clean_label(sample) == clean and label_is_noisy(sample)
+        fixed = with_clean_label(sample)
+        assert fixed.label == clean and not label_is_noisy(fixed) and label_is_noisy(sample)  # a copy
+    assert not any(label_is_noisy(s) or with_clean_label(s) is not s for s in data.train if "noise" not in s.meta)
 
 
 def test_similar_samples_keep_the_capability() -> None:

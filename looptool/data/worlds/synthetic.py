@@ -223,6 +223,25 @@ def build(
     return WorldData(train=train, test=test)
 
 
+def clean_label(sample: Sample) -> list[ToolCall] | None:
+    """The label :func:`build` recorded before it corrupted this sample's (None: never corrupted)."""
+    clean = sample.meta.get("clean_label")
+    return None if clean is None else msgspec.convert(clean, list[ToolCall])
+
+
+def label_is_noisy(sample: Sample) -> bool:
+    """Whether the sample's label still differs from the clean one the world recorded (a judge
+    may have fixed it since)."""
+    clean = clean_label(sample)
+    return clean is not None and sample.label != clean
+
+
+def with_clean_label(sample: Sample) -> Sample:
+    """The sample as a perfect judge would leave it."""
+    clean = clean_label(sample)
+    return sample if clean is None else msgspec.structs.replace(sample, label=clean)
+
+
 def _noise_kind(rates: dict[str, float], rng: random.Random) -> str | None:
     """Which kind of noise hits a label (None: it stays clean): kind k with probability rates[k]."""
     draw = rng.random()
