@@ -65,12 +65,13 @@ def summarise(kind: str, n: int, elapsed: float, latencies: list[float]) -> dict
 async def bare(url: str, n: int) -> dict[str, float | str]:
     run = "bare" + uuid.uuid4().hex[:8]
     bus = await Bus.connect(NatsSettings(url=url))
+    publisher = await Bus.connect(NatsSettings(url=url))  # as on the runtime side: a client of its own
     config = api.ConsumerConfig(durable_name=f"bare-{run}", ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=20000)
     sub = await bus.js.pull_subscribe(names.run_filter(run), durable=f"bare-{run}", stream=names.STREAM, config=config)
     latencies: list[float] = []
     start = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(publish_all, bus, make_events(run, n))
+        tg.start_soon(publish_all, publisher, make_events(run, n))
         while len(latencies) < n:
             try:
                 batch = await sub.fetch(256, timeout=1.0)
@@ -82,6 +83,7 @@ async def bare(url: str, n: int) -> dict[str, float | str]:
                 await msg.ack()
     elapsed = time.perf_counter() - start
     await bus.close()
+    await publisher.close()
     return summarise("bare nats-py", n, elapsed, latencies)
 
 
@@ -130,8 +132,9 @@ async def main(events: int, rounds: int, out: str | None) -> None:
     encoder = msgspec.json.Encoder()
     with tempfile.TemporaryDirectory() as store, NatsServer(store) as server:
         results: dict[str, list[dict[str, float | str]]] = {"bare": [], "runtime": []}
-        for _ in range(rounds):  # interleaved, so drift on the machine hits both sides alike
-            for name, fn in (("bare", bare), ("runtime", runtime)):
+        sides = (("bare", bare), ("runtime", runtime))
+        for i in range(rounds):  # interleaved, so drift on the machine hits both sides alike,
+            for name, fn in sides if i % 2 == 0 else sides[::-1]:  # and each side goes first in turn
                 await purge(server.url)  # each side starts on an empty log
                 result = await fn(server.url, events)
                 results[name].append(result)

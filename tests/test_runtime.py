@@ -152,8 +152,46 @@ def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> 
     assert "undecodable" in letters[0].error
 
 
+def test_an_event_under_a_subject_not_its_own_is_dead_lettered_at_once(settings, run_id: str) -> None:
+    # Both decode cleanly; the subject says another run, or another type, than the event.
+    other_run = msgspec.json.encode(tasks("elsewhere", 1)[0])
+    other_type = msgspec.json.encode(ProbeResult(run=run_id, sample_id="s-x", outcome="mastered", ppl=None))
+
+    async def main() -> tuple[list[DeadLetter], list[ProbeResult]]:
+        bus = await Bus.connect(settings.nats)
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(
+                lambda: run_service(
+                    toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False
+                )
+            )
+            await ready.wait()
+            await bus.publish_raw(names.for_type(ProbeTask, run_id), other_run)
+            await bus.publish_raw(names.for_type(ProbeTask, run_id), other_type)
+            await bus.publish_many(tasks(run_id, 2))
+            await wait_for(lambda: _has_at_least(bus, run_id, DeadLetter, 2))
+            await wait_for(lambda: _count_results(bus, run_id, 2))
+            stop.set()
+        out = await read_all(bus, run_id, DeadLetter), await read_all(bus, run_id, ProbeResult)
+        await bus.close()
+        return out
+
+    letters, results = anyio.run(main)
+    assert sorted(r.sample_id for r in results) == ["s-00000", "s-00001"]  # the poison's sample never ran
+    errors = sorted(letter.error for letter in letters)
+    assert len(errors) == 2 and all(letter.num_delivered == 1 for letter in letters)
+    assert "a probe.result event on ProbeTask's subject" in errors[0]
+    assert f"event of run 'elsewhere' published under run '{run_id}'" in errors[1]
+
+
+async def _has_at_least(bus: Bus, run: str, event_type: type, n: int) -> bool:
+    return len(await read_all(bus, run, event_type)) >= n
+
+
 async def _count_results(bus: Bus, run: str, n: int) -> bool:
-    return len(await read_all(bus, run, ProbeResult)) >= n
+    return await _has_at_least(bus, run, ProbeResult, n)
 
 
 def test_dead_letters_can_be_replayed(settings, run_id: str) -> None:

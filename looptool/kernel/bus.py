@@ -365,6 +365,8 @@ class Bus:
 
     async def decode(self, msg: Msg) -> Event:
         """The message's event; :class:`PoisonMessage` for anything that is not one."""
+        if not msg.headers or CLAIM_HEADER not in msg.headers:  # the common case, without an await
+            return decode_bytes(msg.data)
         return decode_bytes(await self.payload(msg))
 
     async def ensure_consumer(

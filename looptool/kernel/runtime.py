@@ -355,6 +355,7 @@ class _Consumer:
         self._room = anyio.Event()  # set when a quarter of the batch is free again
         self.stats = stats
         self.stop = stop
+        self.tag = event_tag(event_type)
         self.name = names.consumer_name(ctx.service, event_type)
         if subscription.broadcast:  # this process's own consumer, replayed from the log's start
             self.name = f"{self.name}__{uuid.uuid4().hex[:12]}"
@@ -467,12 +468,14 @@ class _Consumer:
             self._waking -= 1
 
     async def _process(self, msg: Msg) -> None:
+        # The path every message takes is kept to one coroutine and one await of the runtime's
+        # own (decoding): each layer of coroutines cost about 1% of the runtime's throughput.
         self._working[id(msg)] = (msg, time.monotonic())  # anyio.current_time() cost 4%
         # Workers are reused: the log context set for one message is reset after it.
         context = None
         try:
             try:
-                event = await self._decode(msg)
+                event = self._checked(msg, await self.bus.decode(msg))
             except Exception as exc:
                 # A poison message never gets better: dead-letter it on first sight. Nothing on
                 # this path may end the service — every replica would die in turn on it.
@@ -480,7 +483,16 @@ class _Consumer:
                 await self._dead_letter(msg, str(exc) if isinstance(exc, PoisonMessage) else f"undecodable: {exc!r}")
                 return
             context = logs.set_work_context(functools.partial(_work_context, event))
-            await self._handle(msg, event)
+            try:
+                await self.handler(self.ctx, event)
+            except Exception as exc:
+                await self._failed(msg, event, exc)
+                return
+            self.stats.handled += 1
+            try:  # best effort: a lost ack means a redelivery, which handlers tolerate
+                await msg.ack()
+            except Exception as exc:
+                self.ctx.log.debug("ack failed", error=repr(exc))
         except Exception as exc:  # the runtime's own bug must not take the service down either
             self.ctx.log.error("message processing failed", error=repr(exc))
         finally:
@@ -489,14 +501,16 @@ class _Consumer:
             del self._working[id(msg)]
             self.stats.in_flight -= 1
             self._free += 1
-            if self._free >= self._refill:
+            if self._free >= self._refill and not self._room.is_set():
                 self._room.set()
 
-    async def _decode(self, msg: Msg) -> Event:
-        event = await self.bus.decode(msg)
+    def _checked(self, msg: Msg, event: Event) -> Event:
+        """The event, if it is one this consumer may act on; :class:`PoisonMessage` if not."""
         if not isinstance(event, self.event_type):
             raise PoisonMessage(f"a {event_tag(type(event))} event on {self.event_type.__name__}'s subject")
-        if event.run != names.run_of(msg.subject):  # an event acts on its own run only
+        # An event acts on its own run only. The subject is the one its run and type make
+        # (checked as one string compare; parsing the subject cost 2% of the runtime's time).
+        if msg.subject != f"{names.PREFIX}.{event.run}.{self.tag}" and event.run != names.run_of(msg.subject):
             raise PoisonMessage(f"event of run {event.run[:80]!r} published under run {names.run_of(msg.subject)!r}")
         item = event.work_item()
         if item is not None:  # a sample id ends up in message-id headers downstream
@@ -506,24 +520,20 @@ class _Consumer:
                 raise PoisonMessage(str(exc)) from None
         return event
 
-    async def _handle(self, msg: Msg, event: Event) -> None:
-        try:
-            await self.handler(self.ctx, event)
-        except Exception as exc:
-            meta = msg.metadata
-            self.stats.failed += 1
-            error = "".join(traceback.format_exception_only(exc)).strip()
-            self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
-            await self._report_error(event, msg.subject, error)
-            if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
-                await self._dead_letter(msg, error, event)
-            else:
-                backoff = self.runtime.backoff
-                delay = backoff[min(meta.num_delivered - 1, len(backoff) - 1)] if backoff else None
-                await _quietly(msg.nak(delay=delay))
-            return
-        self.stats.handled += 1
-        await _quietly(msg.ack())
+    async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:
+        """A handler raised: report it, then retry with backoff or, on the last attempt or a
+        permanent error, dead-letter the message."""
+        meta = msg.metadata
+        self.stats.failed += 1
+        error = "".join(traceback.format_exception_only(exc)).strip()
+        self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
+        await self._report_error(event, msg.subject, error)
+        if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
+            await self._dead_letter(msg, error, event)
+        else:
+            backoff = self.runtime.backoff
+            delay = backoff[min(meta.num_delivered - 1, len(backoff) - 1)] if backoff else None
+            await _quietly(msg.nak(delay=delay))
 
     async def _keep_alive(self) -> None:
         """Tell the server "still working" for every message held longer than ack_wait/3."""
