@@ -265,6 +265,40 @@ def test_duplicate_ids_in_a_dataset_are_left_out() -> None:
     assert removed == 2 and unique == samples
 
 
+def test_the_seed_pool_draws_in_the_runs_fixed_order_and_decodes_only_what_is_drawn() -> None:
+    samples = seed_samples(40)
+    again = msgspec.structs.replace(samples[3], messages=samples[5].messages)  # a repeated id: the first wins
+    lines = encode_samples([*samples[:20], again, *samples[20:]]).splitlines()
+    data = b"\n".join([*lines[:7], b"", *lines[7:]]) + b"\n"  # a blank line is skipped
+    expected = curation.shuffled_pool(samples, 11)
+    assert [s.id for s in expected] != [s.id for s in samples]  # shuffled
+
+    pool = curation.SeedPool(data, 11, "r/seed.jsonl")
+    assert len(pool) == 40 and pool[:] == expected and pool[0] == expected[0]
+    assert pool[25:31] == expected[25:31] and pool[38:45] == expected[38:]
+    assert curation.SeedPool(data, 12)[:] != expected  # the run's seed decides the order
+
+
+def test_a_bad_line_in_the_seed_pool_is_named_before_any_round_draws_from_it() -> None:
+    lines = encode_samples(seed_samples(5)).splitlines()
+    lines[3] = lines[3].replace(b'"messages":', b'"messages":7,"was":', 1)
+    with pytest.raises(ValueError, match=r"^r/seed\.jsonl:4: Expected `array`, got `int` - at `\$\.messages`"):
+        curation.SeedPool(b"\n".join(lines), 1, "r/seed.jsonl")
+
+    async def main() -> StubBus:
+        bus = StubBus()
+        runner = StubRunner(bus, settings(), curator.service)
+        ref = await bus.put_artifact("r/seed.jsonl", b"\n".join(lines))
+        await bus.publish(RunRequested(run="r", config=RunConfig(run="r", seed_data=ref)))
+        await runner.run_until_idle()
+        return bus
+
+    bus = run(main)
+    (letter,) = bus.of_type(DeadLetter)
+    assert letter.stage == "run.requested" and "r/seed.jsonl:4: Expected `array`" in letter.error
+    assert not bus.of_type(DatasetReady)
+
+
 # --------------------------------------------------------------------------- the ledger
 
 

@@ -198,9 +198,12 @@ class Context:
     async def put_artifact(self, name: str, data: bytes) -> ArtifactRef:
         return await self.bus.put_artifact(name, data)
 
+    async def get_artifact(self, ref: ArtifactRef) -> bytes:
+        return await self.bus.get_artifact(ref)
+
     async def load(self, ref: ArtifactRef, item_type: type[T]) -> list[T]:
         """A JSONL artifact (a dataset) decoded into ``item_type``; a bad line is permanent."""
-        data = await self.bus.get_artifact(ref)
+        data = await self.get_artifact(ref)
         decoder = msgspec.json.Decoder(item_type)
         items = []
         for number, line in enumerate(data.splitlines(), 1):

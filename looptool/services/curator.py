@@ -13,7 +13,7 @@ publishing is deduplicated, so a takeover never doubles a dataset. A round witho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import anyio
 
@@ -126,7 +126,7 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
         if reason:
             await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
             return
-        pool = await _seed_pool(ctx, config) if config.round_size > 0 else []
+        pool: Sequence[Sample] = await _seed_pool(ctx, config) if config.round_size > 0 else []
         if _closed(ledger, round):  # a holder this replica took over from finished meanwhile
             return
         dataset = curation.next_round(current, config, pool, ledger.fresh_used(round))
@@ -194,7 +194,10 @@ async def _publish_dataset(ctx: Context, config: RunConfig, round: int, dataset:
     )
 
 
-async def _seed_pool(ctx: Context, config: RunConfig) -> list[Sample]:
+async def _seed_pool(ctx: Context, config: RunConfig) -> curation.SeedPool:
     if config.seed_data is None:
         raise PermanentError(f"run {config.run}: run.requested carries no seed_data")
-    return curation.shuffled_pool(await ctx.load(config.seed_data, Sample), config.seed)
+    try:
+        return curation.SeedPool(await ctx.get_artifact(config.seed_data), config.seed, config.seed_data.name)
+    except ValueError as exc:  # a bad line never gets better
+        raise PermanentError(str(exc)) from None
