@@ -125,7 +125,12 @@ async def _has(bus: Bus, run: str, event_type: type) -> bool:
     return bool(await read_all(bus, run, event_type))
 
 
-def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> None:
+def _poison_then_work(
+    settings, run_id: str, poison: list[bytes], good: int
+) -> tuple[list[DeadLetter], list[ProbeResult]]:
+    """Raw ``poison`` payloads on the echo service's subject, then ``good`` tasks: its dead
+    letters and results once all are in."""
+
     async def main() -> tuple[list[DeadLetter], list[ProbeResult]]:
         bus = await Bus.connect(settings.nats)
         stop = anyio.Event()
@@ -137,16 +142,21 @@ def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> 
                 )
             )
             await ready.wait()
-            await bus.publish_raw(names.for_type(ProbeTask, run_id), b"{not json")
-            await bus.publish_many(tasks(run_id, 3))
-            await wait_for(lambda: _has(bus, run_id, DeadLetter))
-            await wait_for(lambda: _count_results(bus, run_id, 3))
+            for payload in poison:
+                await bus.publish_raw(names.for_type(ProbeTask, run_id), payload)
+            await bus.publish_many(tasks(run_id, good))
+            await wait_for(lambda: _has_at_least(bus, run_id, DeadLetter, len(poison)))
+            await wait_for(lambda: _count_results(bus, run_id, good))
             stop.set()
         out = await read_all(bus, run_id, DeadLetter), await read_all(bus, run_id, ProbeResult)
         await bus.close()
         return out
 
-    letters, results = anyio.run(main)
+    return anyio.run(main)
+
+
+def test_undecodable_message_is_dead_lettered_at_once(settings, run_id: str) -> None:
+    letters, results = _poison_then_work(settings, run_id, [b"{not json"], 3)
     assert len(results) == 3
     assert len(letters) == 1 and letters[0].num_delivered == 1 and letters[0].data == b"{not json"
     assert "undecodable" in letters[0].error
@@ -156,29 +166,7 @@ def test_an_event_under_a_subject_not_its_own_is_dead_lettered_at_once(settings,
     # Both decode cleanly; the subject says another run, or another type, than the event.
     other_run = msgspec.json.encode(tasks("elsewhere", 1)[0])
     other_type = msgspec.json.encode(ProbeResult(run=run_id, sample_id="s-x", outcome="mastered", ppl=None))
-
-    async def main() -> tuple[list[DeadLetter], list[ProbeResult]]:
-        bus = await Bus.connect(settings.nats)
-        stop = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            ready = anyio.Event()
-            tg.start_soon(
-                lambda: run_service(
-                    toy_service.echo, settings, replica="only", stop=stop, ready=ready, handle_signals=False
-                )
-            )
-            await ready.wait()
-            await bus.publish_raw(names.for_type(ProbeTask, run_id), other_run)
-            await bus.publish_raw(names.for_type(ProbeTask, run_id), other_type)
-            await bus.publish_many(tasks(run_id, 2))
-            await wait_for(lambda: _has_at_least(bus, run_id, DeadLetter, 2))
-            await wait_for(lambda: _count_results(bus, run_id, 2))
-            stop.set()
-        out = await read_all(bus, run_id, DeadLetter), await read_all(bus, run_id, ProbeResult)
-        await bus.close()
-        return out
-
-    letters, results = anyio.run(main)
+    letters, results = _poison_then_work(settings, run_id, [other_run, other_type], 2)
     assert sorted(r.sample_id for r in results) == ["s-00000", "s-00001"]  # the poison's sample never ran
     errors = sorted(letter.error for letter in letters)
     assert len(errors) == 2 and all(letter.num_delivered == 1 for letter in letters)
