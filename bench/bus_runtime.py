@@ -12,8 +12,8 @@ context. Two modes, each side in turn in every round:
   shares its CPU); events/s from the first publish to the last event handled, and latency.
 - ``backlog``: the events are stored first; events/s to drain them, the consumer alone.
 
-Each result also gives the process's CPU time per event, which a busy neighbour on a virtual
-machine does not move as much as it moves the wall clock. Prints one JSON line per
+Each result also gives the process's CPU time per event: what the side's own code costs,
+whatever else the machine runs meanwhile. Prints one JSON line per
 measurement and the ratios (goal: runtime >= 0.9x bare events/s); ``--out`` keeps them in a
 JSON file. Publishing is bounded (``Bus.publish_many``'s window) and fetch timeouts are
 waited out, so a slow machine gets a slower result, not a crash.
@@ -69,7 +69,7 @@ def summarise(
         "mode": mode,
         "events": n,
         "events_per_s": round(n / elapsed, 1),
-        "cpu_us_per_event": round(1e6 * cpu / n, 1),  # this process; steal time on a VM is not in it
+        "cpu_us_per_event": round(1e6 * cpu / n, 1),  # this process: both the publisher and the consumer when live
     }
     if mode == "live":  # with a backlog, the latency is only how long an event waited its turn
         latencies.sort()
