@@ -12,8 +12,7 @@ context. Two modes, each side in turn in every round:
   shares its CPU); events/s from the first publish to the last event handled, and latency.
 - ``backlog``: the events are stored first; events/s to drain them, the consumer alone.
 
-Each result also gives the process's CPU time per event: what the side's own code costs,
-whatever else the machine runs meanwhile. Prints one JSON line per
+Each result also gives the process's CPU time per event. Prints one JSON line per
 measurement and the ratios (goal: runtime >= 0.9x bare events/s); ``--out`` keeps them in a
 JSON file. Publishing is bounded (``Bus.publish_many``'s window) and fetch timeouts are
 waited out, so a slow machine gets a slower result, not a crash.
