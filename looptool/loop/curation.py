@@ -26,19 +26,23 @@ class Dataset(msgspec.Struct):
     composition: dict[str, int]
 
 
+def _first_positions(ids: list[str]) -> list[int]:
+    """The position of each id's first occurrence, in order."""
+    seen: set[str] = set()
+    return [i for i, sid in enumerate(ids) if not (sid in seen or seen.add(sid))]  # type: ignore[func-returns-value]
+
+
 def unique(samples: list[Sample]) -> tuple[list[Sample], int]:
     """The samples with repeated ids removed (first kept), and how many were removed: a round
     counts samples by id, so a repeated id would leave it waiting forever."""
-    seen: set[str] = set()
-    kept = [s for s in samples if not (s.id in seen or seen.add(s.id))]  # type: ignore[func-returns-value]
+    kept = [samples[i] for i in _first_positions([s.id for s in samples])]
     return kept, len(samples) - len(kept)
 
 
 def pool_order(ids: list[str], seed: int) -> list[int]:
     """The seed pool's fixed order, as positions in ``ids``: each id once (its first), shuffled
     by the run's seed, so that a replayed run draws the same slices."""
-    seen: set[str] = set()
-    order = [i for i, sid in enumerate(ids) if not (sid in seen or seen.add(sid))]  # type: ignore[func-returns-value]
+    order = _first_positions(ids)
     random.Random(seed).shuffle(order)
     return order
 
