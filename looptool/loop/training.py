@@ -1,9 +1,10 @@
 """Training a round: TRL (SFT or GRPO) with PEFT LoRA adapters, on LoopTool samples.
 
 Runs synchronously (the trainer service calls it in a worker thread). Data is rendered the way
-the serving vLLM renders requests (:func:`looptool.models.wire_messages`: tool-call arguments
-as JSON strings, tools as a JSON string column that TRL decodes), so that a model trained here
-sees at inference exactly the text it was trained on — and Arrow never "unifies" differently
+the serving vLLM renders requests (:func:`looptool.llm.client.template_messages`: the messages
+as vLLM hands them to the chat template, tool-call arguments as objects), so that a model
+trained here sees at inference exactly the text it was trained on, and writes its calls as it
+was taught. Samples are tokenized here, from Python dicts, so Arrow never "unifies" differently
 shaped argument dicts into records full of nulls.
 
 An adapter is written to a temporary directory and renamed into place only when complete, so a
@@ -30,7 +31,7 @@ from looptool.data.samples import Sample
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import SettingsError
-from looptool.llm.client import wire_messages
+from looptool.llm.client import template_messages
 from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.loop.settings import TrainerSettings
 
@@ -83,7 +84,7 @@ def prepare_sft(
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for sample in samples:
-        messages = wire_messages(sample, with_label=True)
+        messages = template_messages(sample, with_label=True)
         tools = export_row(sample)["tools"] or None  # no tools: None, as the server gets none
         try:
             prompt, full = ids(messages[:-1], tools, True), ids(messages, tools, False)
@@ -108,7 +109,7 @@ def grpo_rows(
     for sample in samples:
         tools = export_row(sample)["tools"]
         prompt = tokenizer.apply_chat_template(
-            wire_messages(sample),
+            template_messages(sample),
             tools=tools or None,
             add_generation_prompt=True,
             tokenize=False,
