@@ -9,6 +9,7 @@ with every sample accounted for and no service down.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -252,6 +253,14 @@ def test_full_flow_and_a_balanced_ledger(undisturbed, nats_server) -> None:
     page = html.read_text()
     assert "Held-out accuracy" in page and page.count("<img") >= 4 and "loopcalm" in page
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    numbers = json.loads((workdir / "report" / "report.json").read_text())
+    assert [r["round"] for r in numbers["rounds"]] == list(range(ROUNDS))
+    for r in numbers["rounds"]:
+        assert r["overall"] == ledger.overall(r["round"]) and r["metrics"]["overall"] == r["overall"]
+        assert sum(r["outcomes"][o] for o in OUTCOMES) == r["samples"] == ledger.rounds[r["round"]].size
+    first = ledger.rounds[0]
+    base = [e for name, e in first.evals.items() if first.model and name != first.model.model]
+    assert numbers["base_overall"] == (base[0].metrics["overall"] if base else None)
 
 
 def _cut():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,6 +44,39 @@ def _png(figure: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def base_metrics(ledger: RunLedger) -> dict[str, float] | None:
+    """The base model's metrics (scored beside round 0's model), when it was evaluated."""
+    first = ledger.rounds.get(0)
+    if first is None or first.model is None:
+        return None
+    return next((e.metrics for name, e in sorted(first.evals.items()) if name != first.model.model), None)
+
+
+def summary(ledger: RunLedger) -> dict[str, Any]:
+    """What ``report.json`` holds: per round the policy's held-out metrics (``overall`` and per
+    category) and the count of samples per outcome; the base model's overall beside them."""
+    cut = _cut(ledger)
+    base = base_metrics(ledger)
+    return {
+        "run": ledger.run,
+        "status": ledger.finished.reason if ledger.finished else "running",
+        "base_overall": base.get("overall") if base else None,
+        "base": base,
+        "rounds": [
+            {
+                "round": r,
+                "overall": ledger.overall(r),
+                "metrics": ledger.policy_metrics(r),
+                "outcomes": rl.composition(cut) if rl.probes else {},
+                "samples": rl.size,
+            }
+            for r, rl in sorted(ledger.rounds.items())
+        ],
+        "errors": ledger.errors,
+        "dead_letters": ledger.dead_letters,
+    }
+
+
 def eval_chart(ledger: RunLedger) -> bytes:
     figure, axis = plt.subplots(figsize=(7, 4))
     rounds = sorted(r for r in ledger.rounds if ledger.overall(r) is not None)
@@ -52,14 +86,9 @@ def eval_chart(ledger: RunLedger) -> bytes:
         values = [ledger.policy_metrics(r).get(category) for r in rounds]
         bold = category == "overall" or category in BENCHMARK_HEADLINES
         axis.plot(rounds, values, marker="o", linewidth=2.5 if bold else 1.2, label=category)
-    first = ledger.rounds.get(0)
-    base = (
-        next((e for name, e in first.evals.items() if name != first.model.model), None)
-        if first and first.model
-        else None
-    )
+    base = base_metrics(ledger)
     if base is not None:
-        axis.axhline(base.metrics.get("overall", 0), color="grey", linestyle="--", label="base model overall")
+        axis.axhline(base.get("overall", 0), color="grey", linestyle="--", label="base model overall")
     axis.set_xlabel("round")
     axis.set_ylabel("accuracy (AST)")
     axis.set_ylim(0, 1)
@@ -158,9 +187,11 @@ def _decontamination(ledger: RunLedger) -> str:
 
 
 def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.png`` (the accuracy chart) into ``out_dir``."""
+    """Write ``report.html``, ``report.png`` (the accuracy chart) and ``report.json`` (the numbers,
+    :func:`summary`) into ``out_dir``; returns the first two."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(summary(ledger), indent=1) + "\n", encoding="utf-8")
     cut = _cut(ledger)
     main_chart = eval_chart(ledger)
     (out / "report.png").write_bytes(main_chart)
