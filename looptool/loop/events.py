@@ -119,6 +119,7 @@ class TrainProgress(Event, tag="train.progress"):
     loss: float
     epoch: float = 0.0
     learning_rate: float = 0.0
+    reward: float | None = None  # GRPO: the mean reward of the step's completions
 
     def dedup_key(self) -> str:
         return f"{super().dedup_key()}:{self.step}"

@@ -46,6 +46,7 @@ class TrainingOutcome(msgspec.Struct):
     tokens: int
     seconds: float
     skipped: dict[str, int] = msgspec.field(default_factory=dict)  # samples not trained on, by reason
+    rewards: list[float] = msgspec.field(default_factory=list)  # GRPO: the mean reward of each logged step
 
     @property
     def tokens_per_s(self) -> float:
@@ -247,7 +248,8 @@ def sft_trainer(
 
 
 class _Progress:
-    """A transformers TrainerCallback that forwards each log entry (loss, step) to ``report``."""
+    """A transformers TrainerCallback that forwards each log entry (loss, step; GRPO's mean
+    reward) to ``report``."""
 
     def __new__(cls, report: ProgressFn, total_steps: Callable[[], int]) -> Any:
         from transformers import TrainerCallback
@@ -257,15 +259,16 @@ class _Progress:
                 self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
             ) -> None:
                 if logs and "loss" in logs:
-                    report(
-                        {
-                            "step": state.global_step,
-                            "total_steps": state.max_steps or total_steps(),
-                            "loss": float(logs["loss"]),
-                            "epoch": float(state.epoch or 0.0),
-                            "learning_rate": float(logs.get("learning_rate", 0.0)),
-                        }
-                    )
+                    entry = {
+                        "step": state.global_step,
+                        "total_steps": state.max_steps or total_steps(),
+                        "loss": float(logs["loss"]),
+                        "epoch": float(state.epoch or 0.0),
+                        "learning_rate": float(logs.get("learning_rate", 0.0)),
+                    }
+                    if "reward" in logs:
+                        entry["reward"] = float(logs["reward"])
+                    report(entry)
 
         return Callback()
 
@@ -317,9 +320,12 @@ def train_round(
             peft_config=peft_config,
         )
     losses: list[float] = []
+    rewards: list[float] = []
 
     def on_progress(entry: dict[str, Any]) -> None:
         losses.append(entry["loss"])
+        if "reward" in entry:
+            rewards.append(entry["reward"])
         if report is not None:
             report(entry)
 
@@ -344,6 +350,7 @@ def train_round(
         tokens=tokens,
         seconds=seconds,
         skipped=skipped,
+        rewards=rewards,
     )
 
 
