@@ -569,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     secrets.add_argument("--server-root", help="where nats-server sees DIR/server (a container's mount point)")
     secrets.set_defaults(func=cmd_secrets)
 
-    demo = commands.add_parser("demo", help="the whole loop offline on a CPU: world, tiny model, services, report")
+    demo = commands.add_parser(
+        "demo", help="the whole loop offline on a CPU: a tool world, SmolLM2, every service, a report"
+    )
     demo.add_argument("--workdir", default=".looptool/demo")
     demo.add_argument("--rounds", type=int, default=3)
     demo.add_argument("--train", type=int, default=200, help="samples per round")
