@@ -44,7 +44,9 @@ def main() -> None:
     model_dir = smollm2(cache_dir(settings.cache_dir))
     pool = shuffled_pool(demo_world(args.sft + args.grpo, 0, noise=0.0, seed=args.seed).train, args.seed)
     sft_samples, grpo_samples = pool[: args.sft], pool[args.sft :]
-    trainer = load_settings(environ=demo_env(model_dir, [], Path(tempfile.gettempdir()))).trainer
+    trainer = msgspec.structs.replace(
+        load_settings(environ=demo_env(model_dir, [], Path(tempfile.gettempdir()))).trainer, logging_steps=1
+    )
     grpo = msgspec.structs.replace(
         trainer,
         method="grpo",
