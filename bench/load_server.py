@@ -95,6 +95,7 @@ class LoadServer:
         self.generator_model = generator_model
         self.labels: dict[str, list[dict[str, Any]]] = {}
         self.calls: Counter[str] = Counter()
+        self.adapters: set[str] = set()
         self.slots = anyio.CapacityLimiter(slots)
         self.in_flight = 0
         self.busy_since = 0.0
@@ -162,10 +163,15 @@ class LoadServer:
 
     async def load_adapter(self, request: Request) -> JSONResponse:
         self.calls["load_adapter"] += 1
-        return JSONResponse({"loaded": (await request.json()).get("lora_name")})
+        name = (await request.json()).get("lora_name")
+        self.adapters.add(name)
+        return JSONResponse({"loaded": name})
 
     async def models(self, _: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": "policy", "object": "model", "owned_by": "bench"}]})
+        served = ["policy", *sorted(self.adapters)]  # as vLLM lists them: the base and each adapter
+        return JSONResponse(
+            {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "bench"} for m in served]}
+        )
 
 
 def _completion(model: str, content: str | None, calls: list[dict[str, Any]], logprobs: list[float]) -> dict[str, Any]:

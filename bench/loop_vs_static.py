@@ -142,7 +142,7 @@ def one_seed(workdir: Path, args: argparse.Namespace, seed: int) -> dict[str, An
         workdir,
         args.train,
         args.test,
-        pool=args.train * (args.rounds + 1) * 2,
+        pool=args.train * (args.rounds + 1),  # the demo's world: `looptool demo --seed N` is this seed's full arm
         noise=args.noise,
         seed=seed,
         cache=load_settings().cache_dir,
@@ -222,10 +222,17 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--workdir", default=".looptool/bench-loop")
     parser.add_argument("--out", help="write the results here (JSON)")
+    parser.add_argument("--reuse", help="take these seeds' measured arms from an earlier results file (its per_seed)")
     args = parser.parse_args()
     started = time.perf_counter()
+    earlier = (
+        {s["seed"]: s for s in msgspec.json.decode(Path(args.reuse).read_bytes())["per_seed"]} if args.reuse else {}
+    )
     per_seed = []
     for seed in args.seeds:
+        if seed in earlier:
+            per_seed.append(earlier[seed])
+            continue
         per_seed.append(one_seed(Path(args.workdir).resolve() / f"seed{seed}", args, seed))
         report = {
             "command": "python bench/loop_vs_static.py " + " ".join(sys.argv[1:]),

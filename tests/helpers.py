@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import anyio
+import nats.errors
+import pytest
 
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
@@ -16,6 +18,7 @@ from looptool.loop.settings import Settings
 # The test vLLM servers require this key, as `looptool up` makes every server do: each client
 # path (OpenAI SDK, /tokenize, adapter loading) must send it or its test fails with a 401.
 VLLM_API_KEY = "looptool-test-key"
+REFUSED_WITHIN = 1.0  # a refused request gets no answer: it times out, and the refusal arrives
 
 
 def make_settings(url: str, **runtime: object) -> Settings:
@@ -57,3 +60,20 @@ async def running(service: Service, settings: Settings, replicas: int = 1) -> As
 
 async def count(bus: Bus, run: str, event_type: type) -> int:
     return len(await read_all(bus, run, event_type))
+
+
+async def assert_refused(bus: Bus, subject: str, data: bytes = b"{}") -> None:
+    """The server refuses ``bus``'s publish to ``subject``: a permissions violation arrives
+    and no reply does."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    bus.nc._error_cb = on_error  # noqa: SLF001 - a refusal arrives only as an async error
+    with pytest.raises(nats.errors.TimeoutError):
+        await bus.nc.request(subject, data, timeout=REFUSED_WITHIN)
+    expected = f'permissions violation for publish to "{subject}"'.lower()
+    with anyio.fail_after(10):
+        while not any(expected in str(e).lower() for e in errors):
+            await anyio.sleep(0.02)

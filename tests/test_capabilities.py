@@ -81,6 +81,7 @@ def test_the_report_shows_each_benchmarks_headline_per_round(tmp_path: Path) -> 
 
     ledger = RunLedger("r")
     for round, score in [(0, 0.2), (1, 0.3)]:
+        ledger.apply(DatasetReady(run="r", round=round, dataset=ArtifactRef(bucket="b", name="n"), size=1))
         metrics = {"overall": score, "simple_python": score, "multi_turn_base": score / 2, "bfcl_overall": score / 3}
         ledger.apply(EvalCompleted(run="r", round=round, model=f"m-r{round}", metrics=metrics, n_items=10))
     ledger.apply(

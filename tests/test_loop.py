@@ -21,7 +21,7 @@ from typing import NamedTuple
 import anyio
 import msgspec
 import pytest
-from helpers import VLLM_API_KEY, read_all
+from helpers import VLLM_API_KEY, assert_refused, read_all
 
 from looptool.app.report import write_report
 from looptool.app.runs import fold_run, submit_run
@@ -33,7 +33,7 @@ from looptool.data.worlds.synthetic import build, write
 from looptool.kernel import names
 from looptool.kernel.bus import CLAIM_HEADER, Bus
 from looptool.kernel.credentials import SecretsDir
-from looptool.kernel.events import DeadLetter
+from looptool.kernel.events import DeadLetter, encode_event
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.settings import NatsSettings
 from looptool.loop.events import (
@@ -324,6 +324,40 @@ async def feed_poison(bus: Bus, sample: Sample) -> None:
     await bus.publish_raw(names.for_type(JudgeVerdict, "poison"), b"\xff\xfe\x00 not utf-8")  # expander
 
 
+async def poison_and_attack(bus: Bus, sample: Sample, secrets: SecretsDir, nats_url: str, run: str) -> None:
+    await feed_poison(bus, sample)
+    await attack(secrets, nats_url, run)
+
+
+async def attack(secrets: SecretsDir, nats_url: str, run: str) -> None:
+    """#28's attacks on the live run, each by the identity that once got away with it: the probe
+    takes the trainer's work, deletes the judge's consumer, starves the evaluator's, and
+    reports on a sample of no dataset and on rounds that do not exist; the judge files dead
+    letters in the probe's name."""
+
+    async def connect(identity: str) -> Bus:
+        settings = NatsSettings(url=nats_url, credentials_dir=str(secrets.identity(identity)))
+        return await Bus.connect(settings, identity=identity)
+
+    probe, judge = await connect("probe"), await connect("judge")
+    consumer = f"$JS.API.CONSUMER.{{}}.{names.STREAM}.{{}}"
+    try:
+        await assert_refused(probe, consumer.format("MSG.NEXT", names.consumer_name("trainer", DatasetReady)))
+        await assert_refused(probe, consumer.format("DELETE", names.consumer_name("judge", ProbeResult)))
+        evaluator = names.consumer_name("evaluator", ModelReady)
+        await assert_refused(probe, consumer.format("CREATE", f"{evaluator}.{names.PREFIX}.nothing.matches"))
+        forged = DeadLetter(
+            run=run, service="probe", subject=names.for_type(ProbeTask, run), stream_seq=1, num_delivered=5,
+            error="forged", data=b"{}", stage="probe.task", sample_id="made-up",
+        )  # fmt: skip
+        await assert_refused(judge, names.for_event(forged), encode_event(forged))
+        for round in (0, -1, 2**63 - 1):
+            await probe.publish(ProbeResult(run=run, round=round, sample_id="stranger", outcome="mastered", ppl=1.0))
+    finally:
+        await probe.close()
+        await judge.close()
+
+
 def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
     loop_vllm, tiny_model, world, tmp_path
 ) -> None:
@@ -349,7 +383,7 @@ def test_a_dirty_seed_file_and_poison_messages_leave_every_sample_accounted_for(
             "loopdirty",
             clean,
             rounds=1,
-            meanwhile=lambda bus: feed_poison(bus, report.samples[0]),
+            meanwhile=lambda bus: poison_and_attack(bus, report.samples[0], secrets, secured.url, "loopdirty"),
             secrets=secrets,
         )
         check_dirty_run(run, report, secured.url, secrets)
@@ -369,6 +403,10 @@ def check_dirty_run(run: LoopRun, report: ImportReport, nats_url: str, secrets: 
     assert outcomes[long_id] == "errored"
     assert r0.errored_by_reason()  # the 400 from vLLM, by stage and reason
     assert sum(1 for o in outcomes.values() if o == "errored") == 1
+    # The attacks: the trainer, judge and evaluator kept their work (the run finished with every
+    # sample accounted for once), and no stranger was counted.
+    assert "stranger" not in r0.probes and len(r0.probes) == 13 - 1
+    assert ledger.refused == {"not in the round's dataset": 1, "round out of range": 2}
 
     async def letters() -> list[DeadLetter]:
         bus = await Bus.connect(NatsSettings(url=nats_url, credentials_dir=cli))

@@ -488,6 +488,8 @@ def test_eval_history_is_the_base_model_then_each_rounds_model() -> None:
         return EvalCompleted(run="r", round=round, model=model, metrics={"overall": overall}, n_items=1)
 
     for event in (
+        dataset(1),
+        msgspec.structs.replace(dataset(1), round=1),
         ModelReady(run="r", round=0, model="r-r0"),
         evaluated(0, "r-r0", 0.5),
         evaluated(0, "policy", 0.3),  # the base model, evaluated at round 0
@@ -498,3 +500,57 @@ def test_eval_history_is_the_base_model_then_each_rounds_model() -> None:
     assert [m["overall"] for m in ledger.eval_history(1)] == [0.3, 0.5, 0.4]
     assert [m["overall"] for m in ledger.eval_history(0)] == [0.3, 0.5]
     assert curation.regression_reason(ledger.eval_history(1), 0.05) == "regression beyond 0.050: overall 0.500 -> 0.400"
+
+
+def test_the_ledger_admits_only_its_rounds_own_samples() -> None:
+    """A single probe result for an unknown id made round 0 show 41 probed of 40, never close,
+    and report ``waiting: {"probe": -1}``; rounds -1 and 2**63-1 were accepted (#28)."""
+    ledger = RunLedger("r")
+    ledger.apply(RunRequested(run="r", config=RunConfig(run="r", rounds=2)))
+    early = probe("c", "failed", round=1)  # before its round's dataset: it waits, then counts
+    stranger_early = probe("z", "failed", round=1)
+    assert ledger.apply(early) is None and ledger.apply(stranger_early) is None
+    ledger.apply(msgspec.structs.replace(dataset(2), sample_ids=["a", "b"]))
+    refusals = [
+        ledger.apply(probe("x", "failed")),
+        ledger.apply(letter("probe.task", "x", "probe")),
+        ledger.apply(verdict("x", "both_wrong", "discard")),
+        ledger.apply(ExpandResult(run="r", seed_id="x")),
+        ledger.apply(probe("a", "failed", round=-1)),
+        ledger.apply(probe("a", "failed", round=2**63 - 1)),
+        ledger.apply(probe("a", "failed", round=2)),
+        ledger.apply(msgspec.structs.replace(dataset(9), sample_ids=["x"])),  # round 0's first stands
+    ]
+    assert all(refusals), refusals
+    assert refusals[0] == "not in the round's dataset: probe.result for sample 'x' in round 0"
+    assert ledger.round(0).missing() == {"probe": 2} and ledger.round(0).size == 2
+    ledger.apply(probe("a", "mastered"))
+    ledger.apply(probe("b", "mastered"))
+    assert ledger.round(0).complete() and sorted(ledger.round(0).probes) == ["a", "b"]
+    assert ledger.open_rounds() == [0] and sorted(ledger.rounds) == [0]
+    ledger.apply(msgspec.structs.replace(dataset(1), round=1, sample_ids=["c"]))
+    assert ledger.open_rounds() == [1] and list(ledger.round(1).probes) == ["c"]
+    assert ledger.refused == {"not in the round's dataset": 5, "round out of range": 3, "a second dataset.ready": 1}
+    assert ledger.dead_letters == 0
+
+
+def test_the_curator_dead_letters_what_its_ledger_refuses() -> None:
+    async def main() -> StubBus:
+        bus = StubBus()
+        runner = StubRunner(bus, settings(), curator.service)
+        ref = await bus.put_artifact("r/seed.jsonl", encode_samples(seed_samples(3)))
+        await bus.publish(RunRequested(run="r", config=RunConfig(run="r", seed_data=ref, rounds=1, initial_size=3)))
+        await runner.run_until_idle()
+        (ready,) = bus.of_type(DatasetReady)
+        assert sorted(ready.sample_ids) == sorted(s.id for s in seed_samples(3))
+        await bus.publish(probe("stranger", "mastered"))
+        for sid in ready.sample_ids:
+            await bus.publish(probe(sid, "mastered"))
+        await runner.run_until_idle()
+        return bus
+
+    bus = run(main)
+    (refused,) = bus.of_type(DeadLetter)
+    assert refused.sample_id == "stranger" and "not in the round's dataset" in refused.error
+    (finished,) = bus.of_type(RunFinished)  # the round closed on its own three samples
+    assert finished.reason == "completed 1 round(s)"

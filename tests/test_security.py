@@ -13,24 +13,27 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import msgspec
 import nats
 import nats.errors
 import pytest
+from helpers import assert_refused
 
 from looptool.app.cli import resolve_service
+from looptool.app.runs import fold_run
 from looptool.app.up import SERVICES, Topology, bus_identities
+from looptool.data.samples import Message, Sample
 from looptool.kernel import access, names
 from looptool.kernel.bus import Bus
 from looptool.kernel.credentials import CredentialsError, SecretsDir, read_credentials, tls_hosts_for
 from looptool.kernel.errors import PermanentError
-from looptool.kernel.events import ArtifactRef, DeadLetter, encode_event
+from looptool.kernel.events import ArtifactRef, DeadLetter, ServiceError, encode_event
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.runtime import Context
 from looptool.kernel.settings import NatsSettings
 from looptool.kernel.testing import StubBus
-from looptool.loop.events import DatasetReady, JudgeVerdict, ProbeResult
-
-REFUSED_WITHIN = 1.0  # a refused request gets no answer: it times out, and the refusal arrives
+from looptool.loop.events import DatasetReady, JudgeVerdict, ProbeResult, ProbeTask, RunFinished, RunRequested
+from looptool.loop.runconfig import RunConfig
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +98,6 @@ def test_a_service_directory_only_serves_its_own_identity(secured) -> None:
         anyio.run(lambda: Bus.connect(settings, identity="trainer"))
 
 
-async def assert_refused(bus: Bus, subject: str, data: bytes = b"{}") -> None:
-    """The server refuses ``bus``'s publish to ``subject``: a permissions violation arrives
-    and no reply does."""
-    errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        errors.append(exc)
-
-    bus.nc._error_cb = on_error  # noqa: SLF001 - a refusal arrives only as an async error
-    with pytest.raises(nats.errors.TimeoutError):
-        await bus.nc.request(subject, data, timeout=REFUSED_WITHIN)
-    expected = f'permissions violation for publish to "{subject}"'.lower()
-    with anyio.fail_after(10):
-        while not any(expected in str(e).lower() for e in errors):
-            await anyio.sleep(0.02)
-
-
 def test_a_service_publishes_only_the_events_it_emits(secured, run_id) -> None:
     verdict = JudgeVerdict(run=run_id, round=0, sample_id="s1", verdict="prediction_wrong", action="label_ok")
     result = ProbeResult(run=run_id, round=0, sample_id="s1", outcome="mastered", ppl=None)
@@ -129,7 +115,8 @@ def test_a_service_publishes_only_the_events_it_emits(secured, run_id) -> None:
 def test_a_service_reads_only_what_it_consumes(secured) -> None:
     async def main() -> None:
         async with connected(secured, "judge") as judge:
-            await judge.js.pull_subscribe(names.for_type(ProbeResult), stream=names.STREAM)  # it consumes these
+            own = names.consumer_name("judge", ProbeResult)  # it consumes these, on its own durable
+            await judge.ensure_consumer(own, names.for_type(ProbeResult), ack_wait=30, max_deliver=5)
             consumer = f"$JS.API.CONSUMER.CREATE.{names.STREAM}.spy"
             await assert_refused(judge, f"{consumer}.{names.for_type(DatasetReady)}")
             await assert_refused(judge, f"{consumer}.{names.PREFIX}.>")  # nor the whole log
@@ -170,6 +157,59 @@ async def _stream_exists(secured) -> bool:
         return (await admin.js.stream_info(names.STREAM)).config.name == names.STREAM
 
 
+def _replay(secured, run: str) -> subprocess.CompletedProcess[str]:
+    server, secrets = secured
+    return subprocess.run(
+        [sys.executable, "-m", "looptool", "dlq", run, "--replay"],
+        env={
+            **os.environ,
+            "LOOPTOOL_NATS__URL": server.url,
+            "LOOPTOOL_NATS__CREDENTIALS_DIR": str(secrets.identity("cli")),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_replay_checks_each_letter_as_its_service_would_and_goes_on_past_a_bad_one(secured, run_id) -> None:
+    """``dlq --replay`` crashed on the letter of a claim-checked event and left the letters after
+    it; it republished a probe's letter carrying ``run.finished`` (#28)."""
+    big = ProbeTask(
+        run=run_id,
+        sample=Sample(id="s-big", tools=[], messages=[Message(role="user", content="x" * 1_500_000)]),
+        model="m",
+    )
+    finished = RunFinished(run=run_id, reason="FORGED by probe")
+    letters = [
+        _letter(run_id, "probe", data=b"\xff garbage", sample_id=None, stage=""),
+        _letter(run_id, "probe", subject=names.for_event(finished), data=encode_event(finished), stream_seq=2),
+        _letter(run_id, "probe", data=encode_event(big), sample_id="s-big", stream_seq=3),
+    ]
+
+    async def plant() -> None:
+        async with connected(secured, "probe") as probe:
+            for letter in letters:
+                await probe.publish(letter)
+
+    anyio.run(plant)
+    replay = _replay(secured, run_id)
+    assert replay.returncode == 0, replay.stderr
+    rows = [msgspec.json.decode(line) for line in replay.stdout.splitlines()]
+    assert [("replayed_as" in row, row.get("not_replayed", "")[:40]) for row in rows] == [
+        (False, "undecodable event: JSON is malformed: in"),
+        (False, "service probe does not consume run.finis"),
+        (True, ""),
+    ]
+    assert "3 dead letter(s) in run" in replay.stderr and "replayed 1, refused 2, failed 0" in replay.stderr
+
+    async def stored_events() -> list[object]:
+        async with connected(secured, access.ADMIN) as admin:
+            return [e async for e in admin.events(names.run_filter(run_id)) if not isinstance(e, DeadLetter)]
+
+    assert anyio.run(stored_events) == [big]
+
+
 def test_a_forged_dead_letter_aimed_at_the_jetstream_api_is_not_replayed(secured, run_id) -> None:
     server, secrets = secured
     forged = DeadLetter(
@@ -183,9 +223,9 @@ def test_a_forged_dead_letter_aimed_at_the_jetstream_api_is_not_replayed(secured
         data=b"{}",
     )
 
-    async def plant() -> None:
-        async with connected(secured, "cli") as cli:
-            await cli.publish(forged)
+    async def plant() -> None:  # a letter in the probe's own name: only the probe could file it
+        async with connected(secured, "probe") as probe:
+            await probe.publish(forged)
 
     anyio.run(plant)
     replay = subprocess.run(
@@ -284,3 +324,114 @@ def test_a_service_reads_an_artifact_large_enough_for_flow_control(secured, run_
                 return await curator.get_artifact(ref)
 
     assert anyio.run(main) == data
+
+
+# --------------------------------------------------------------------------- consumers are their owners'
+
+
+def _consumer_api(name: str, filter_subject: str) -> list[str]:
+    """Every way to take from, look at, remove or re-point the durable consumer ``name``."""
+    api, stream = "$JS.API.CONSUMER", names.STREAM
+    return [
+        f"{api}.MSG.NEXT.{stream}.{name}",
+        f"{api}.INFO.{stream}.{name}",
+        f"{api}.DELETE.{stream}.{name}",
+        f"{api}.CREATE.{stream}.{name}.{filter_subject}",  # the same filter: an update
+        f"{api}.CREATE.{stream}.{name}.{names.PREFIX}.nothing.matches",  # starve it
+        f"{api}.CREATE.{stream}.{name}",  # the filter in the body
+        f"{api}.DURABLE.CREATE.{stream}.{name}",
+        f"$JS.ACK.{stream}.{name}.1.1.1.1700000000000000000.0",
+    ]
+
+
+@pytest.mark.parametrize("identity", ["probe", "judge", "curator", "cli"])
+def test_no_identity_can_take_inspect_delete_or_repoint_the_trainers_consumer(secured, run_id, identity) -> None:
+    """The probe pulled ``dataset.ready`` from the trainer's consumer and acked it: the run hung
+    at round 0 for good (#28). Every identity but the trainer is refused every consumer request
+    and ack on it, and the work is still there for the trainer."""
+    name, filter_subject = names.consumer_name("trainer", DatasetReady), names.for_type(DatasetReady)
+    ready = DatasetReady(run=run_id, dataset=ArtifactRef(bucket=names.ARTIFACT_BUCKET, name="x"), size=1)
+
+    async def main() -> None:
+        async with connected(secured, "trainer") as trainer:
+            await trainer.ensure_consumer(name, filter_subject, ack_wait=30, max_deliver=5)
+        async with connected(secured, "curator") as curator:
+            await curator.publish(ready)
+        async with connected(secured, identity) as thief:
+            for subject in _consumer_api(name, filter_subject):
+                await assert_refused(thief, subject)
+        async with connected(secured, "trainer") as trainer:
+            info = await trainer.js.consumer_info(names.STREAM, name)
+            assert info.config.filter_subject == filter_subject
+            sub = await trainer.pull(name)
+            fetched = [await trainer.decode(m) for m in await sub.fetch(100, timeout=5)]
+            assert ready in fetched
+
+    anyio.run(main)
+
+
+def test_a_service_keeps_its_own_durables_filter(secured) -> None:
+    """The expander may read ``dataset.ready`` through consumers of its own, but not by
+    re-pointing its durable on verdicts at them."""
+    name = names.consumer_name("expander", JudgeVerdict)
+
+    async def main() -> None:
+        async with connected(secured, "expander") as expander:
+            await expander.ensure_consumer(name, names.for_type(JudgeVerdict), ack_wait=30, max_deliver=5)
+            await assert_refused(
+                expander, f"$JS.API.CONSUMER.CREATE.{names.STREAM}.{name}.{names.for_type(DatasetReady)}"
+            )
+            await assert_refused(expander, f"$JS.API.CONSUMER.DELETE.{names.STREAM}.{name}")
+            assert [e async for e in expander.events(names.for_type(DatasetReady, "nosuchrun"))] == []  # it may read
+
+    anyio.run(main)
+
+
+# --------------------------------------------------------------------------- reports filed in one's own name
+
+
+def _letter(run: str, service: str, **fields: object) -> DeadLetter:
+    values: dict[str, object] = {
+        "subject": names.for_type(ProbeTask, run), "stream_seq": 1, "num_delivered": 5, "error": "forged",
+        "data": b"{}", "stage": "probe.task", "sample_id": "made-up",
+    } | fields  # fmt: skip
+    return DeadLetter(run=run, service=service, **values)  # type: ignore[arg-type]
+
+
+def test_no_identity_files_a_dead_letter_or_an_error_in_anothers_name(secured, run_id) -> None:
+    """The judge published 160 letters "from the probe" and closed round 0 at once (#28)."""
+
+    async def main() -> None:
+        async with connected(secured, "judge") as judge:
+            await judge.publish(_letter(run_id, "judge", stage="probe.result"))  # its own: stored
+            for forged in (_letter(run_id, "probe"), ServiceError(run=run_id, service="probe", replica="x", error="e")):
+                await assert_refused(judge, names.for_event(forged), encode_event(forged))
+        async with connected(secured, "cli") as cli:
+            for forged in (_letter(run_id, "probe"), _letter(run_id, "cli")):
+                await assert_refused(cli, names.for_event(forged), encode_event(forged))
+
+    anyio.run(main)
+    assert anyio.run(stored, secured, names.for_type(DeadLetter, run_id)) == 1
+
+
+def test_a_letter_on_its_senders_subject_naming_another_sender_is_not_believed(secured, run_id) -> None:
+    """The judge may file letters on its own subject; one that names the probe inside is not
+    counted by any fold (the services' runtime and the operator's views ask the same check)."""
+    forged = _letter(run_id, "probe")
+    own_subject = names.for_type(DeadLetter, run_id, sender="judge")
+    config = RunConfig(run=run_id, rounds=1, seed_data=ArtifactRef(bucket=names.ARTIFACT_BUCKET, name="s"))
+
+    async def main() -> None:
+        async with connected(secured, "cli") as cli:
+            await cli.publish(RunRequested(run=run_id, config=config))
+        async with connected(secured, "curator") as curator:
+            ref = ArtifactRef(bucket=names.ARTIFACT_BUCKET, name="d")
+            await curator.publish(DatasetReady(run=run_id, dataset=ref, size=1, sample_ids=["real"]))
+        async with connected(secured, "judge") as judge:
+            await judge.publish_raw(own_subject, encode_event(forged), msg_id="forged-1")
+        assert names.misfiled(own_subject, forged) is not None
+        async with connected(secured, "cli") as cli:
+            ledger = await fold_run(cli, run_id)
+        assert ledger.dead_letters == 0 and ledger.round(0).missing() == {"probe": 1}
+
+    anyio.run(main)

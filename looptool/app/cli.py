@@ -78,6 +78,9 @@ async def _events(args: argparse.Namespace, settings: Settings) -> None:
             line: dict[str, Any] = {"seq": msg.metadata.sequence.stream, "subject": msg.subject}
             if isinstance(item, Event):
                 line["event"] = item
+                refusal = names.misfiled(msg.subject, item)
+                if refusal is not None:
+                    line["refused"] = refusal
             else:
                 line["undecodable"] = item.decode("utf-8", "replace")
             sys.stdout.buffer.write(_json.encode(line) + b"\n")
@@ -87,9 +90,11 @@ async def _events(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def replay_refusal(letter: DeadLetter, run: str) -> str | None:
-    """Why a dead letter must not be replayed (None: it may): only into its own run's event
-    subjects, only an event of a known type whose bytes decode again — a forged letter must
-    not publish to the JetStream API or into another run."""
+    """Why a dead letter must not be replayed (None: it may). Its original is checked as the
+    service that gave up on it would check it on delivery: an event of the run, on exactly the
+    subject its run and type make (never the JetStream API or another run), of a type that
+    service consumes, with ids fit for headers. The letter itself was checked by the reader:
+    it came from the service it names (:func:`names.misfiled`)."""
     parsed = names.parse_subject(letter.subject)
     if parsed is None or parsed[0] != run:
         return f"subject {letter.subject[:120]!r} is not an event subject of run {run}"
@@ -97,21 +102,27 @@ def replay_refusal(letter: DeadLetter, run: str) -> str | None:
         event = decode_bytes(letter.data)
     except PoisonMessage as exc:
         return str(exc)
-    if event_tag(type(event)) != parsed[1] or event.run != run:
-        return f"the payload is a {event_tag(type(event))} event of run {event.run!r}, not one for {letter.subject}"
+    refusal = names.misfiled(letter.subject, event)
+    if refusal is not None:
+        return refusal
+    registered = {ep.name for ep in entry_points(group=SERVICE_ENTRY_POINTS)}
+    # A service run from ``module:attr`` is known by name only on an open bus; on a secured
+    # one every identity that can file a letter is a registered service.
+    if letter.service in registered and type(event) not in resolve_service(letter.service).subscriptions:
+        return f"service {letter.service} does not consume {event_tag(type(event))}: it cannot have given up on one"
     return None
 
 
 async def _dlq(args: argparse.Namespace, settings: Settings) -> None:
+    run = names.check_token("run", args.run)
     bus = await Bus.connect(settings.nats, name="looptool-dlq")
+    listed = replayed = refused = failed = 0
     try:
-        letters = [
-            item
-            async for _, item in bus.read(names.dead_letters(names.check_token("run", args.run)))
-            if isinstance(item, DeadLetter)
-        ]
-        for letter in letters:
-            summary = {
+        async for msg, letter in bus.read(names.for_type(DeadLetter, run)):
+            if not isinstance(letter, DeadLetter) or names.misfiled(msg.subject, letter) is not None:
+                continue  # not a letter its sender could have filed: nothing in it is believed
+            listed += 1
+            summary: dict[str, Any] = {
                 "seq": letter.stream_seq,
                 "service": letter.service,
                 "subject": letter.subject,
@@ -119,17 +130,22 @@ async def _dlq(args: argparse.Namespace, settings: Settings) -> None:
                 "error": letter.error,
             }
             if args.replay:
-                refusal = replay_refusal(letter, args.run)
+                refusal = replay_refusal(letter, run)
                 if refusal:
                     summary["not_replayed"] = refusal
+                    refused += 1
                 else:
-                    # A fresh msg id: the original's id is still inside the duplicate window.
-                    ack = await bus.publish_raw(letter.subject, letter.data, msg_id=f"replay:{letter.stream_seq}")
-                    summary["replayed_as"] = ack.seq
+                    try:  # one letter that cannot be published never stops the others
+                        # A fresh msg id: the original's id is still inside the duplicate window.
+                        ack = await bus.publish_raw(letter.subject, letter.data, msg_id=f"replay:{letter.stream_seq}")
+                        summary["replayed_as"] = ack.seq
+                        replayed += 1
+                    except Exception as exc:
+                        summary["not_replayed"] = f"publishing failed: {exc!r}"
+                        failed += 1
             sys.stdout.buffer.write(_json.encode(summary) + b"\n")
-        print(
-            f"{len(letters)} dead letter(s) in run {args.run}" + (" replayed" if args.replay else ""), file=sys.stderr
-        )
+        totals = f": replayed {replayed}, refused {refused}, failed {failed}" if args.replay else ""
+        print(f"{listed} dead letter(s) in run {run}{totals}", file=sys.stderr)
     finally:
         await bus.close()
 

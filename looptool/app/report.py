@@ -74,6 +74,7 @@ def summary(ledger: RunLedger) -> dict[str, Any]:
         ],
         "errors": ledger.errors,
         "dead_letters": ledger.dead_letters,
+        "refused": dict(ledger.refused),  # events the ledger did not believe, by reason
     }
 
 
@@ -221,7 +222,7 @@ def write_report(ledger: RunLedger, out_dir: str | Path) -> tuple[Path, Path]:
             )
     sections = [
         f"<h1>LoopTool run <code>{html.escape(ledger.run)}</code></h1>",
-        f"<p>Status: <b>{html.escape(ledger.finished.reason if ledger.finished else 'running')}</b> · service errors {ledger.errors} · dead letters {ledger.dead_letters}</p>",
+        f"<p>Status: <b>{html.escape(ledger.finished.reason if ledger.finished else 'running')}</b> · service errors {ledger.errors} · dead letters {ledger.dead_letters} · events refused {sum(ledger.refused.values())}</p>",
         "<h2>Held-out accuracy</h2>",
         _img(main_chart, "accuracy per round"),
         "<p>Accuracy per category; <code>overall</code> weighs every item alike. <code>bfcl_overall</code> is BFCL's overall with BFCL's weights (computed by bfcl-eval's leaderboard code: categories not evaluated count 0), <code>bfcl_v3_overall</code> the same with BFCL v3's formula (the number the LoopTool paper reports), <code>acebench_summary</code> ACEBench's weighted summary likewise.</p>",

@@ -4,10 +4,12 @@ rounds happen because the services react to each other's events."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import AsyncIterator
 
 from looptool.data.formats import encode_samples, import_file
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
+from looptool.kernel.events import Event
 from looptool.loop.events import RunRequested
 from looptool.loop.ledger import RunLedger
 from looptool.loop.runconfig import RunConfig, RunConfigError
@@ -45,10 +47,17 @@ async def submit_run(bus: Bus, config: RunConfig, *, resume: bool = False) -> Ru
     return request
 
 
+async def run_events(bus: Bus, run: str, *, follow: bool = False) -> AsyncIterator[Event]:
+    """A run's events that the services would believe (:func:`names.misfiled`), in log order:
+    what the operator's views fold, so that they show what the services did."""
+    async for msg, item in bus.read(names.run_filter(run), follow=follow):
+        if isinstance(item, Event) and names.misfiled(msg.subject, item) is None:
+            yield item
+
+
 async def fold_run(bus: Bus, run: str) -> RunLedger:
     """The ledger of a run as its event log stands now."""
     ledger = RunLedger(run)
-    async for _, event in bus.read(names.run_filter(run)):
-        if not isinstance(event, bytes):
-            ledger.apply(event)
+    async for event in run_events(bus, run):
+        ledger.apply(event)
     return ledger

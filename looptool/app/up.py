@@ -37,13 +37,14 @@ def bus_identities() -> dict[str, access.Permissions]:
     the command line's."""
     from looptool.app.cli import resolve_service
 
-    identities = {access.CLI: access.cli_permissions()}
+    roles = {}
     for name in SERVICES:
         service = resolve_service(name)
         if service.emits is None:
             raise ValueError(f"service {name} declares no emits; its bus permissions cannot be derived")
-        identities[name] = access.service_permissions(name, service.subscriptions, service.emits, service.reads)
-    return identities
+        consumes = {event_type: sub.broadcast for event_type, sub in service.subscriptions.items()}
+        roles[name] = access.Role(consumes, service.emits, service.reads)
+    return access.bus_permissions(roles)
 
 
 class Topology:

@@ -9,9 +9,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from looptool.kernel import names
+from looptool.app.runs import run_events
 from looptool.kernel.bus import Bus
-from looptool.kernel.events import Event
 from looptool.loop.events import DatasetReady, RunFinished
 from looptool.loop.ledger import RoundLedger, RunLedger
 from looptool.loop.runconfig import PplCut
@@ -59,7 +58,8 @@ def render(ledger: RunLedger) -> Group:
         )
     status = f"finished: {ledger.finished.reason}" if ledger.finished else "running"
     footer = Text(
-        f"{status} · errors {ledger.errors} · dead letters {ledger.dead_letters}",
+        f"{status} · errors {ledger.errors} · dead letters {ledger.dead_letters}"
+        + (f" · refused {sum(ledger.refused.values())}" if ledger.refused else ""),
         style="bold green" if ledger.finished else "",
     )
     return Group(table, *problems(ledger), footer)
@@ -106,21 +106,18 @@ async def watch(
     ``interval`` seconds (and at each round's end) elsewhere."""
     console = console or Console()
     ledger = RunLedger(run)
-    events = bus.read(names.run_filter(run), follow=True)
+    events = run_events(bus, run, follow=True)
     if console.is_terminal:
         with Live(render(ledger), console=console, refresh_per_second=4) as live:
-            async for _, event in events:
-                if isinstance(event, Event):
-                    ledger.apply(event)
-                    live.update(render(ledger))
-                    if until_finished and isinstance(event, RunFinished):
-                        break
+            async for event in events:
+                ledger.apply(event)
+                live.update(render(ledger))
+                if until_finished and isinstance(event, RunFinished):
+                    break
         return ledger
     console.width = max(console.width, 160)
     last = 0.0
-    async for _, event in events:
-        if not isinstance(event, Event):
-            continue
+    async for event in events:
         ledger.apply(event)
         now = anyio.current_time()
         if now - last >= interval or isinstance(event, (DatasetReady, RunFinished)):

@@ -77,7 +77,7 @@ def call_from_json(obj: Any) -> ToolCall:
         if isinstance(args, str):
             try:
                 args = msgspec.json.decode(args) if args.strip() else {}
-            except (msgspec.DecodeError, RecursionError) as exc:
+            except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:  # a lone surrogate: UnicodeError
                 raise CallParseError(f"arguments of {name!r} are not valid JSON: {exc}") from None
         if not isinstance(name, str) or not name:
             raise CallParseError("call name must be a non-empty string")
@@ -97,6 +97,21 @@ def calls_from_json(obj: Any) -> list[ToolCall]:
     if isinstance(obj, list):
         return [call_from_json(item) for item in obj]
     return [call_from_json(obj)]
+
+
+def without_lone_surrogates(text: str) -> str:
+    """``text`` with each lone UTF-16 surrogate (which a JSON ``\\ud800`` escape in a server's
+    reply can carry, and no UTF-8 encoder accepts) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def _check_encodable(text: str) -> None:
+    if without_lone_surrogates(text) is not text:
+        raise CallParseError("the reply holds a lone surrogate, which no call can carry", text[:200])
 
 
 def _decode_json(text: str) -> Any:
@@ -254,6 +269,7 @@ def parse_calls(text: str) -> list[ToolCall]:
     """Calls from raw model text, trying each known shape — Hermes/Qwen ``<tool_call>`` blocks,
     JSON (one object, a list, or Llama 3's objects joined by ``;``), Python call syntax, fenced
     blocks of these. Raises :class:`CallParseError`."""
+    _check_encodable(text)
     body = _answer(text)
     if not body:
         raise CallParseError("empty output", text)
@@ -295,6 +311,7 @@ def extract_calls(text: str) -> list[ToolCall]:
     A reply that *tries* to call — a ``<tool_call>`` tag, a JSON or fenced block, or a
     leading ``name(`` — must parse, or :class:`CallParseError` is raised.
     """
+    _check_encodable(text)
     body = _answer(text)
     if not body:
         return []

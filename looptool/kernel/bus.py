@@ -332,20 +332,25 @@ class Bus:
         return acks
 
     async def publish_raw(self, subject: str, data: bytes, msg_id: str = "") -> api.PubAck:
-        return await self._publish_retrying(subject, data, {MSG_ID_HEADER: msg_id} if msg_id else {})
+        """Publish an event's encoded bytes as they are (a replayed dead letter's original)."""
+        headers = {MSG_ID_HEADER: names.check_header_value("message id", msg_id)} if msg_id else {}
+        return await self._publish_retrying(subject, *await self._claim_checked(data, headers))
 
     async def _prepare(self, event: Event, msg_id: str | None) -> tuple[str, bytes, dict[str, str]]:
         subject = names.for_event(event)
-        data = encode_event(event)
         headers: dict[str, str] = {}
         key = event.dedup_key() if msg_id is None else msg_id
         if key:
             headers[MSG_ID_HEADER] = names.check_header_value("message id", key)
+        return subject, *await self._claim_checked(encode_event(event), headers)
+
+    async def _claim_checked(self, data: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+        """The payload to send: ``data``, or past the server's limit a claim check for it."""
         if len(data) > self.max_payload - _HEADER_ROOM:
             ref = await self.put_artifact(names.claim_artifact(hashlib.sha256(data).hexdigest()), data)
             headers[CLAIM_HEADER] = ref.name
             data = b""
-        return subject, data, headers
+        return data, headers
 
     # ------------------------------------------------------------------ consuming
 

@@ -137,7 +137,7 @@ class SecretsDir:
             user: dict[str, object] = {"user": name, "password": _bcrypt(password)}
             if permissions is not None:
                 user["permissions"] = {
-                    "publish": {"allow": list(permissions.publish)},
+                    "publish": {"allow": list(permissions.publish), "deny": list(permissions.deny_publish)},
                     "subscribe": {"allow": list(permissions.subscribe)},
                 }
             users.append(user)

@@ -10,7 +10,7 @@ change.
 from __future__ import annotations
 
 import re
-from typing import Any, Union
+from typing import Any, ClassVar, Union
 
 import msgspec
 
@@ -29,6 +29,10 @@ class Event(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=True):
 
     run: str
     round: int = 0
+    # The field naming the service that files this event, for reports about a service's own
+    # work: they are published under that name (see :func:`looptool.kernel.names.for_event`),
+    # which only that service's identity may use, so no one can file one in another's name.
+    sender_field: ClassVar[str | None] = None
 
     # A deduplication key: publishing the same logical event twice yields one stored
     # message (JetStream's Nats-Msg-Id window). Subclasses make it unique per work item.
@@ -52,6 +56,7 @@ class ServiceHeartbeat(Event, tag="service.heartbeat"):
 
 
 class ServiceError(Event, tag="service.error"):
+    sender_field = "service"
     service: str
     replica: str
     error: str
@@ -64,6 +69,8 @@ class ServiceError(Event, tag="service.error"):
 
 class DeadLetter(Event, tag="dlq.letter"):
     """A message that a service gave up on, with everything needed to replay it."""
+
+    sender_field = "service"
 
     service: str
     subject: str  # where the original was published

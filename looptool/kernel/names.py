@@ -1,7 +1,9 @@
 """Names: the only place that spells subjects, streams, consumers, KV keys, artifact names,
 adapter names and local artifact paths — and the only place that parses a subject.
 
-Subjects are ``looptool.<run>.<stage>.<event>``, where ``<stage>.<event>`` is the event's tag.
+Subjects are ``looptool.<run>.<stage>.<event>``, where ``<stage>.<event>`` is the event's tag;
+an event filed about a service's own work (an error report, a dead letter) adds the sender:
+``looptool.<run>.<stage>.<event>.<service>``.
 """
 
 from __future__ import annotations
@@ -47,14 +49,21 @@ def check_header_value(kind: str, value: str) -> str:
 
 
 def for_event(event: Event) -> str:
-    return f"{PREFIX}.{check_token('run', event.run)}.{event_tag(type(event))}"
+    subject = f"{PREFIX}.{check_token('run', event.run)}.{event_tag(type(event))}"
+    if event.sender_field is None:
+        return subject
+    return f"{subject}.{check_token('service', getattr(event, event.sender_field))}"
 
 
-def for_type(event_type: type[Event], run: str = "*") -> str:
-    """The subject filter for one event type, in one run or (default) in every run."""
+def for_type(event_type: type[Event], run: str = "*", sender: str = "*") -> str:
+    """The subject filter for one event type, in one run or (default) in every run — and for
+    sender-bound types, from one sender or (default) from any."""
     if run != "*":
         check_token("run", run)
-    return f"{PREFIX}.{run}.{event_tag(event_type)}"
+    subject = f"{PREFIX}.{run}.{event_tag(event_type)}"
+    if event_type.sender_field is None:
+        return subject
+    return f"{subject}.{sender if sender == '*' else check_token('service', sender)}"
 
 
 def for_tag(run: str, tag: str) -> str:
@@ -65,8 +74,10 @@ def run_filter(run: str) -> str:
     return f"{PREFIX}.{check_token('run', run)}.>"
 
 
-def dead_letters(run: str = "*") -> str:
-    return f"{PREFIX}.{run}.dlq.letter"
+def sender_bound(event_type: type[Event], service: str) -> str:
+    """Where ``service`` files events of a sender-bound type, in any run (its permission)."""
+    assert event_type.sender_field is not None, f"{event_type.__name__} is not sender-bound"
+    return f"{PREFIX}.*.{event_tag(event_type)}.{check_token('service', service)}"
 
 
 def parse_subject(subject: str) -> tuple[str, str] | None:
@@ -75,6 +86,30 @@ def parse_subject(subject: str) -> tuple[str, str] | None:
     if len(parts) < 4 or parts[0] != PREFIX or _TOKEN.fullmatch(parts[1]) is None:
         return None
     return parts[1], ".".join(parts[2:])
+
+
+def misfiled(subject: str, event: Event) -> str | None:
+    """Why ``event``, read from ``subject``, must not be believed (None: it may). An event
+    belongs on exactly the subject its run, type and sender make — so a publisher's permission
+    on the subject vouches for the event — and its work item must be fit for a header (it
+    ends up in message ids downstream). The services and every reader of the log ask this."""
+    run, tag = event.run, event_tag(type(event))
+    sender = None if event.sender_field is None else getattr(event, event.sender_field)
+    expected = f"{PREFIX}.{run}.{tag}" if sender is None else f"{PREFIX}.{run}.{tag}.{sender}"
+    if (
+        subject != expected
+        or _TOKEN.fullmatch(run) is None
+        or (sender is not None and _TOKEN.fullmatch(sender) is None)
+    ):
+        what = f"a {tag} event of run {run[:80]!r}" + ("" if sender is None else f" from {sender[:80]!r}")
+        return f"{what} published on {subject[:200]!r}"
+    item = event.work_item()
+    if item is not None:
+        try:
+            check_header_value("sample id", item)
+        except InvalidName as exc:
+            return str(exc)
+    return None
 
 
 def run_of(subject: str) -> str:
@@ -119,6 +154,11 @@ def eval_shard_key(run: str, round: int, model: str, shard: int) -> str:
 
 def expansion_key(run: str, round: int, content_key: str) -> str:
     return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
+
+
+def done_key(consumer: str, stream_seq: int) -> str:
+    """Set once a ``once`` handler finished the message stored at ``stream_seq``."""
+    return f"done.{check_token('consumer', consumer)}.{stream_seq}"
 
 
 def stalled_key(run: str, round: int) -> str:

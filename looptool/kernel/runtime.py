@@ -71,6 +71,9 @@ class Subscription(msgspec.Struct, frozen=True):
     # Every replica gets every event (its own consumer, replayed from the start of the log when
     # the process starts) instead of sharing the work: for folds such as the round ledger.
     broadcast: bool = False
+    # A redelivered message whose handler already finished (its ack was lost to a crash or a
+    # NATS restart) is acked without running the handler again: for work that costs a model call.
+    once: bool = False
 
 
 Timer = Callable[["Context"], Awaitable[None]]
@@ -102,17 +105,18 @@ class Service:
         self.timers: list[tuple[Timer, Callable[[Any], float]]] = []  # (handler, period(settings))
 
     def on(
-        self, *event_types: type[E], concurrency: int | None = None, broadcast: bool = False
+        self, *event_types: type[E], concurrency: int | None = None, broadcast: bool = False, once: bool = False
     ) -> Callable[[Callable[[Context, E], Awaitable[None]]], Callable[[Context, E], Awaitable[None]]]:
         """Register a handler for one or more event types. ``concurrency`` caps the handlers in
         flight per replica for these types (e.g. 1 for a trainer on one GPU); ``broadcast``
-        delivers every event to every replica (see :class:`Subscription`)."""
+        delivers every event to every replica; ``once`` never runs the handler again for a
+        message it finished (see :class:`Subscription`)."""
 
         def register(handler: Callable[[Context, E], Awaitable[None]]) -> Callable[[Context, E], Awaitable[None]]:
             for event_type in event_types:
                 if event_type in self.subscriptions:
                     raise ValueError(f"service {self.name}: two handlers for {event_tag(event_type)}")
-                self.subscriptions[event_type] = Subscription(handler, concurrency, broadcast)
+                self.subscriptions[event_type] = Subscription(handler, concurrency, broadcast, once)
             return handler
 
         return register
@@ -244,6 +248,7 @@ class _Stats:
         self.handled = 0
         self.failed = 0
         self.dead = 0
+        self.skipped = 0  # redeliveries of finished work, acked without running the handler
 
 
 def default_replica_id() -> str:
@@ -295,7 +300,13 @@ async def run_service(
         with anyio.CancelScope(shield=True):
             await ctx.close()
             await bus.close()
-        log.info("service stopped", handled=stats.handled, failed=stats.failed, dead_lettered=stats.dead)
+        log.info(
+            "service stopped",
+            handled=stats.handled,
+            failed=stats.failed,
+            dead_lettered=stats.dead,
+            finished_before=stats.skipped,
+        )
 
 
 async def _stop_on_signal(stop: anyio.Event) -> None:
@@ -353,12 +364,12 @@ class _Consumer:
         self.event_type = event_type
         self.handler = subscription.handler
         self.broadcast = subscription.broadcast
+        self.once = subscription.once and not subscription.broadcast
         self.limit = limit
         self._free = limit  # workers without a message; the fetch loop asks for at most this many
         self._room = anyio.Event()  # set when a quarter of the batch is free again
         self.stats = stats
         self.stop = stop
-        self.tag = event_tag(event_type)
         self.name = names.consumer_name(ctx.service, event_type)
         if subscription.broadcast:  # this process's own consumer, replayed from the log's start
             self.name = f"{self.name}__{uuid.uuid4().hex[:12]}"
@@ -486,11 +497,18 @@ class _Consumer:
                 await self._dead_letter(msg, str(exc) if isinstance(exc, PoisonMessage) else f"undecodable: {exc!r}")
                 return
             context = logs.set_work_context(functools.partial(_work_context, event))
+            done = names.done_key(self.name, msg.metadata.sequence.stream) if self.once else ""
+            if done and msg.metadata.num_delivered > 1 and await self._finished_before(done):
+                self.stats.skipped += 1
+                await _quietly(msg.ack())
+                return
             try:
                 await self.handler(self.ctx, event)
             except Exception as exc:
                 await self._failed(msg, event, exc)
                 return
+            if done:  # before the ack: a redelivery after a lost ack finds it
+                await _quietly(self.bus.put_value(done, "1"))
             self.stats.handled += 1
             try:  # best effort: a lost ack means a redelivery, which handlers tolerate
                 await msg.ack()
@@ -507,20 +525,20 @@ class _Consumer:
             if self._free >= self._refill and not self._room.is_set():
                 self._room.set()
 
+    async def _finished_before(self, done_key: str) -> bool:
+        try:
+            return await self.bus.value(done_key) is not None
+        except Exception as exc:  # not knowing means doing the work again, never losing it
+            self.ctx.log.warning("done marker unreadable", error=repr(exc))
+            return False
+
     def _checked(self, msg: Msg, event: Event) -> Event:
         """The event, if it is one this consumer may act on; :class:`PoisonMessage` if not."""
         if not isinstance(event, self.event_type):
             raise PoisonMessage(f"a {event_tag(type(event))} event on {self.event_type.__name__}'s subject")
-        # An event acts on its own run only. The subject is the one its run and type make:
-        # one string compare, and the subject is parsed only to name a mismatch.
-        if msg.subject != f"{names.PREFIX}.{event.run}.{self.tag}" and event.run != names.run_of(msg.subject):
-            raise PoisonMessage(f"event of run {event.run[:80]!r} published under run {names.run_of(msg.subject)!r}")
-        item = event.work_item()
-        if item is not None:  # a sample id ends up in message-id headers downstream
-            try:
-                names.check_header_value("sample id", item)
-            except names.InvalidName as exc:
-                raise PoisonMessage(str(exc)) from None
+        refusal = names.misfiled(msg.subject, event)
+        if refusal is not None:
+            raise PoisonMessage(refusal)
         return event
 
     async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:

@@ -24,7 +24,7 @@ import msgspec
 import openai
 from openai import AsyncOpenAI
 
-from looptool.data.calls import CallParseError, call_from_json, extract_calls, split_reasoning
+from looptool.data.calls import CallParseError, call_from_json, extract_calls, split_reasoning, without_lone_surrogates
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample, ToolCall
 from looptool.kernel.errors import LoopToolError, PermanentError
@@ -327,10 +327,10 @@ def parse_response(response: Any) -> Prediction:
     """Calls from vLLM's ``tool_calls`` (its parser) or, failing that, from the raw text."""
     choice = response.choices[0]
     message = choice.message
-    text = message.content or ""
+    text = without_lone_surrogates(message.content or "")  # every event this text reaches encodes as UTF-8
     reasoning_field = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
     reasoning, body = split_reasoning(text)
-    reasoning = reasoning or reasoning_field
+    reasoning = reasoning or (without_lone_surrogates(reasoning_field) if reasoning_field else None)
     logprobs = [entry.logprob for entry in (choice.logprobs.content or [])] if choice.logprobs else []
     extra = choice.model_extra or {}
     prediction = Prediction(

@@ -24,6 +24,8 @@ class DatasetReady(Event, tag="dataset.ready"):
     dataset: ArtifactRef
     size: int
     composition: dict[str, int] = msgspec.field(default_factory=dict)
+    # Every sample id in the dataset: the round's ledger admits work on these and no others.
+    sample_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class ModelReady(Event, tag="model.ready"):

@@ -4,6 +4,12 @@ Applying an event twice changes nothing (every entry is keyed by sample or seed 
 ledger can be rebuilt at any time from the event log — after a restart, for a report, in a
 test — and always balances: each sample of round r has exactly one terminal outcome.
 
+It admits only what belongs to the run (:meth:`RunLedger.apply` says why it refuses the rest):
+work on a sample that is not in its round's dataset, events of rounds before 0 or past the
+run's last, a second request, dataset or finish. An event of a round whose dataset it has not
+seen yet waits for it (a service's consumers deliver event types in no order relative to each
+other) and is admitted or refused when the dataset arrives.
+
 Outcomes: ``kept`` (mastered with high perplexity, or "both right" and kept), ``dropped``
 (mastered with low perplexity), ``hard`` (the label was right, the policy wrong), ``corrected``
 (the label was wrong and replaced), ``discarded`` (both wrong, or dropped by policy).
@@ -18,7 +24,7 @@ from typing import Literal
 import msgspec
 
 from looptool.data.samples import Sample
-from looptool.kernel.events import DeadLetter, Event, ServiceError
+from looptool.kernel.events import DeadLetter, Event, ServiceError, event_tag
 from looptool.loop.events import (
     DatasetReady,
     EvalCompleted,
@@ -65,11 +71,15 @@ class RoundLedger:
         self.stall: RoundStalled | None = None  # the latest stall report
         self.expanded_count = 0  # samples the expansions made
         self.released = False  # the events' samples dropped (see :meth:`release_samples`)
+        self.members: frozenset[str] | None = None  # the dataset's sample ids (None: not known)
         # Kept on insert, so that checking completeness is O(1) per event: consumers deliver
         # results, verdicts and dead letters in no particular order relative to each other.
         self._probed: set[str] = set()  # probe results or probe errors
         self._judge_pending: set[str] = set()  # failed, with neither verdict nor judge error
         self._expand_pending: set[str] = set()  # seeds with neither expansion nor expand error
+
+    def admits(self, sample_id: str) -> bool:
+        return self.members is None or sample_id in self.members
 
     def stalled(self) -> RoundStalled | None:
         """The stall report, while the round has made no progress since it."""
@@ -249,6 +259,21 @@ class RoundLedger:
         return [s for seed in sorted(self.expansions) for s in self.expansions[seed].samples]
 
 
+def _settles_work(letter: DeadLetter) -> bool:
+    """Whether a letter is a stage's worker giving up on a sample's work there."""
+    stage = WORK_STAGES.get(letter.stage)
+    return stage is not None and letter.sample_id is not None and letter.service == WORKERS[stage]
+
+
+def _sample_of(event: Event) -> str | None:
+    """The sample of the round's dataset that an event is work on (None: round-level)."""
+    if isinstance(event, DeadLetter):
+        return event.sample_id
+    if isinstance(event, (ProbeResult, JudgeVerdict, ExpandResult)):
+        return event.work_item()
+    return None
+
+
 class RunLedger:
     """Every round of one run, plus run-level facts (request, errors, dead letters, finish)."""
 
@@ -262,48 +287,107 @@ class RunLedger:
         self.finished: RunFinished | None = None
         self.errors = 0
         self.dead_letters = 0
+        self.refused: Counter[str] = Counter()  # events not admitted, by reason
+        self._deferred: dict[int, list[Event]] = {}  # round -> events waiting for its dataset
 
     def round(self, r: int) -> RoundLedger:
         if r not in self.rounds:
             self.rounds[r] = RoundLedger(r)
         return self.rounds[r]
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event) -> str | None:
+        """Fold ``event`` in. Returns why it is refused (None: admitted, or waiting for its
+        round's dataset); refusals are counted by reason in :attr:`refused`."""
+        refusal = self._apply(event)
+        if refusal is not None:
+            self.refused[refusal.split(":")[0]] += 1
+        return refusal
+
+    def _apply(self, event: Event) -> str | None:
         match event:
             case RunRequested():
+                if self.request is not None:
+                    return "a second run.requested: the first stands"
                 self.request = event
-            case DatasetReady():
-                self.round(event.round).dataset = event
-                closed = self.rounds.get(event.round - 1)
-                if self.release_closed_rounds and closed is not None and not closed.released:
-                    closed.release_samples()
+                self._refuse_beyond_rounds()
+                return None
+            case RunFinished():
+                if self.finished is None:
+                    self.finished = event
+                    self._deferred.clear()
+                return None
+            case ServiceError():
+                self.errors += 1
+                return None
+            case DeadLetter() if not _settles_work(event):
+                self.dead_letters += 1  # a message no sample's outcome waits for
+                return None
+        round = event.round
+        if round < 0 or (self.request is not None and round >= self.request.config.rounds):
+            last = self.request.config.rounds - 1 if self.request is not None else "?"
+            return f"round out of range: {round} (the run's rounds are 0..{last})"
+        if isinstance(event, DatasetReady):
+            if round in self.rounds and self.rounds[round].dataset is not None:
+                return f"a second dataset.ready: round {round}'s first stands"
+            ledger = self.round(round)
+            ledger.dataset = event
+            ledger.members = frozenset(event.sample_ids) if event.sample_ids or not event.size else None
+            closed = self.rounds.get(round - 1)
+            if self.release_closed_rounds and closed is not None and not closed.released:
+                closed.release_samples()
+            for waiting in self._deferred.pop(round, []):
+                self.apply(waiting)
+            return None
+        if round not in self.rounds or self.rounds[round].dataset is None:
+            if self.finished is not None:
+                return f"round without a dataset: {round}, after the run finished"
+            self._deferred.setdefault(round, []).append(event)
+            return None
+        return self._apply_to_round(self.rounds[round], event)
+
+    def _refuse_beyond_rounds(self) -> None:
+        """Now that the run's rounds are known, refuse the waiting events beyond them."""
+        assert self.request is not None
+        for round in [r for r in self._deferred if r >= self.request.config.rounds]:
+            for event in self._deferred.pop(round):
+                self.apply(event)
+
+    def _apply_to_round(self, ledger: RoundLedger, event: Event) -> str | None:
+        sample_id = _sample_of(event)
+        if sample_id is not None and not ledger.admits(sample_id):
+            return f"not in the round's dataset: {event_tag(type(event))} for sample {sample_id[:80]!r} in round {ledger.round}"
+        match event:
             case ModelReady():
-                self.round(event.round).model = event
+                ledger.model = ledger.model or event
             case ProbeResult():
-                self.round(event.round).add_probe(event)
+                ledger.add_probe(event)
             case JudgeVerdict():
-                self.round(event.round).add_verdict(event)
+                ledger.add_verdict(event)
             case ExpandResult():
-                self.round(event.round).add_expansion(event)
+                ledger.add_expansion(event)
             case EvalCompleted():
-                self.round(event.round).evals.setdefault(event.model, event)
+                ledger.evals.setdefault(event.model, event)
             case TrainProgress():
-                ledger = self.round(event.round)
                 if all(step != event.step for step, _ in ledger.losses):
                     ledger.losses.append((event.step, event.loss))
                     ledger.losses.sort()
                 ledger.total_steps = event.total_steps
-            case RunFinished():
-                self.finished = event
             case RoundStalled():
-                self.round(event.round).stall = event
-            case ServiceError():
-                self.errors += 1
+                ledger.stall = event
             case DeadLetter():
                 self.dead_letters += 1
-                self.round(event.round).add_error(event)
-            case _:
-                pass
+                ledger.add_error(event)
+        return None
+
+    def open_rounds(self) -> list[int]:
+        """Rounds with a dataset whose next dataset has not come (nor the run's finish)."""
+        if self.finished is not None:
+            return []
+        return [
+            r
+            for r, ledger in sorted(self.rounds.items())
+            if ledger.dataset is not None and (r + 1 not in self.rounds or self.rounds[r + 1].dataset is None)
+        ]
 
     def fresh_used(self, through: int) -> int:
         """Seed samples drawn fresh into rounds 0..``through``."""

@@ -75,7 +75,9 @@ class Curation:
 async def track(ctx: Context, event: Event) -> None:
     state = ctx.use(Curation)
     ledger = state.ledger(event.run)
-    ledger.apply(event)
+    refusal = ledger.apply(event)
+    if refusal is not None:  # dead-lettered with the reason; the round's counts stay true
+        raise PermanentError(f"the round ledger refuses it: {refusal}")
     if isinstance(event, RunRequested):
         await start_run(ctx, ledger, event.config)
     else:
@@ -87,11 +89,11 @@ async def check_rounds(ctx: Context) -> None:
     """Retry closures (a standby takes over after the lease) and report stalled rounds."""
     state = ctx.use(Curation)
     for ledger in list(state.ledgers.values()):
-        if ledger.request is None or ledger.finished is not None:
+        if ledger.request is None:
             continue
-        round = max(ledger.rounds, default=0)
-        await close_round(ctx, state, ledger, round)
-        await report_stall(ctx, state, ledger, round)
+        for round in ledger.open_rounds():
+            await close_round(ctx, state, ledger, round)
+            await report_stall(ctx, state, ledger, round)
 
 
 async def start_run(ctx: Context, ledger: RunLedger, config: RunConfig) -> None:
@@ -190,7 +192,14 @@ async def _publish_dataset(ctx: Context, config: RunConfig, round: int, dataset:
     trl.parent.mkdir(parents=True, exist_ok=True)
     export_jsonl(samples, trl, "openai")
     await ctx.publish(
-        DatasetReady(run=config.run, round=round, dataset=ref, size=len(samples), composition=dataset.composition)
+        DatasetReady(
+            run=config.run,
+            round=round,
+            dataset=ref,
+            size=len(samples),
+            composition=dataset.composition,
+            sample_ids=[s.id for s in samples],
+        )
     )
 
 

@@ -84,7 +84,7 @@ async def split(ctx: Context, event: ModelReady) -> None:
     )
 
 
-@service.on(EvalShard)
+@service.on(EvalShard, once=True)
 async def score_shard(ctx: Context, event: EvalShard) -> None:
     done = names.eval_shard_key(event.run, event.round, event.model, event.shard)
     if await ctx.holder(done) is None:  # not a redelivery of a shard already scored

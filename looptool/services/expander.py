@@ -44,7 +44,7 @@ class DatasetIndexes:
         self.building = anyio.Lock()
 
 
-@service.on(JudgeVerdict)
+@service.on(JudgeVerdict, once=True)
 async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
     if not seeds_expansion(verdict.verdict):
         return

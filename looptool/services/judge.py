@@ -20,7 +20,7 @@ service = Service(
 )
 
 
-@service.on(ProbeResult)
+@service.on(ProbeResult, once=True)
 async def verify(ctx: Context, result: ProbeResult) -> None:
     if result.outcome != "failed":
         return  # mastered samples need no verdict

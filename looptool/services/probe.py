@@ -36,7 +36,7 @@ async def fan_out(ctx: Context, event: ModelReady) -> None:
     ctx.log.info("probe tasks published", samples=len(samples), model=event.model)
 
 
-@service.on(ProbeTask)
+@service.on(ProbeTask, once=True)
 async def probe(ctx: Context, task: ProbeTask) -> None:
     settings = ctx.settings.probe
     policy = ctx.use(ModelClients).get(ctx.settings.model)
