@@ -23,6 +23,10 @@ Measured per round, from the event log's own timestamps and the load server's cl
 - work done twice: model calls beyond one per probed sample and evaluated item, and judge calls
   beyond what the verdicts report;
 - after the run, the time a restarted curator takes to rebuild its ledgers from the log.
+
+With ``--faults``: kill -9 of a probe, a judge and a curator replica (each restarted) a fifth
+into round 0's results, and a NATS restart a fifth into round 1's — the work done twice then
+is what the faults cost at the model.
 """
 
 from __future__ import annotations
@@ -179,6 +183,19 @@ async def curator_catch_up(topology: Topology, bus: Bus, timeout: float = 1800) 
     raise TimeoutError(f"curator-0 had not caught up after {timeout:.0f}s")
 
 
+async def inject(topology: Topology, replicas: tuple[str, ...]) -> None:
+    """kill -9 and restart each replica; ``nats``: stop the server and start it on its store."""
+    for replica in replicas:
+        if replica == "nats":
+            assert topology.nats is not None
+            topology.nats.stop()
+            await anyio.sleep(1.0)
+            await anyio.to_thread.run_sync(topology.nats.start)
+        else:
+            topology.kill(replica)
+            topology.restart(replica)
+
+
 async def one_scale(args: argparse.Namespace, scale: int, root: Path) -> dict[str, Any]:
     size = args.size * scale
     workdir = root / f"x{scale}"
@@ -217,12 +234,27 @@ async def one_scale(args: argparse.Namespace, scale: int, root: Path) -> dict[st
                 t0 = time.time()
                 await submit_run(bus, config)
                 with anyio.fail_after(args.timeout):
-                    async for msg, item in bus.read(names.run_filter(run), follow=True):
-                        if isinstance(item, bytes):
-                            continue
-                        observer.see(msg.metadata.timestamp.timestamp(), item)
-                        if observer.finished is not None:
-                            break
+                    faults = [(0, ("probe-0", "judge-0", "curator-0")), (1, ("nats",))] if args.faults else []
+                    seen = 0  # the stream sequence read up to: a NATS restart ends the reader's consumer
+                    while observer.finished is None:
+                        try:
+                            async for msg, item in bus.read(names.run_filter(run), follow=True, after=seen):
+                                seen = msg.metadata.sequence.stream
+                                if isinstance(item, bytes):
+                                    continue
+                                observer.see(msg.metadata.timestamp.timestamp(), item)
+                                if faults and isinstance(item, ProbeResult) and item.round == faults[0][0]:
+                                    if observer.probed[item.round] >= size // 5:
+                                        result.setdefault("faults", []).append(
+                                            f"round {item.round} at {observer.probed[item.round]} probed: {faults[0][1]}"
+                                        )
+                                        await inject(topology, faults.pop(0)[1])
+                                        break
+                                if observer.finished is not None:
+                                    break
+                        except Exception as exc:  # the server went away under the reader
+                            print(f"reader: {exc!r}; reading on after {seen}", file=sys.stderr)
+                            await anyio.sleep(1.0)
                 t1 = time.time()
                 memory = {replica: round(peak_memory_mib(p.pid), 1) for replica, p in topology.processes.items()}
                 nats_process = getattr(topology.nats, "process", None)
@@ -255,6 +287,7 @@ async def one_scale(args: argparse.Namespace, scale: int, root: Path) -> dict[st
         "work_done_twice": {
             "policy_calls_beyond_one_per_item": policy_calls - probed - observer.eval_items,
             "judge_calls_beyond_verdicts": calls.get("judge", 0) - observer.judge_llm_calls,
+            "adapter_loads_beyond_one_per_round": calls.get("load_adapter", 0) - len(observer.train_seconds),
         },
         "unknown_conversations": calls.get("policy_unknown", 0),
     }
@@ -296,6 +329,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=256, help="answers the load server computes at once")
     parser.add_argument("--error-rate", type=float, default=0.25)
     parser.add_argument("--timeout", type=float, default=7200)
+    parser.add_argument("--faults", action="store_true", help="kill replicas in round 0, restart NATS in round 1")
     parser.add_argument("--workdir", default=".looptool/bench-scale")
     parser.add_argument("--out", default="")
     parser.add_argument("--plot", default="", help="write the cost curve here (PNG)")

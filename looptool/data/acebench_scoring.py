@@ -98,6 +98,8 @@ def decode(text: str) -> Decoded:
         body = ast.parse("".join(text.split()), mode="eval").body
     except SyntaxError as exc:
         raise AceDecodeError(f"not a Python list of calls: {exc.msg}") from None
+    except (RecursionError, MemoryError, ValueError):  # nested past the parser's stack, or NUL bytes
+        raise AceDecodeError("not a Python list of calls: nested too deeply") from None
     elements = getattr(body, "elts", None)
     if elements is None:
         raise AceDecodeError(f"not a list of calls: {type(body).__name__}")

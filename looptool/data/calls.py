@@ -22,9 +22,14 @@ from looptool.data.samples import ToolCall
 from looptool.kernel.errors import LoopToolError
 
 MAX_CALL_TEXT = 100_000  # characters of Python call syntax parsed at most
+# A reply is refused unparsed past this length: more than any generation limit LoopTool sets
+# writes (12k+ tokens), and parse time must stay bounded even on degenerate output.
+MAX_REPLY_CHARS = 200_000
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _LOOKS_LIKE_PYTHON_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(")
-_FENCE = re.compile(r"```(?:json|python|tool_call)?\s*\n?(.*?)```", re.DOTALL)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_FENCE = "```"
+_FENCE_LANGUAGES = ("json", "python", "tool_call")
 
 
 class CallParseError(LoopToolError, ValueError):
@@ -105,11 +110,13 @@ def without_lone_surrogates(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", text)
     return text
 
 
 def _check_encodable(text: str) -> None:
+    if len(text) > MAX_REPLY_CHARS:
+        raise CallParseError(f"a reply of {len(text)} characters (limit {MAX_REPLY_CHARS})", text[:200])
     if without_lone_surrogates(text) is not text:
         raise CallParseError("the reply holds a lone surrogate, which no call can carry", text[:200])
 
@@ -180,11 +187,14 @@ def _parse_python_calls(text: str) -> list[ToolCall]:
 
 
 def _dotted(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    raise CallParseError(f"function name must be a dotted name, got {type(node).__name__}")
+    parts = []
+    while isinstance(node, ast.Attribute):  # a loop and one join: recursion built it quadratically
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        raise CallParseError(f"function name must be a dotted name, got {type(node).__name__}")
+    parts.append(node.id)
+    return ".".join(reversed(parts))
 
 
 def _literal(node: ast.expr, text: str) -> Any:
@@ -255,6 +265,19 @@ def _semicolon_joined(text: str) -> list[str] | None:
     return [part for part in parts if part]
 
 
+def _fenced_blocks(text: str) -> list[str]:
+    """The contents of each closed ```` ``` ```` fence (an optional language tag dropped), by a
+    linear scan: a regex for this rescans from every whitespace after an unclosed fence."""
+    blocks = []
+    position = 0
+    while (start := text.find(_FENCE, position)) >= 0 and (end := text.find(_FENCE, start + 3)) >= 0:
+        inner = text[start + 3 : end]
+        language = next((tag for tag in _FENCE_LANGUAGES if inner.startswith(tag)), "")
+        blocks.append(inner[len(language) :].strip())
+        position = end + 3
+    return blocks
+
+
 def _answer(text: str) -> str:
     """The reply without reasoning and without Llama 3's call markers (``<|python_tag|>`` before
     the call, ``<|eom_id|>`` after it), which a server keeps when it does not skip special tokens."""
@@ -280,7 +303,7 @@ def parse_calls(text: str) -> list[ToolCall]:
             calls.extend(calls_from_json(json_or_literal(block.strip())))
         return calls
     # The whole reply first (a fence may sit inside a string argument), then fenced blocks.
-    candidates = [body] + [block.strip() for block in _FENCE.findall(body)]
+    candidates = [body, *_fenced_blocks(body)]
     errors = []
     for candidate in candidates:
         try:

@@ -406,16 +406,18 @@ class Bus:
         return await self.js.pull_subscribe_bind(consumer=consumer, stream=names.STREAM)
 
     async def read(
-        self, filter_subject: str, *, follow: bool = False, idle_timeout: float = 1.0
+        self, filter_subject: str, *, follow: bool = False, idle_timeout: float = 1.0, after: int = 0
     ) -> AsyncIterator[tuple[Msg, Event | bytes]]:
-        """Read the log from the start through an ephemeral consumer, in stream order.
+        """Read the log from the start (or past stream sequence ``after``) through an ephemeral
+        consumer, in stream order.
 
         Without ``follow`` it stops once it has delivered what matched when it began. Items
         that do not decode come back as raw bytes, so a reader never dies on a poison message.
         """
         config = api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.ALL,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if after else api.DeliverPolicy.ALL,
+            opt_start_seq=after + 1 if after else None,
             inactive_threshold=60.0,
             mem_storage=True,
         )

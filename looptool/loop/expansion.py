@@ -103,7 +103,7 @@ def parse_generated(text: str) -> tuple[list[Sample], dict[str, int]]:
     """Candidates from a generator reply, and counts of what could not even be read."""
     try:
         batch = _batch_decoder.decode(text)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError):  # UnicodeError: a lone surrogate
         return [], {"unparseable_reply": 1}
     if not batch.samples:  # asked for k, wrote none: as useless as garbage, and counted
         return [], {"empty_reply": 1}

@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from looptool.data.calls import without_lone_surrogates
 from looptool.data.formats.openai import tool_call_dict
 from looptool.data.samples import Lineage, Sample, ToolCall
 from looptool.llm.client import ModelClient
@@ -140,8 +141,8 @@ async def judge_with_llm(
             try:
                 reply = _reply_decoder.decode(text)
                 break
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                invalid.append(text[:2000])
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError):  # UnicodeError: a lone surrogate
+                invalid.append(without_lone_surrogates(text[:2000]))
         votes.append(reply.verdict if reply else None)
         if reply:
             replies.append(reply)
