@@ -10,6 +10,7 @@ parallel miss is the last compared call's).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from looptool.data import acebench_scoring
 from looptool.data.formats import import_file
 from looptool.data.samples import Sample, ToolCall
-from looptool.data.scoring import Reply, ScoredItem, metrics, read_predictions, score_item
+from looptool.data.scoring import Reply, ScoredItem, metrics, read_predictions, score, score_item
 
 ACEBENCH = Path(__file__).parent / "fixtures" / "formats" / "acebench_card"
 PARALLEL = (
@@ -263,3 +264,48 @@ def test_agent_results_follow_acebench_rules(
     assert scores["agent_multi_step"] == (0.5 if valid else 0.0)
     assert scores["agent_multi_step_process"] == pytest.approx(accuracy / 2)
     assert scores["acebench_agent"] == pytest.approx(scores["agent_multi_step"] / 2)
+
+
+# --------------------------------------------------------------------------- the raw reply, as ACEBench reads it
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from acebench_agreement import MUTATIONS, calls_of  # noqa: E402
+
+# Shapes ACEBench's prompt-mode evaluation (eval_main at e6db74b: whitespace deleted, then
+# ``ast.parse(...).body.elts``) cannot read: each is "wrong_output_format" there, whatever the
+# calls inside. LoopTool once parsed them leniently and scored the calls: 80% agreement (#29).
+UNREADABLE = ("JSON call list", "<tool_call> blocks", "fenced list", "<think> first", "text around the list")
+
+
+@pytest.mark.parametrize("category", ["normal_atom_list", "normal_atom_number"])
+def test_an_acebench_number_is_the_raw_reply_read_as_acebench_reads_it(tmp_path: Path, category: str) -> None:
+    questions = ACEBENCH / f"data_{category}.json"
+    answers = ACEBENCH / "possible_answer" / questions.name
+    truths = {row["id"]: row["ground_truth"] for row in map(json.loads, answers.read_text().splitlines())}
+    for kind in ("right answer", *UNREADABLE):
+        predictions = tmp_path / f"{kind}.jsonl"
+        predictions.write_text(
+            "".join(json.dumps({"id": i, "result": MUTATIONS[kind](calls_of(t))}) + "\n" for i, t in truths.items())
+        )
+        _, scored = score(questions, answers, predictions)
+        verdicts = {(s.valid, s.error_type) for s in scored}
+        assert verdicts == ({(True, "")} if kind == "right answer" else {(False, "wrong_output_format")}), kind
+    # A server that parsed the reply into calls (no text): ACEBench's function-calling mode.
+    sample = item(category, "_0")
+    calls = [ToolCall(name, args) for name, args in calls_of(truths[sample.meta["acebench_id"]])]
+    assert score_item(sample, Reply(text="", calls=calls)).valid
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LOOPTOOL_ACEBENCH_CHECKOUT"),
+    reason="needs ACEBench's own code: set LOOPTOOL_ACEBENCH_CHECKOUT to a checkout (and "
+    "LOOPTOOL_ACEBENCH_EXTRA_PATH to where openpyxl is installed)",
+)
+def test_every_verdict_agrees_with_acebench_own_code(tmp_path: Path) -> None:
+    out = tmp_path / "agreement.json"
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / "bench" / "acebench_agreement.py")]
+    command += ["--acebench", os.environ["LOOPTOOL_ACEBENCH_CHECKOUT"], "--out", str(out)]
+    if os.environ.get("LOOPTOOL_ACEBENCH_EXTRA_PATH"):
+        command += ["--extra-path", os.environ["LOOPTOOL_ACEBENCH_EXTRA_PATH"]]
+    subprocess.run(command, check=True, timeout=1800)
+    assert json.loads(out.read_text())["agreement"] == 1.0

@@ -404,13 +404,19 @@ def process_accuracy(milestones: list[Any], process: list[str]) -> float:
 
 def check_item(sample: Sample, reply: str | None, calls: list[ToolCall] | None = None) -> CheckResult:
     """One imported ACEBench item (``meta`` from :func:`~looptool.data.formats.acebench.import_acebench`)
-    against a reply's text, or calls already parsed (written back in ACEBench's syntax)."""
+    against a reply as ACEBench's own evaluation reads it: the raw text when there is any (its
+    prompt mode: whitespace deleted, one Python list of calls — no other shape is accepted),
+    else the calls a server parsed out of it (its function-calling mode). LoopTool's lenient
+    parser (:func:`~looptool.data.calls.extract_calls`) never stands behind an ACEBench number."""
     category = sample.meta["acebench_category"]
     truth = sample.meta["acebench_ground_truth"]
     if category.startswith("special"):
-        return check_special(category, reply if reply is not None else as_reply(calls or []), truth)
-    try:
-        decoded = decode(as_reply(calls) if calls is not None else reply or "")
+        return check_special(category, reply if reply else as_reply(calls or []), truth)
+    if not reply and calls is not None:  # ACEBench's function-calling ("FC") mode: the calls as given
+        decoded: Decoded = [{call.name: dict(call.arguments)} for call in calls]
+        return check_normal(sample.meta["acebench_functions"], decoded, truth)
+    try:  # its prompt mode: the raw text, read only as its own evaluation reads it
+        decoded = decode(reply or "")
     except (AceDecodeError, TypeError, ValueError) as exc:
         return CheckResult(False, "wrong_output_format", f"Invalid syntax. Failed to decode AST. {exc}")
     return check_normal(sample.meta["acebench_functions"], decoded, truth)
