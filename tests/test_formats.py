@@ -46,6 +46,18 @@ def test_openai_rows_and_their_errors() -> None:
     assert str(report.errors[0]).startswith(f"{FIXTURES / 'openai.jsonl'}:3: messages:")
 
 
+@pytest.mark.parametrize("layout", ["jsonl", "json array"])
+def test_a_byte_order_mark_is_accepted(tmp_path: Path, layout: str) -> None:
+    """A UTF-8 BOM (Windows editors write one) failed the whole file: "line 1: JSON is
+    malformed: invalid character (byte 0)" (#33)."""
+    lines = (FIXTURES / "openai.jsonl").read_bytes().splitlines()[:2]
+    body = b"\n".join(lines) if layout == "jsonl" else b"[" + b",".join(lines) + b"]"
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    report = import_file(path, "openai")
+    assert len(report.samples) == 2 and not report.errors
+
+
 def test_xlam_rows_and_their_errors() -> None:
     report = import_file(FIXTURES / "xlam.jsonl", "xlam")
     assert len(report.samples) == 1

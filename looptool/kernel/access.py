@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from looptool.kernel import names
-from looptool.kernel.events import DeadLetter, Event, ServiceError
+from looptool.kernel.events import KERNEL_EVENTS, Event
 
 ADMIN = "admin"  # provisioning and operator repair: no restrictions
 CLI = "cli"
@@ -38,7 +38,7 @@ _CONSUMER = f"{_API}.CONSUMER"
 _STATE_STREAM = f"KV_{names.STATE_BUCKET}"
 _ARTIFACT_STREAM = f"OBJ_{names.ARTIFACT_BUCKET}"
 _STREAMS = (names.STREAM, _STATE_STREAM, _ARTIFACT_STREAM)
-SENDER_BOUND: tuple[type[Event], ...] = (ServiceError, DeadLetter)  # filed under the sender's name
+SENDER_BOUND = tuple(t for t in KERNEL_EVENTS if t.sender_field is not None)  # error reports, dead letters
 
 
 class Permissions(msgspec.Struct, frozen=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import zlib
 from collections.abc import Callable, Iterator
@@ -88,6 +89,7 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
     except ValueError as exc:
         yield 1, RowError(str(path), 1, "(file)", str(exc).removeprefix(f"{path}: "))
         return
+    data = data.removeprefix(codecs.BOM_UTF8)  # editors on Windows write one; JSON has no use for it
     if data.lstrip().startswith(b"["):
         try:
             items = msgspec.json.decode(data)
