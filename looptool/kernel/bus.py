@@ -38,6 +38,7 @@ T = TypeVar("T")
 ASYNC_ACK_TIMEOUT = 5.0  # seconds before a pipelined publish is sent again (same message id)
 
 # Nothing answers for the stream (no leader yet): such requests are tried again (Bus._while_leaderless).
+_NO_SUITABLE_PEERS = 10005  # JetStream: "no suitable peers for placement"
 _LEADERLESS = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
@@ -160,11 +161,20 @@ class Bus:
     async def _provision_when_ready(self) -> None:
         """A cluster answers JetStream requests only once its nodes have elected a meta leader
         (seconds after they start, or after one is lost): until ``first_connect_timeout``, try again."""
-        try:
-            await self._while_leaderless(self.provision, self.settings.first_connect_timeout)
-        except _LEADERLESS:
-            await self.nc.close()
-            raise
+        deadline = anyio.current_time() + self.settings.first_connect_timeout
+        while True:
+            try:
+                await self._while_leaderless(self.provision, self.settings.first_connect_timeout)
+                return
+            except nats.js.errors.BadRequestError as exc:
+                # A meta leader elected before every peer has joined cannot place replicas yet.
+                if exc.err_code != _NO_SUITABLE_PEERS or anyio.current_time() > deadline:
+                    await self.nc.close()
+                    raise
+                await anyio.sleep(0.25)
+            except _LEADERLESS:
+                await self.nc.close()
+                raise
 
     async def provision(self) -> None:
         """Create (or bring up to date) the stream and the buckets. Safe to call repeatedly."""
