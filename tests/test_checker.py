@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import types
 
 import pytest
 
@@ -287,3 +289,63 @@ def test_relevance_verdicts_identical_to_bfcl_eval(category: str) -> None:
             assert ours.valid == theirs["valid"], (sample.meta["bfcl_id"], calls)
             valid.append(ours.valid)
     assert True in valid and False in valid
+
+
+def _text_replies(label: list[ToolCall]) -> dict[str, str]:
+    """A right answer as a prompt-mode model writes it, and the shapes LoopTool's lenient
+    parser reads but BFCL's decoder may not."""
+    python = (
+        "[" + ", ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})" for c in label) + "]"
+    )
+    as_json = json.dumps([{"name": c.name, "arguments": c.arguments} for c in label])
+    return {
+        "python list": python,
+        "python, fenced": f"```\n{python}\n```",
+        "python, text around": f"Here it is: {python}",
+        "JSON list": as_json,
+        "<tool_call> blocks": "".join(
+            f"<tool_call>{json.dumps({'name': c.name, 'arguments': c.arguments})}</tool_call>" for c in label
+        ),
+        "<think> first": f"<think>ok</think>{python}",
+        "prose": "I cannot help with that using these tools.",
+    }
+
+
+@pytest.mark.parametrize("category", ["simple_python", "parallel_multiple", "irrelevance"])
+def test_a_text_reply_gets_bfcl_evals_own_verdict(category: str) -> None:
+    """A prompt-mode reply is read by BFCL's own decoder (``default_decode_ast_prompting``) and
+    judged as bfcl-eval's per-entry runner judges it; LoopTool's lenient parser once accepted a
+    JSON list or Hermes blocks that BFCL fails (#29)."""
+    from looptool.data.scoring import Reply, score_item
+
+    bfcl_reference.ast_checker()  # registers the stand-in model registry
+    from bfcl_eval.constants.enums import Language, ReturnFormat
+    from bfcl_eval.eval_checker.eval_runner import _evaluate_single_ast_entry, _evaluate_single_relevance_entry
+    from bfcl_eval.model_handler.utils import default_decode_ast_prompting
+
+    handler = types.SimpleNamespace(
+        decode_ast=lambda result, language, has_tool_call_tag: default_decode_ast_prompting(result)
+    )
+    questions, answers = bfcl_reference.category_files(category)
+    verdicts: dict[str, set[bool]] = {}
+    for sample in import_file(questions, "bfcl", answers).samples[:25]:
+        label = sample.label or [ToolCall(sample.tools[0].function.name, {})]
+        functions = [
+            {"name": t.function.name, "description": t.function.description, "parameters": t.function.parameters}
+            for t in sample.tools
+        ]
+        prompt = {"function": functions}
+        for kind, text in _text_replies(label).items():
+            ours = score_item(sample, Reply(text=text)).valid
+            if category == "irrelevance":
+                theirs = _evaluate_single_relevance_entry(handler, sample.meta["bfcl_id"], text, prompt, "m", category)
+            else:
+                theirs = _evaluate_single_ast_entry(
+                    handler, sample.meta["bfcl_id"], text, sample.meta["possible_answer"], prompt, "m",
+                    category, Language.PYTHON, ReturnFormat.PYTHON,
+                )  # fmt: skip
+            assert ours == theirs["valid"], (sample.meta["bfcl_id"], kind, text[:120])
+            verdicts.setdefault(kind, set()).add(ours)
+    if category != "irrelevance":
+        assert verdicts["JSON list"] == verdicts["<tool_call> blocks"] == {False}
+        assert True in verdicts["python list"]

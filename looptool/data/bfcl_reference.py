@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from looptool.data.calls import CallParseError
 from looptool.data.samples import ToolCall
 
 REFERENCE_MODEL = "looptool-reference"
@@ -76,6 +77,23 @@ def check_python(
     output = [{call.name: dict(call.arguments)} for call in calls]
     result: dict[str, Any] = ast_checker()(functions, output, answer, Language.PYTHON, category, REFERENCE_MODEL)
     return result
+
+
+def decode_prompting(text: str) -> list[ToolCall]:
+    """A prompt-mode reply read as BFCL reads it: bfcl-eval's own ``default_decode_ast_prompting``
+    (its open models' decoder: backticks and newlines stripped at the ends, brackets added, one
+    Python expression of calls), then its format check. Raises :class:`CallParseError` with
+    BFCL's reason; an irrelevance item counts that as "no call", as BFCL does."""
+    from bfcl_eval.model_handler.utils import default_decode_ast_prompting
+    from bfcl_eval.utils import is_function_calling_format_output
+
+    try:
+        decoded = default_decode_ast_prompting(text)
+    except Exception as exc:  # its decoder raises whatever ast and its asserts raise
+        raise CallParseError(f"Invalid syntax. Failed to decode AST. {exc}"[:500], text[:200]) from None
+    if not is_function_calling_format_output(decoded):
+        raise CallParseError("Did not output in the specified format.", text[:200])
+    return [ToolCall(name, dict(arguments)) for call in decoded for name, arguments in call.items()]
 
 
 # The leaderboard's columns we report, as BFCL names them (``data_overall.csv``).

@@ -1,5 +1,11 @@
 """Scoring predictions on benchmark items (``looptool score``, the evaluator): BFCL items with the
-AST checker, ACEBench items with ACEBench's rules."""
+AST checker, ACEBench items with ACEBench's rules.
+
+A reply is read as the benchmark's own code reads it: calls a server parsed out of the reply
+(``Reply.function_calls``, the benchmarks' function-calling mode) as they are, else the raw
+text through the benchmark's own decoder (BFCL's ``default_decode_ast_prompting``, ACEBench's
+``ast_parse`` of the whitespace-free text). LoopTool's lenient parser (``extract_calls``: JSON,
+Hermes blocks, fences) reads replies for probing and judging, never for a benchmark number."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from looptool.data import acebench_scoring
+from looptool.data import acebench_scoring, bfcl_reference
 from looptool.data.calls import CallParseError, call_from_json, extract_calls
 from looptool.data.checker import CheckResult, check_sample
 from looptool.data.formats import ImportReport, RowError, answer_path, import_file
@@ -39,6 +45,9 @@ class Reply(msgspec.Struct):
     text: str | None = None
     calls: list[ToolCall] | None = None
     parse_error: str | None = None
+    # The calls are the answer itself — a server parsed them out of the reply (tool_calls), or
+    # the prediction file gave calls — rather than LoopTool's reading of ``text``.
+    function_calls: bool = False
     # An ACEBench agent task's result: the scenario classes' final states and the calls made.
     states: list[Any] | None = None
     process: list[str] | None = None
@@ -68,7 +77,8 @@ def read_predictions(path: str | Path) -> dict[str, Reply]:
             elif "calls" in row:
                 if not isinstance(row["calls"], list):
                     raise PredictionFileError(f"{where}: calls: expected a list")
-                predictions[row["id"]] = Reply(calls=[call_from_json(call) for call in row["calls"]])
+                calls = [call_from_json(call) for call in row["calls"]]
+                predictions[row["id"]] = Reply(calls=calls, function_calls=True)
             elif isinstance(text, str):
                 predictions[row["id"]] = Reply(text=text, calls=extract_calls(text))
             else:
@@ -149,7 +159,9 @@ def score_item(sample: Sample, reply: Reply | CheckResult | None, benchmark: str
         result = reply
     elif "acebench_category" in sample.meta:
         benchmark = "acebench"
-        result = acebench_scoring.check_item(sample, reply.text, reply.calls)
+        result = acebench_scoring.check_item(sample, None if reply.function_calls else reply.text, reply.calls)
+    elif "bfcl_id" in sample.meta and reply.text and not reply.function_calls:
+        result = _check_bfcl_text(sample, reply.text)
     elif reply.calls is None:
         result = CheckResult(False, "parse", reply.parse_error or "the reply did not parse")
     else:
@@ -162,6 +174,18 @@ def score_item(sample: Sample, reply: Reply | CheckResult | None, benchmark: str
         error=result.error,
         benchmark=benchmark or ("acebench" if "acebench_category" in sample.meta else ""),
     )
+
+
+def _check_bfcl_text(sample: Sample, text: str) -> CheckResult:
+    """A BFCL item's text reply, decoded by BFCL's own prompt-mode decoder. What it cannot read
+    holds no call: right for an irrelevance item, a decoding failure for any other."""
+    try:
+        calls = bfcl_reference.decode_prompting(text)
+    except CallParseError as exc:
+        if "irrelevance" in sample.category:
+            return check_sample(sample, [])
+        return CheckResult(False, "parse", exc.reason)
+    return check_sample(sample, calls)
 
 
 def accuracy_table(items: list[ScoredItem]) -> list[tuple[str, int, int, float]]:

@@ -90,6 +90,9 @@ class Prediction(msgspec.Struct):
     token_ids: list[int] = msgspec.field(default_factory=list)
     prompt_token_ids: list[int] = msgspec.field(default_factory=list)
     finish_reason: str | None = None
+    # The calls came from the server's tool parser (``tool_calls``), not from LoopTool's own
+    # reading of ``raw``: benchmarks score them as function-calling answers.
+    from_tool_calls: bool = False
 
 
 def perplexity(logprobs: list[float]) -> float | None:
@@ -344,6 +347,7 @@ def parse_response(response: Any) -> Prediction:
     )
     try:
         if message.tool_calls:
+            prediction.from_tool_calls = True
             prediction.calls = [
                 call_from_json({"name": c.function.name, "arguments": c.function.arguments}) for c in message.tool_calls
             ]

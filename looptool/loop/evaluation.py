@@ -119,6 +119,7 @@ async def evaluate(
             text=prediction.raw,
             calls=None if prediction.error_type else prediction.calls,
             parse_error=prediction.error,
+            function_calls=prediction.from_tool_calls,
         )
         scored[index] = score_item(item, reply, benchmark)
 
