@@ -160,6 +160,7 @@ def one_seed(workdir: Path, args: argparse.Namespace, seed: int) -> dict[str, An
             started = time.perf_counter()
             config = demo_run_config(f"bench-{seed}-{arm}-{int(time.time())}", seed_data, args.rounds, args.train, seed)
             config.ablate = list(ABLATIONS[arm])  # type: ignore[arg-type]
+            config.fresh_floor = args.fresh_floor
             history, ledger = loop_arm(topology, config)
             result["arms"][arm] = {
                 "base": history[0],
@@ -218,6 +219,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--test", type=int, default=150)
     parser.add_argument("--noise", type=float, default=0.15)
+    parser.add_argument("--fresh-floor", type=float, default=0.0, help="RunConfig.fresh_floor of the loop arms")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--workdir", default=".looptool/bench-loop")

@@ -554,3 +554,21 @@ def test_the_curator_dead_letters_what_its_ledger_refuses() -> None:
     assert refused.sample_id == "stranger" and "not in the round's dataset" in refused.error
     (finished,) = bus.of_type(RunFinished)  # the round closed on its own three samples
     assert finished.reason == "completed 1 round(s)"
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.5])
+def test_a_fresh_floor_reserves_its_share_of_each_round_for_seed_data(floor: float) -> None:
+    async def main() -> StubBus:
+        bus = StubBus()
+        runner = StubRunner(bus, settings(), curator.service, fake_trainer, fake_probe, judge.service, expander.service)
+        await start(bus, seed_samples(80), rounds=2, initial_size=30, round_size=30, fresh_floor=floor)
+        await runner.run_until_idle()
+        return bus
+
+    second = run(main).of_type(DatasetReady)[1]
+    composition = second.composition
+    assert second.size == 30 and sum(composition[k] for k in ("hard", "corrected", "kept", "expanded", "fresh")) == 30
+    if floor:
+        assert composition["fresh"] >= 15 and composition["expanded"] > 0  # Eq. 5's samples fill the rest
+    else:
+        assert composition["fresh"] < 15  # this world's failures and expansions fill most of the round

@@ -114,7 +114,7 @@ def next_round(current: RoundLedger, config: RunConfig, pool: Sequence[Sample], 
     expanded = [s for s in expanded if not (s.id in seen or seen.add(s.id))]  # type: ignore[func-returns-value]
     if config.round_size > 0:
         rng = random.Random(f"{config.seed}:{current.round}")
-        budget = config.round_size
+        budget = config.round_size - int(config.round_size * config.fresh_floor)
         errors = _take(errors, budget, rng)
         expanded = _take(expanded, budget - len(errors), rng)
         mastered = _take(mastered, budget - len(errors) - len(expanded), rng)

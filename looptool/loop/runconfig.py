@@ -40,12 +40,19 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # carried with their labels unverified ("jglv"), no expansions ("edde"), no mastered samples
     # ("high_ppl"). With round_size the freed budget is filled with fresh seed data.
     ablate: list[Literal["jglv", "edde", "high_ppl"]] = msgspec.field(default_factory=list)
+    # With round_size: at least this share of each later round is fresh seed data (while the pool
+    # lasts), Eq. 5's samples cut to fit (0: Eq. 5 alone fills the round, as in the paper). On
+    # SmolLM2 a round 1 made almost only of failures and their expansions gave back what round 0
+    # taught (bench/results/loop_vs_static.json).
+    fresh_floor: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_token("run", self.run)
         if self.rounds < 1:
             raise ValueError("rounds must be at least 1")
+        if not 0.0 <= self.fresh_floor <= 1.0:
+            raise ValueError(f"fresh_floor must be between 0 and 1, got {self.fresh_floor}")
 
 
 class RunConfigError(LoopToolError, ValueError):
