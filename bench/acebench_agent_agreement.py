@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +157,16 @@ def main(checkout: Path, out: str | None) -> None:
         Path(out).write_bytes(msgspec.json.format(msgspec.json.encode(summary)) + b"\n")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def command_line(main: Callable[[Path, str | None], None], description: str | None) -> None:
+    """The command line of the ACEBench agreement benches: a checkout, its imports, an output."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--acebench", required=True, type=Path, help="a local ACEBench checkout")
     parser.add_argument("--extra-path", action="append", default=[], help="where ACEBench's own imports live")
     parser.add_argument("--out", help="also write the results (and this command) to a JSON file")
     args = parser.parse_args()
     sys.path.extend(args.extra_path)
     main(args.acebench.resolve(), args.out)
+
+
+if __name__ == "__main__":
+    command_line(main, __doc__)

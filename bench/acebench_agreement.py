@@ -15,7 +15,6 @@ one its accuracy counts. Prints and writes agreement per category and reply kind
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -200,10 +199,6 @@ def main(checkout: Path, out: str | None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--acebench", required=True, type=Path, help="a local ACEBench checkout")
-    parser.add_argument("--extra-path", action="append", default=[], help="where ACEBench's own imports live")
-    parser.add_argument("--out", help="also write the results (and this command) to a JSON file")
-    args = parser.parse_args()
-    sys.path.extend(args.extra_path)
-    main(args.acebench.resolve(), args.out)
+    from acebench_agent_agreement import command_line  # this folder is the script's first import path
+
+    command_line(main, __doc__)

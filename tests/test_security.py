@@ -211,7 +211,6 @@ def test_replay_checks_each_letter_as_its_service_would_and_goes_on_past_a_bad_o
 
 
 def test_a_forged_dead_letter_aimed_at_the_jetstream_api_is_not_replayed(secured, run_id) -> None:
-    server, secrets = secured
     forged = DeadLetter(
         run=run_id,
         round=0,
@@ -228,17 +227,7 @@ def test_a_forged_dead_letter_aimed_at_the_jetstream_api_is_not_replayed(secured
             await probe.publish(forged)
 
     anyio.run(plant)
-    replay = subprocess.run(
-        [sys.executable, "-m", "looptool", "dlq", run_id, "--replay"],
-        env={
-            **os.environ,
-            "LOOPTOOL_NATS__URL": server.url,
-            "LOOPTOOL_NATS__CREDENTIALS_DIR": str(secrets.identity("cli")),
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    replay = _replay(secured, run_id)
     assert "$JS.API.STREAM.DELETE" in replay.stdout + replay.stderr  # named as refused
     assert anyio.run(lambda: _stream_exists(secured))
 
