@@ -208,3 +208,27 @@ def test_exporters_refuse_what_a_format_cannot_hold(tmp_path: Path) -> None:
 def test_ids_follow_content() -> None:
     (sample,) = import_file(FIXTURES / "xlam.jsonl", "xlam").samples
     assert sample.id == sample_id(sample.tools, sample.messages, sample.label)
+
+
+def test_a_samples_file_reports_bad_rows_repeats_and_reused_ids_by_line(tmp_path: Path) -> None:
+    """In the `samples` format one bad row aborted the whole import, and a file holding one
+    sample three times imported three copies of one id (#33)."""
+    samples = build(20, 0, seed=3).train[:3]
+    lines = encode_samples(samples).splitlines()
+    bad = msgspec.json.decode(lines[2])
+    bad["messages"] = 7
+    reused = msgspec.json.decode(lines[1])
+    reused["messages"][0]["content"] = "another request under the same id"
+    rows = [lines[0], lines[1], lines[0], msgspec.json.encode(bad), msgspec.json.encode(reused), lines[0], b"{oops"]
+    path = tmp_path / "pool.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    report = import_file(path, "samples")
+    assert [s.id for s in report.samples] == [samples[0].id, samples[1].id]
+    assert report.samples[0].lineage == samples[0].lineage  # LoopTool's own lineage is kept
+    assert report.duplicates == 2 and report.repeats == {3: 1, 6: 1}
+    assert located(report) == {
+        4: "messages: Expected `array`, got `int`",
+        5: f"id: {samples[1].id!r} is line 2's id, for another sample",
+        7: "(line): invalid JSON: JSON is malformed: object keys must be strings (byte 1)",
+    }
+    assert "line 3 repeats line 1, line 6 repeats line 1" in report.summary()

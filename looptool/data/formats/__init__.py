@@ -17,6 +17,7 @@ from looptool.data.formats._common import (
     ImportReport,
     RowError,
     RowRejected,
+    admit_once,
     answer_path,
     check_sample_shape,
     import_rows,
@@ -94,9 +95,8 @@ def import_file(
     (BFCL's items always are: a benchmark's count must not change)."""
     if fmt == "auto":
         fmt, _ = detect_format(path)
-    if fmt == "samples":  # LoopTool's own files: a bad line raises, naming it (they are written by us)
-        samples = read_samples(path)
-        return ImportReport(samples=samples, rows=len(samples))
+    if fmt == "samples":
+        return import_samples(path)
     if fmt == "bfcl":
         return bfcl.import_bfcl(path, answers)
     if fmt == "acebench":
@@ -159,6 +159,32 @@ def decode_samples(data: bytes, origin: str = "<bytes>") -> list[Sample]:
                 raise ValueError(f"{origin}:{number}: {exc.field}: {exc.reason}") from None
             samples.append(sample)
     return samples
+
+
+def import_samples(path: str | Path) -> ImportReport:
+    """LoopTool's own layout, from a user: a bad row is reported by line and field like any
+    format's, never fatal; exact repeats are counted by line. Labels are kept as they are (a
+    noisy label is what the judge is for) and so is each sample's lineage."""
+    report = ImportReport()
+    seen: dict[str, tuple[int, Sample]] = {}
+    for line, row in read_rows(path):
+        report.rows += 1
+        if isinstance(row, RowError):
+            report.errors.append(row)
+            continue
+        try:
+            sample = msgspec.convert(row, Sample)
+            check_sample_shape(sample)
+        except msgspec.ValidationError as exc:
+            reason, _, field = str(exc).partition(" - at `$.")
+            report.errors.append(RowError(str(path), line, field.rstrip("`") or "(row)", reason))
+            continue
+        except RowRejected as exc:
+            report.errors.append(RowError(str(path), line, exc.field, exc.reason))
+            continue
+        if admit_once(report, seen, path, line, sample):
+            report.samples.append(sample)
+    return report
 
 
 def read_samples(path: str | Path) -> list[Sample]:

@@ -36,13 +36,16 @@ class ImportReport(msgspec.Struct):
     rows: int = 0
     duplicates: int = 0  # rows that repeated an earlier row exactly (same sample id), kept once
     suspect: int = 0  # kept although the label fails its own tools (``keep_suspect``), flagged in meta
+    repeats: dict[int, int] = msgspec.field(default_factory=dict)  # a repeated row's line -> the first one's
 
     def summary(self) -> str:
         by_field: dict[str, int] = {}
         for error in self.errors:
             by_field[error.field] = by_field.get(error.field, 0) + 1
         detail = ", ".join(f"{field}: {n}" for field, n in sorted(by_field.items()))
-        duplicates = f", {self.duplicates} duplicate(s) collapsed" if self.duplicates else ""
+        shown = ", ".join(f"line {line} repeats line {first}" for line, first in list(self.repeats.items())[:5])
+        more = ", …" if len(self.repeats) > 5 else ""
+        duplicates = f", {self.duplicates} duplicate(s) collapsed ({shown}{more})" if self.duplicates else ""
         suspect = f", {self.suspect} kept with a suspect label" if self.suspect else ""
         return (
             f"{self.rows} rows: {len(self.samples)} imported, {len(self.errors)} rejected"
@@ -147,7 +150,7 @@ def import_rows(
     checker's reason or, with ``keep_suspect``, kept with ``meta["suspect_label"]`` set so
     that the judge settles it in round 0."""
     report = ImportReport()
-    seen: set[str] = set()
+    seen: dict[str, tuple[int, Sample]] = {}  # sample id -> (its first line, the sample)
     for line, row in read_rows(path):
         report.rows += 1
         if isinstance(row, RowError):
@@ -180,14 +183,35 @@ def import_rows(
             report.errors.append(RowError(str(path), line, "(row)", f"unexpected {type(exc).__name__}: {exc}"))
             continue
         for sample in samples:
-            if collapse_duplicates and sample.id in seen:
-                report.duplicates += 1
+            if collapse_duplicates and not admit_once(report, seen, path, line, sample):
                 continue
-            seen.add(sample.id)
             sample.lineage = Lineage(origin="seed", source=f"{path}:{line}")
             report.suspect += "suspect_label" in sample.meta
             report.samples.append(sample)
     return report
+
+
+def admit_once(
+    report: ImportReport, seen: dict[str, tuple[int, Sample]], path: str | Path, line: int, sample: Sample
+) -> bool:
+    """Whether ``sample`` (row ``line``) is new: an exact repeat of an earlier row is counted
+    with both lines and left out; another sample under an id already used is a rejected row."""
+    first = seen.get(sample.id)
+    if first is None:
+        seen[sample.id] = (line, sample)
+        return True
+    if _content(first[1]) != _content(sample):  # ids written in the file: two samples, one id
+        report.errors.append(
+            RowError(str(path), line, "id", f"{sample.id[:80]!r} is line {first[0]}'s id, for another sample")
+        )
+    else:
+        report.duplicates += 1
+        report.repeats[line] = first[0]
+    return False
+
+
+def _content(sample: Sample) -> bytes:
+    return msgspec.json.encode(msgspec.structs.replace(sample, lineage=Lineage()))
 
 
 def check_sample_shape(sample: Sample) -> None:
