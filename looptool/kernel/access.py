@@ -147,7 +147,7 @@ def _service_permissions(service: str, role: Role, durables: Mapping[str, Mappin
     publish = [
         *_common(),
         *sorted(names.for_type(t) for t in role.emits if t.sender_field is None),
-        *(names.sender_bound(t, service) for t in SENDER_BOUND),
+        *(names.for_type(t, sender=service) for t in SENDER_BOUND),
         *_randomly_named(named),
     ]
     for name, filter_subject in own.items():

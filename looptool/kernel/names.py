@@ -74,12 +74,6 @@ def run_filter(run: str) -> str:
     return f"{PREFIX}.{check_token('run', run)}.>"
 
 
-def sender_bound(event_type: type[Event], service: str) -> str:
-    """Where ``service`` files events of a sender-bound type, in any run (its permission)."""
-    assert event_type.sender_field is not None, f"{event_type.__name__} is not sender-bound"
-    return f"{PREFIX}.*.{event_tag(event_type)}.{check_token('service', service)}"
-
-
 def parse_subject(subject: str) -> tuple[str, str] | None:
     """``(run, tag)`` of a LoopTool event subject, or None for any other subject."""
     parts = subject.split(".")
@@ -93,16 +87,14 @@ def misfiled(subject: str, event: Event) -> str | None:
     belongs on exactly the subject its run, type and sender make — so a publisher's permission
     on the subject vouches for the event — and its work item must be fit for a header (it
     ends up in message ids downstream). The services and every reader of the log ask this."""
-    run, tag = event.run, event_tag(type(event))
-    sender = None if event.sender_field is None else getattr(event, event.sender_field)
-    expected = f"{PREFIX}.{run}.{tag}" if sender is None else f"{PREFIX}.{run}.{tag}.{sender}"
-    if (
-        subject != expected
-        or _TOKEN.fullmatch(run) is None
-        or (sender is not None and _TOKEN.fullmatch(sender) is None)
-    ):
-        what = f"a {tag} event of run {run[:80]!r}" + ("" if sender is None else f" from {sender[:80]!r}")
-        return f"{what} published on {subject[:200]!r}"
+    try:
+        expected = for_event(event)
+    except InvalidName:  # a run or sender that makes no subject token: none is its own
+        expected = None
+    if subject != expected:
+        sender = None if event.sender_field is None else getattr(event, event.sender_field)
+        what = f"a {event_tag(type(event))} event of run {event.run[:80]!r}"
+        return what + ("" if sender is None else f" from {sender[:80]!r}") + f" published on {subject[:200]!r}"
     item = event.work_item()
     if item is not None:
         try:

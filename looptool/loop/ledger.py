@@ -120,9 +120,9 @@ class RoundLedger:
         self._expand_pending.discard(event.seed_id)
 
     def add_error(self, letter: DeadLetter) -> None:
-        stage = WORK_STAGES.get(letter.stage)
-        if stage is None or letter.sample_id is None or letter.service != WORKERS[stage]:
+        if not _settles_work(letter) or letter.sample_id is None:  # (the second: for the type checker)
             return
+        stage = WORK_STAGES[letter.stage]
         if letter.sample_id in self.errored[stage]:
             return
         self.errored[stage][letter.sample_id] = Errored(

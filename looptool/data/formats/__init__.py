@@ -17,7 +17,6 @@ from looptool.data.formats._common import (
     ImportReport,
     RowError,
     RowRejected,
-    admit_once,
     answer_path,
     check_sample_shape,
     import_rows,
@@ -163,28 +162,16 @@ def decode_samples(data: bytes, origin: str = "<bytes>") -> list[Sample]:
 
 def import_samples(path: str | Path) -> ImportReport:
     """LoopTool's own layout, from a user: a bad row is reported by line and field like any
-    format's, never fatal; exact repeats are counted by line. Labels are kept as they are (a
-    noisy label is what the judge is for) and so is each sample's lineage."""
-    report = ImportReport()
-    seen: dict[str, tuple[int, Sample]] = {}
-    for line, row in read_rows(path):
-        report.rows += 1
-        if isinstance(row, RowError):
-            report.errors.append(row)
-            continue
-        try:
-            sample = msgspec.convert(row, Sample)
-            check_sample_shape(sample)
-        except msgspec.ValidationError as exc:
-            reason, _, field = str(exc).partition(" - at `$.")
-            report.errors.append(RowError(str(path), line, field.rstrip("`") or "(row)", reason))
-            continue
-        except RowRejected as exc:
-            report.errors.append(RowError(str(path), line, exc.field, exc.reason))
-            continue
-        if admit_once(report, seen, path, line, sample):
-            report.samples.append(sample)
-    return report
+    format's, never fatal; exact repeats are counted by line; labels and lineage as written."""
+    return import_rows(path, _sample_row, as_written=True)
+
+
+def _sample_row(row: dict[str, Any]) -> Sample:
+    try:
+        return msgspec.convert(row, Sample)
+    except msgspec.ValidationError as exc:
+        reason, _, field = str(exc).partition(" - at `$.")
+        raise RowRejected(field.rstrip("`") or "(row)", reason) from None
 
 
 def read_samples(path: str | Path) -> list[Sample]:

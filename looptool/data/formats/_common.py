@@ -141,6 +141,7 @@ def import_rows(
     *,
     collapse_duplicates: bool = True,
     keep_suspect: bool = False,
+    as_written: bool = False,
 ) -> ImportReport:
     """Run ``parse_row`` on every row of ``path``; collect samples and located errors. One bad
     row never aborts an import, and a row repeated exactly (same sample id) is kept once —
@@ -148,7 +149,8 @@ def import_rows(
 
     Every label is checked against its own tools: one that fails is rejected with the
     checker's reason or, with ``keep_suspect``, kept with ``meta["suspect_label"]`` set so
-    that the judge settles it in round 0."""
+    that the judge settles it in round 0. ``as_written`` (LoopTool's own layout) keeps each
+    sample's label and lineage as the file has them: a noisy label is what the judge is for."""
     report = ImportReport()
     seen: dict[str, tuple[int, Sample]] = {}  # sample id -> (its first line, the sample)
     for line, row in read_rows(path):
@@ -166,7 +168,7 @@ def import_rows(
             samples = parsed if isinstance(parsed, list) else [parsed]
             for sample in samples:
                 check_sample_shape(sample)
-            problems = [label_problem(sample) for sample in samples]
+            problems = [None if as_written else label_problem(sample) for sample in samples]
             for sample, problem in zip(samples, problems, strict=True):
                 if problem is None:
                     continue
@@ -185,7 +187,8 @@ def import_rows(
         for sample in samples:
             if collapse_duplicates and not admit_once(report, seen, path, line, sample):
                 continue
-            sample.lineage = Lineage(origin="seed", source=f"{path}:{line}")
+            if not as_written:
+                sample.lineage = Lineage(origin="seed", source=f"{path}:{line}")
             report.suspect += "suspect_label" in sample.meta
             report.samples.append(sample)
     return report
