@@ -13,7 +13,7 @@ from test_runtime import tasks
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
 from looptool.kernel.nats_server import NatsCluster
-from looptool.loop.events import ProbeResult
+from looptool.loop.events import ProbeResult, ProbeTask
 
 
 @pytest.fixture
@@ -75,3 +75,50 @@ def test_a_client_with_default_settings_never_scales_the_cluster_down(cluster: N
         return copies
 
     assert anyio.run(main) == [3, 3, 3]
+
+
+def test_a_publish_whose_id_is_still_being_stored_is_tried_again(settings, run_id: str) -> None:
+    """On a cluster (D9 of #30), a leader still storing an earlier copy of a message id answers
+    409 / 10158, "duplicate message id is in process". No server can be driven into that answer on
+    demand, so the real server's publish is preceded by that answer once, as the server words it;
+    the event is then stored once, single and batched."""
+    from nats.js.errors import APIError
+
+    async def main() -> tuple[list[ProbeTask], int]:
+        bus = await Bus.connect(settings.nats)
+        real_publish, real_async = bus.js.publish, bus.js.publish_async
+        refused: list[str] = []
+
+        def in_process() -> APIError:
+            return APIError(code=409, err_code=10158, description="duplicate message id is in process")
+
+        async def publish(subject: str, *args, **kwargs):
+            if subject not in refused:
+                refused.append(subject)
+                raise in_process()
+            return await real_publish(subject, *args, **kwargs)
+
+        async def publish_async(subject: str, *args, **kwargs):
+            future = await real_async(subject, *args, **kwargs)
+            if len(refused) < 2:  # the first batched ack answers 10158; its message is stored anyway
+                refused.append(subject)
+                answered = anyio.Event()
+                future.add_done_callback(lambda _: answered.set())
+                await answered.wait()
+                future = future.get_loop().create_future()
+                future.set_exception(in_process())
+            return future
+
+        bus.js.publish, bus.js.publish_async = publish, publish_async  # type: ignore[method-assign]
+        # nats-py's own API errors carry no err_code: they pass through as themselves.
+        assert await bus.value(f"{run_id}.absent") is None
+        single = await bus.publish(tasks(run_id, 3)[0])
+        batch = await bus.publish_many(tasks(run_id, 3)[1:])
+        results = await read_all(bus, run_id, ProbeTask)
+        await bus.close()
+        assert not single.duplicate and [bool(a.duplicate) for a in batch] == [True, False]
+        return results, len(refused)
+
+    results, refusals = anyio.run(main)
+    assert refusals == 2
+    assert sorted(r.sample.id for r in results) == ["s-00000", "s-00001", "s-00002"]

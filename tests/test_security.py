@@ -78,6 +78,16 @@ def test_secrets_are_private_and_kept_across_starts(tmp_path: Path) -> None:
     assert not any(password in config.read_text() for password in passwords)
 
 
+def test_a_mount_that_shows_every_identity_is_refused_as_an_ignored_subpath(tmp_path: Path) -> None:
+    # Docker Engine before 26 ignores a volume's subpath: the container gets the secrets root.
+    secrets = SecretsDir(tmp_path / "secrets")
+    secrets.ensure(bus_identities())
+    with pytest.raises(CredentialsError, match="subpath was not applied.*Docker Engine 26"):
+        read_credentials(secrets.root)
+    with pytest.raises(CredentialsError, match="not a LoopTool credentials directory"):
+        read_credentials(tmp_path)
+
+
 def test_an_unauthenticated_or_wrong_client_is_refused(secured) -> None:
     server, secrets = secured
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from looptool.data.formats import encode_samples
 from looptool.data.lint import contamination
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
-from looptool.kernel.names import adapter_dir
+from looptool.kernel.names import adapter_dir, training_file
 from looptool.llm.client import ModelClient, ModelSettings
 from looptool.loop.evaluation import load_eval_sets, single_turn
 from looptool.loop.events import DatasetReady, EvalCompleted, EvalShard, ModelReady, TrainProgress
@@ -88,6 +89,8 @@ def test_one_sft_round_is_trained_served_and_evaluated(nats_server, vllm_server,
     (ready,) = out[ModelReady]
     assert ready.model == f"{run_id}-r0" and ready.adapter is not None and ready.dataset is not None
     assert (adapter_dir(settings.artifact_dir, run_id, 0) / "adapter_model.safetensors").exists()
+    trained_on = training_file(settings.artifact_dir, run_id, 0).read_text().splitlines()
+    assert len(trained_on) == len(samples) and all("messages" in json.loads(line) for line in trained_on)
 
     async def ask_adapter():
         client = ModelClient(settings.model)

@@ -39,12 +39,20 @@ ASYNC_ACK_TIMEOUT = 5.0  # seconds before a pipelined publish is sent again (sam
 
 # Nothing answers for the stream (no leader yet): such requests are tried again (Bus._while_leaderless).
 _NO_SUITABLE_PEERS = 10005  # JetStream: "no suitable peers for placement"
+# A clustered leader still storing an earlier copy of this message id (a retry raced its first
+# attempt): the same publish, tried again, gets the duplicate ack once that copy is stored.
+_DUPLICATE_IN_PROCESS = 10158
 _LEADERLESS = (
     nats.js.errors.NoStreamResponseError,
     nats.js.errors.ServiceUnavailableError,
     nats.errors.NoRespondersError,
     nats.errors.TimeoutError,
 )
+
+
+def _in_process(exc: nats.js.errors.APIError) -> bool:
+    # nats-py's own subclasses (KeyNotFoundError, …) are raised without an err_code.
+    return getattr(exc, "err_code", None) == _DUPLICATE_IN_PROCESS
 
 
 def _retrieve_quietly(future: asyncio.Future[Any]) -> None:
@@ -290,7 +298,7 @@ class Bus:
     async def _while_leaderless(self, request: Callable[[], Awaitable[T]], timeout: float | None = None) -> T:
         """A JetStream request, tried again while nothing answers for the stream (a cluster
         electing a new leader after losing a node, a server restarting), for up to ``timeout``
-        (``leader_timeout`` by default)."""
+        (``leader_timeout`` by default), and while a leader is still storing the same message id."""
         deadline = anyio.current_time() + (self.settings.leader_timeout if timeout is None else timeout)
         while True:
             try:
@@ -298,7 +306,10 @@ class Bus:
             except _LEADERLESS:
                 if anyio.current_time() > deadline:
                     raise
-                await anyio.sleep(0.25)
+            except nats.js.errors.APIError as exc:
+                if not _in_process(exc) or anyio.current_time() > deadline:
+                    raise
+            await anyio.sleep(0.25)
 
     async def publish_many(self, events: Iterable[Event], *, window: int = PUBLISH_WINDOW) -> list[api.PubAck]:
         """Publish many events pipelined (``publish_async``) with at most ``window`` acks
@@ -324,6 +335,10 @@ class Bus:
                     raise TimeoutError
                 acks.append(future.result())
             except (TimeoutError, *_LEADERLESS):
+                acks.append(await self._publish_retrying(*message))
+            except nats.js.errors.APIError as exc:
+                if not _in_process(exc):
+                    raise
                 acks.append(await self._publish_retrying(*message))
 
         try:

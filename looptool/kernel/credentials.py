@@ -55,6 +55,13 @@ def read_credentials(directory: str | os.PathLike[str]) -> Credentials:
         user = (path / USER_FILE).read_text().strip()
         password = (path / PASSWORD_FILE).read_text().strip()
     except OSError as exc:
+        if any((path / name / USER_FILE).is_file() for name in (ADMIN, "cli")):
+            # What a container sees when its volume's subpath was ignored (Docker Engine before
+            # 26 does so silently): every identity's secrets, and none of them its own.
+            raise CredentialsError(
+                f"{path} holds the whole secrets directory, not one identity's: its mount's volume"
+                " subpath was not applied (it needs Docker Engine 26+ and Compose 2.26+; see `docker version`)"
+            ) from None
         raise CredentialsError(
             f"{path}: not a LoopTool credentials directory ({exc.strerror}: {exc.filename})"
         ) from None

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 
 import anyio
 
-from looptool.data.formats import encode_samples, export_jsonl
+from looptool.data.formats import encode_samples
 from looptool.data.samples import Sample
 from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
@@ -188,9 +188,6 @@ async def _publish_dataset(ctx: Context, config: RunConfig, round: int, dataset:
         )
         return
     ref = await ctx.put_artifact(names.dataset_artifact(config.run, round), encode_samples(samples))
-    trl = names.training_file(ctx.settings.artifact_dir, config.run, round)
-    trl.parent.mkdir(parents=True, exist_ok=True)
-    export_jsonl(samples, trl, "openai")
     await ctx.publish(
         DatasetReady(
             run=config.run,

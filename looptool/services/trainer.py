@@ -2,7 +2,7 @@
 
 Listens to ``dataset.ready``: trains (SFT or GRPO, LoRA) from the previous round's adapter or
 the base, streaming ``train.progress``; saves the adapter under ``<artifact_dir>/<run>/r<round>``
-(atomically) and to the Object Store; loads it into vLLM under ``<run>-r<round>``; emits one
+(atomically) and to the Object Store, with the round's data as TRL-ready JSONL beside it; loads it into vLLM under ``<run>-r<round>``; emits one
 ``model.ready``. A replica trains one round at a time; a redelivered round whose adapter is
 already complete is not trained again, and an announced round is not announced twice.
 """
@@ -18,6 +18,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 
+from looptool.data.formats import export_jsonl
 from looptool.data.samples import Sample
 from looptool.kernel import names
 from looptool.kernel.runtime import Context, Service
@@ -47,6 +48,9 @@ async def train(ctx: Context, event: DatasetReady) -> None:
         out / "adapter_config.json"
     ).exists():  # a finished adapter survives a crash; a partial one never lands here
         samples = await ctx.load(event.dataset, Sample)
+        trained_on = names.training_file(ctx.settings.artifact_dir, event.run, event.round)
+        trained_on.parent.mkdir(parents=True, exist_ok=True)
+        export_jsonl(samples, trained_on, "openai")  # beside the adapter, for training elsewhere
         previous = (
             names.adapter_dir(ctx.settings.artifact_dir, event.run, event.round - 1)
             if event.round > 0 and settings.continue_from_previous
