@@ -255,3 +255,24 @@ def test_cluster_override_makes_three_routed_nodes_and_replicated_services() -> 
     assert {"nats-b", "nats-c"} <= {
         v["source"] for n in ("nats-b", "nats-c") for v in cluster["services"][n]["volumes"]
     }
+
+
+@pytest.mark.docker
+def test_compose_smoke(tmp_path: Path) -> None:
+    """The cpu profile in real containers (scripts/docker/compose-smoke.sh): images built, SmolLM2
+    put into the models volume, a one-round loop over the synthetic world with two probe replicas,
+    every sample of the round given one outcome, the report written, no container restarted."""
+    if shutil.which("docker") is None:
+        pytest.skip("no docker client on this machine")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        started = subprocess.run(["bash", "scripts/docker/engine.sh"], cwd=REPO, capture_output=True, text=True)
+        if started.returncode != 0:
+            pytest.skip(f"no Docker engine answers and none could be started: {started.stderr[-800:]}")
+    out = tmp_path / "compose_smoke.json"
+    done = subprocess.run(
+        ["bash", "scripts/docker/compose-smoke.sh", "--out", str(out)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    result = json.loads(out.read_text())
+    assert result["problems"] == [] and result["run"]["samples"] == 40
+    assert result["run"]["status"].startswith("completed")
