@@ -18,8 +18,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY looptool ./looptool
 COPY schemas ./schemas
-# bfcl-eval: BFCL's data and reference checker, without its pins of dozens of model SDKs.
-RUN pip install . && pip install --no-deps "bfcl-eval==2026.3.23"
+# bfcl-eval: BFCL's data, reference checker and decoder, without its pins of dozens of model SDKs
+# (the bfcl extra holds what those parts import).
+RUN pip install ".[bfcl]" && pip install --no-deps "bfcl-eval==2026.3.23"
 WORKDIR /work
 CMD ["looptool", "--help"]
 

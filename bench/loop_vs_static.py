@@ -166,6 +166,8 @@ def one_seed(workdir: Path, args: argparse.Namespace, seed: int) -> dict[str, An
                 "base": history[0],
                 "rounds": history[1:],
                 "finished": ledger.finished.reason if ledger.finished else None,
+                # What each round trained on, by source (Eq. 5's parts, expansions, fresh seed data).
+                "datasets": {r: rl.dataset.composition for r, rl in sorted(ledger.rounds.items()) if rl.dataset},
             }
             if "jglv" not in config.ablate:
                 result["judge"][arm] = judge_quality(ledger)

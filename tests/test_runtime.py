@@ -21,6 +21,7 @@ from helpers import make_settings, read_all, running, wait_for
 from looptool.data.samples import Message, Sample
 from looptool.kernel import names
 from looptool.kernel.bus import ArtifactUnavailable, Bus
+from looptool.kernel.errors import describe
 from looptool.kernel.events import DeadLetter, ServiceError
 from looptool.kernel.logs import configure_logging, log_context
 from looptool.kernel.runtime import Context, Service, run_service
@@ -554,3 +555,16 @@ def test_finished_work_whose_ack_was_lost_is_not_done_again(nats_server, run_id,
 async def _settled(bus: Bus, service: str) -> bool:
     info = await bus.js.consumer_info(names.STREAM, names.consumer_name(service, ProbeTask))
     return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+def test_a_task_groups_failure_is_reported_by_its_leaves() -> None:
+    # Before Python 3.13 the group's own text names none of them (seen: an evaluator's dead letters
+    # said only "unhandled errors in a TaskGroup (1 sub-exception)").
+    group = ExceptionGroup(
+        "unhandled errors in a TaskGroup",
+        [ModuleNotFoundError("No module named 'tree_sitter'"), ExceptionGroup("inner", [ValueError("bad reply")])],
+    )
+    text = describe(group)
+    assert text.startswith("ExceptionGroup: unhandled errors in a TaskGroup")
+    assert "ModuleNotFoundError: No module named 'tree_sitter'" in text and "ValueError: bad reply" in text
+    assert describe(TimeoutError()) == "TimeoutError"

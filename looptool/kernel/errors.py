@@ -13,3 +13,13 @@ class PermanentError(LoopToolError):
 class PoisonMessage(PermanentError):
     """A message that cannot be read at all: undecodable, too deeply nested, a bad header or a
     claim check whose object is missing."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming what went wrong: for an exception group (a task group's), its leaves too,
+    which ``traceback.format_exception_only`` leaves out before Python 3.13."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [describe(inner) for inner in exc.exceptions]
+        return f"{text}: " + "; ".join(leaves)
+    return text

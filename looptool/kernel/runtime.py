@@ -30,7 +30,6 @@ import os
 import signal
 import socket
 import time
-import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Protocol, TypeVar
@@ -43,7 +42,7 @@ from nats.aio.msg import Msg
 
 from looptool.kernel import logs, names
 from looptool.kernel.bus import Bus
-from looptool.kernel.errors import PermanentError, PoisonMessage
+from looptool.kernel.errors import PermanentError, PoisonMessage, describe
 from looptool.kernel.events import (
     ArtifactRef,
     DeadLetter,
@@ -546,7 +545,7 @@ class _Consumer:
         permanent error, dead-letter the message."""
         meta = msg.metadata
         self.stats.failed += 1
-        error = "".join(traceback.format_exception_only(exc)).strip()
+        error = describe(exc)
         self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
         await self._report_error(event, msg.subject, error)
         if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
