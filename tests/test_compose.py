@@ -90,14 +90,22 @@ def test_vllm_gets_shared_memory_serves_runtime_lora_and_is_waited_for(profile) 
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
     assert "VLLM_API_KEY" in " ".join(vllm["entrypoint"]) and "no model at /models/policy" in vllm["entrypoint"][2]
     assert vllm["healthcheck"]["test"] and vllm["healthcheck"]["retries"] >= 1
+    # The model users wait for `vllm-ready`, healthy once the model's URL answers /health; a
+    # required dependency, so that a vLLM that never answers starts none of them.
+    ready = compose["services"]["vllm-ready"]
+    assert (
+        "LOOPTOOL_MODEL__BASE_URL" in ready["healthcheck"]["test"][-1] and "/health" in ready["healthcheck"]["test"][-1]
+    )
+    assert _settings(ready).model.base_url == "http://vllm:8000/v1"
+    if name == "cpu":  # the URL names `vllm`: the gpu profile's service, vllm-cpu by its alias
+        assert vllm["networks"]["default"]["aliases"] == ["vllm"]
     for container in CONTAINERS[name]:
         waits = compose["services"][container]["depends_on"]
         assert waits["nats"]["condition"] == "service_healthy", container
-        vllm_name = "vllm-cpu" if name == "cpu" else "vllm"
         if container in MODEL_USERS:
-            assert waits[vllm_name]["condition"] == "service_healthy", container
+            assert waits["vllm-ready"] == {"condition": "service_healthy", "required": True}, container
         else:
-            assert vllm_name not in waits, container
+            assert "vllm-ready" not in waits, container
 
 
 def test_only_the_trainer_and_vllm_hold_the_models_and_artifacts(profile) -> None:
