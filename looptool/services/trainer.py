@@ -2,8 +2,8 @@
 
 Listens to ``dataset.ready``: trains (SFT or GRPO, LoRA) from the previous round's adapter or
 the base, streaming ``train.progress``; saves the adapter under ``<artifact_dir>/<run>/r<round>``
-(atomically) and to the Object Store, with the round's data as TRL-ready JSONL beside it; loads it into vLLM under ``<run>-r<round>``; emits one
-``model.ready``. A replica trains one round at a time; a redelivered round whose adapter is
+(atomically, the round's data beside it as TRL-ready JSONL) and to the Object Store; loads it
+into vLLM under ``<run>-r<round>``; emits one ``model.ready``. A replica trains one round at a time; a redelivered round whose adapter is
 already complete is not trained again, and an announced round is not announced twice.
 """
 
