@@ -85,8 +85,9 @@ def test_vllm_gets_shared_memory_serves_runtime_lora_and_is_waited_for(profile) 
     name, compose = profile
     vllm = compose["services"]["vllm-cpu" if name == "cpu" else "vllm"]
     assert vllm.get("ipc") == "host" or int(vllm.get("shm_size", 0)) >= 256 * 2**20  # Docker's default: 64 MiB
-    command = " ".join(vllm["command"])
+    command = " ".join([*vllm["entrypoint"], *vllm["command"]])  # the entrypoint adds what every profile serves
     assert "--enable-lora" in command and "--tool-call-parser" in command and "--model=/models/policy" in command
+    assert '--host="$${VLLM_HOST:-0.0.0.0}"' in command and "--port=8000" in command
     assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
     assert "VLLM_API_KEY" in " ".join(vllm["entrypoint"]) and "no model at /models/policy" in vllm["entrypoint"][2]
     assert vllm["healthcheck"]["test"] and vllm["healthcheck"]["retries"] >= 1
@@ -204,11 +205,10 @@ def test_the_host_network_override_leaves_no_bridge_and_listens_on_loopback() ->
         assert not service.get("ports"), container
     nats = compose["services"]["nats"]["command"]
     assert nats[nats.index("-a") + 1] == "127.0.0.1"
-    vllm = compose["services"]["vllm-cpu"]["command"]
-    assert "--host=127.0.0.1" in vllm
-    assert [a for a in vllm if a != "--host=127.0.0.1"] == [
-        a for a in base["services"]["vllm-cpu"]["command"] if a != "--host=0.0.0.0"
-    ]  # the same server, bound to loopback
+    vllm, base_vllm = compose["services"]["vllm-cpu"], base["services"]["vllm-cpu"]
+    assert vllm["environment"]["VLLM_HOST"] == "127.0.0.1" and "VLLM_HOST" not in base_vllm["environment"]
+    # the same server, bound to loopback
+    assert (vllm["entrypoint"], vllm["command"]) == (base_vllm["entrypoint"], base_vllm["command"])
     for container in CONTAINERS["cpu"]:
         settings = _settings(compose["services"][container])
         assert settings.nats.url == "nats://localhost:4222" and settings.model.base_url == "http://localhost:8000/v1"

@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 
 from looptool.kernel import names
-from looptool.kernel.access import ADMIN, Permissions, inbox_prefix
+from looptool.kernel.access import ADMIN, CLI, Permissions, inbox_prefix
 from looptool.kernel.errors import LoopToolError
 
 USER_FILE = "user"
@@ -55,7 +55,7 @@ def read_credentials(directory: str | os.PathLike[str]) -> Credentials:
         user = (path / USER_FILE).read_text().strip()
         password = (path / PASSWORD_FILE).read_text().strip()
     except OSError as exc:
-        if any((path / name / USER_FILE).is_file() for name in (ADMIN, "cli")):
+        if any((path / name / USER_FILE).is_file() for name in (ADMIN, CLI)):
             # What a container sees when its volume's subpath was ignored (Docker Engine before
             # 26 does so silently): every identity's secrets, and none of them its own.
             raise CredentialsError(

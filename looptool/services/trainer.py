@@ -3,8 +3,9 @@
 Listens to ``dataset.ready``: trains (SFT or GRPO, LoRA) from the previous round's adapter or
 the base, streaming ``train.progress``; saves the adapter under ``<artifact_dir>/<run>/r<round>``
 (atomically, the round's data beside it as TRL-ready JSONL) and to the Object Store; loads it
-into vLLM under ``<run>-r<round>``; emits one ``model.ready``. A replica trains one round at a time; a redelivered round whose adapter is
-already complete is not trained again, and an announced round is not announced twice.
+into vLLM under ``<run>-r<round>``; emits one ``model.ready``. A replica trains one round at a
+time; a redelivered round whose adapter is already complete is not trained again, and an
+announced round is not announced twice.
 """
 
 from __future__ import annotations
