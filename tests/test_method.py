@@ -572,3 +572,19 @@ def test_a_fresh_floor_reserves_its_share_of_each_round_for_seed_data(floor: flo
         assert composition["fresh"] >= 15 and composition["expanded"] > 0  # Eq. 5's samples fill the rest
     else:
         assert composition["fresh"] < 15  # this world's failures and expansions fill most of the round
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "expected"),
+    [
+        ([60, 50, 0], 60, [30, 30, 0]),  # errors no longer take every slot: expansions train too
+        ([9, 40, 21], 30, [9, 11, 10]),  # a small part is kept whole, its unused share split
+        ([10, 5, 3], 60, [10, 5, 3]),  # everything fits
+        ([1, 1, 1], 2, [1, 1, 0]),  # a remainder goes to the earlier parts
+        ([7, 0, 0], 0, [0, 0, 0]),
+    ],
+)
+def test_eq5_parts_that_do_not_fit_share_the_budget_equally(sizes: list[int], budget: int, expected: list[int]) -> None:
+    taken = curation.shares(sizes, budget)
+    assert taken == expected
+    assert sum(taken) == min(budget, sum(sizes)) and all(t <= s for t, s in zip(taken, sizes, strict=True))

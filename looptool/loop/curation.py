@@ -5,7 +5,10 @@ events and publishes what they decide.
 
 Eq. 5: D(r+1) = error seeds (hard + corrected) ∪ their expansions ∪ high-perplexity mastered
 samples ∪ fresh seed data. With ``round_size`` every round has the same size (as in the paper):
-error seeds first, then expansions, then mastered samples; fresh seed data fills what is left.
+where Eq. 5's parts do not fit its budget, they share it equally, a part that needs less leaving
+the rest to the others (taking error seeds first left no room for the expansions EDDE made: 60 of
+60 slots went to errors on SmolLM2, ``bench/results/loop_vs_static_fresh_floor.json``); fresh seed
+data fills what is left.
 """
 
 from __future__ import annotations
@@ -115,9 +118,12 @@ def next_round(current: RoundLedger, config: RunConfig, pool: Sequence[Sample], 
     if config.round_size > 0:
         rng = random.Random(f"{config.seed}:{current.round}")
         budget = config.round_size - int(config.round_size * config.fresh_floor)
-        errors = _take(errors, budget, rng)
-        expanded = _take(expanded, budget - len(errors), rng)
-        mastered = _take(mastered, budget - len(errors) - len(expanded), rng)
+        n_errors, n_expanded, n_mastered = shares([len(errors), len(expanded), len(mastered)], budget)
+        errors, expanded, mastered = (
+            _take(errors, n_errors, rng),
+            _take(expanded, n_expanded, rng),
+            _take(mastered, n_mastered, rng),
+        )
     corrected = 0 if "jglv" in config.ablate else sum(outcomes[s.id] == "corrected" for s in errors)
     composition = {
         key: value for key, value in current.composition(cut).items() if key in ("dropped", "discarded", "errored")
@@ -167,6 +173,29 @@ def regression_reason(history: list[dict[str, float]], margin: float) -> str | N
         if best is not None and best - score > margin:
             falls.append(f"{category} {best:.3f} -> {score:.3f}")
     return f"regression beyond {margin:.3f}: {', '.join(falls)}" if falls else None
+
+
+def shares(sizes: list[int], budget: int) -> list[int]:
+    """How many of each part to take: all of every part when they fit in ``budget``, else equal
+    shares, what a part cannot use going to the others (max-min fair), so that a small part is
+    kept whole and no part crowds out another; a remainder goes to the earlier parts."""
+    if sum(sizes) <= budget:
+        return list(sizes)
+    taken = [0] * len(sizes)
+    left = max(budget, 0)
+    open_parts = [i for i, size in enumerate(sizes) if size > 0]
+    while left > 0 and open_parts:
+        each = left // len(open_parts)
+        if each == 0:
+            for i in open_parts[:left]:
+                taken[i] += 1
+            break
+        for i in open_parts:
+            add = min(each, sizes[i] - taken[i])
+            taken[i] += add
+            left -= add
+        open_parts = [i for i in open_parts if taken[i] < sizes[i]]
+    return taken
 
 
 def _take(samples: list[Sample], n: int, rng: random.Random) -> list[Sample]:
