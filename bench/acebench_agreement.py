@@ -1,6 +1,7 @@
 """ACEBench's normal and special categories: LoopTool's verdicts against ACEBench's own
 evaluation code, item by item, on right answers and mutations of them.
 
+    git clone https://github.com/ACEBench/ACEBench ~/ACEBench && git -C ~/ACEBench checkout 56dd66c
     .venv/bin/python bench/acebench_agreement.py --acebench ~/ACEBench --extra-path DIR [--out FILE]
 
 Needs a local ACEBench checkout (not on PyPI; its ``eval_main`` imports openpyxl:
@@ -26,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from looptool.data import acebench_scoring
 from looptool.data.scoring import score
 
 Call = tuple[str, dict[str, Any]]
@@ -87,6 +89,12 @@ MUTATIONS: dict[str, Callable[[list[Call]], str]] = {
     "tuples for arrays": lambda c: render(c, tuples=True),
     "a tab in a string": lambda c: render(_with_string(c, lambda s: s[:1] + "\t" + s[1:])),
     "text around the list": lambda c: f"Sure, here you go: {render(c)} Done.",
+    "a note in brackets first": lambda c: f"Note [1]: {render(c)}",
+    "an unclosed bracket first": lambda c: f"[draft {render(c)}",
+    "a second list after": lambda c: f"{render(c)} or maybe {render(c[:1])}",
+    "one call a line": lambda c: "[\n" + ",\n".join("  " + render([call], brackets=False) for call in c) + "\n]",
+    "a space in a string": lambda c: render(_with_string(c, lambda s: s[:1] + " " + s[1:])),
+    "a bracket in a string": lambda c: render(_with_string(c, lambda s: s + "]")),
     "a value changed": lambda c: render(_with_string(c, lambda s: s + "_x")),
     "a call dropped": lambda c: render(c[:-1]),
     "an argument dropped": lambda c: render(_args_dropped(c)),
@@ -134,7 +142,11 @@ def main(checkout: Path, out: str | None) -> None:
 
     eval_main.convert_result_to_excel = lambda *args, **kwargs: None  # its spreadsheet, not its verdict
     data = checkout / "data_all" / "data_en"
-    summary: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "categories": {}}
+    summary: dict[str, Any] = {
+        "command": " ".join(["python", *sys.argv]),
+        "looptool_follows": acebench_scoring.ACEBENCH_COMMIT,  # the checkout should be at this commit
+        "categories": {},
+    }
     totals: Counter[str] = Counter()
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as scratch:

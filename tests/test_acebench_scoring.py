@@ -271,29 +271,41 @@ def test_agent_results_follow_acebench_rules(
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from acebench_agreement import MUTATIONS, calls_of  # noqa: E402
 
-# Shapes ACEBench's prompt-mode evaluation (eval_main at e6db74b: whitespace deleted, then
-# ``ast.parse(...).body.elts``) cannot read: each is "wrong_output_format" there, whatever the
-# calls inside. LoopTool once parsed them leniently and scored the calls: 80% agreement (#29).
-UNREADABLE = ("JSON call list", "<tool_call> blocks", "fenced list", "<think> first", "text around the list")
+# How ACEBench's prompt-mode evaluation (eval_main at 56dd66c) reads a text reply: a single-turn
+# reply from its first outermost ``[...]``, whitespace kept; a multi-turn reply with all whitespace
+# deleted, parsed whole. A shape it cannot read is "wrong_output_format" there, whatever the calls
+# inside. LoopTool once parsed such shapes leniently and scored the calls: 80% agreement (#29).
+NEVER_READ = ("JSON call list", "<tool_call> blocks", "bare calls", "a note in brackets first")
+READ_IN_SINGLE_TURN = ("fenced list", "<think> first", "text around the list", "a second list after")
 
 
-@pytest.mark.parametrize("category", ["normal_atom_list", "normal_atom_number"])
+@pytest.mark.parametrize("category", ["normal_atom_list", "normal_atom_number", "normal_multi_turn_user_adjust"])
 def test_an_acebench_number_is_the_raw_reply_read_as_acebench_reads_it(tmp_path: Path, category: str) -> None:
     questions = ACEBENCH / f"data_{category}.json"
     answers = ACEBENCH / "possible_answer" / questions.name
     truths = {row["id"]: row["ground_truth"] for row in map(json.loads, answers.read_text().splitlines())}
-    for kind in ("right answer", *UNREADABLE):
+    multi_turn = category.startswith("normal_multi_turn")
+    for kind in ("right answer", "one call a line", *NEVER_READ, *READ_IN_SINGLE_TURN):
         predictions = tmp_path / f"{kind}.jsonl"
         predictions.write_text(
             "".join(json.dumps({"id": i, "result": MUTATIONS[kind](calls_of(t))}) + "\n" for i, t in truths.items())
         )
         _, scored = score(questions, answers, predictions)
         verdicts = {(s.valid, s.error_type) for s in scored}
-        assert verdicts == ({(True, "")} if kind == "right answer" else {(False, "wrong_output_format")}), kind
+        readable = kind not in NEVER_READ and not (multi_turn and kind in READ_IN_SINGLE_TURN)
+        assert verdicts == ({(True, "")} if readable else {(False, "wrong_output_format")}), kind
     # A server that parsed the reply into calls (no text): ACEBench's function-calling mode.
-    sample = item(category, "_0")
+    sample = next(s for s in import_file(questions, "acebench").samples)
     calls = [ToolCall(name, args) for name, args in calls_of(truths[sample.meta["acebench_id"]])]
     assert score_item(sample, Reply(text="", calls=calls)).valid
+
+
+def test_a_single_turn_reply_keeps_its_whitespace_and_a_multi_turn_one_loses_it() -> None:
+    spaced = "[Weather_getForecast(city='Porto', days=5)]"
+    single = acebench_scoring.prompt_mode_text("normal_atom_list", f"I'll check. {spaced} [not this]")
+    assert single == spaced
+    assert acebench_scoring.prompt_mode_text("normal_multi_turn_user_adjust", spaced) == spaced.replace(" ", "")
+    assert acebench_scoring.first_outermost_list("[a [b] c") is None  # never closed at depth 0
 
 
 @pytest.mark.skipif(

@@ -5,9 +5,12 @@ ACEBench (github.com/ACEBench/ACEBench, MIT) is not on PyPI. Its rules (``model_
 and quirks included, because a number is only comparable with ACEBench's own when it is scored
 the same way:
 
-- a reply is a Python list of calls, ``[f(a=1), g(b="x")]``. ACEBench deletes *all* whitespace
-  before parsing it (``"New York"`` becomes ``"NewYork"``); calls we get as JSON are written in
-  that syntax and read back the same way;
+- the rules are those of ACEBench's code at commit ``ACEBENCH_COMMIT`` (October 2025);
+- a reply is a Python list of calls, ``[f(a=1), g(b="x")]``. A single-turn reply is read from its
+  first outermost ``[...]`` (text around it is ignored, whitespace kept; brackets inside strings
+  count too, as there); a multi-turn reply has *all* its whitespace deleted and is parsed whole
+  (``"New York"`` becomes ``"NewYork"``). Calls we get as JSON are written in that syntax and read
+  back the same way;
 - a string matches when the expected one, lower-cased and stripped of `` ,./-_*^``, is
   *contained* in the predicted one; lists match element by element after the same
   normalisation; objects key by key, a value matching when its text contains the expected text;
@@ -42,6 +45,10 @@ from looptool.data.checker import OK, CheckResult
 from looptool.data.samples import Sample, ToolCall
 
 Decoded = list[dict[str, dict[str, Any]]]
+
+# The ACEBench commit whose evaluation these rules follow (github.com/ACEBench/ACEBench); what its
+# maintainers changed since the commit the first version followed is tabled in the README.
+ACEBENCH_COMMIT = "56dd66c"
 
 NORMAL_CATEGORIES = (
     "normal_single_turn_single_function",
@@ -92,10 +99,33 @@ class AceDecodeError(ValueError):
 # --------------------------------------------------------------------------- replies
 
 
+def first_outermost_list(text: str) -> str | None:
+    """The first outermost ``[...]`` of a reply, as ACEBench's single-turn evaluation cuts it
+    (brackets counted wherever they are, inside strings too; None without a closed one)."""
+    depth, start = 0, -1
+    for i, char in enumerate(text):
+        if char == "[":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth == 0 and start != -1:
+                return text[start : i + 1]
+    return None
+
+
+def prompt_mode_text(category: str, reply: str) -> str | None:
+    """What ACEBench parses of a text reply in a category (None: nothing, a format failure)."""
+    if category.startswith("normal_multi_turn"):
+        return "".join(reply.split())
+    return first_outermost_list(reply)
+
+
 def decode(text: str) -> Decoded:
-    """A reply in ACEBench's call syntax -> ``[{name: {argument: value}}]``."""
+    """A reply's list of calls in ACEBench's syntax -> ``[{name: {argument: value}}]``."""
     try:
-        body = ast.parse("".join(text.split()), mode="eval").body
+        body = ast.parse(text, mode="eval").body
     except SyntaxError as exc:
         raise AceDecodeError(f"not a Python list of calls: {exc.msg}") from None
     except (RecursionError, MemoryError, ValueError):  # nested past the parser's stack, or NUL bytes
@@ -405,8 +435,8 @@ def process_accuracy(milestones: list[Any], process: list[str]) -> float:
 def check_item(sample: Sample, reply: str | None, calls: list[ToolCall] | None = None) -> CheckResult:
     """One imported ACEBench item (``meta`` from :func:`~looptool.data.formats.acebench.import_acebench`)
     against a reply as ACEBench's own evaluation reads it: the raw text when there is any (its
-    prompt mode: whitespace deleted, one Python list of calls — no other shape is accepted),
-    else the calls a server parsed out of it (its function-calling mode). LoopTool's lenient
+    prompt mode, :func:`prompt_mode_text`: one Python list of calls — no JSON, no tool-call
+    blocks), else the calls a server parsed out of it (its function-calling mode). LoopTool's lenient
     parser (:func:`~looptool.data.calls.extract_calls`) never stands behind an ACEBench number."""
     category = sample.meta["acebench_category"]
     truth = sample.meta["acebench_ground_truth"]
@@ -415,8 +445,11 @@ def check_item(sample: Sample, reply: str | None, calls: list[ToolCall] | None =
     if not reply and calls is not None:  # ACEBench's function-calling ("FC") mode: the calls as given
         decoded: Decoded = [{call.name: dict(call.arguments)} for call in calls]
         return check_normal(sample.meta["acebench_functions"], decoded, truth)
+    text = prompt_mode_text(category, reply or "")
+    if text is None:
+        return CheckResult(False, "wrong_output_format", "Invalid syntax. Failed to decode AST. no [...] in the reply")
     try:  # its prompt mode: the raw text, read only as its own evaluation reads it
-        decoded = decode(reply or "")
+        decoded = decode(text)
     except (AceDecodeError, TypeError, ValueError) as exc:
         return CheckResult(False, "wrong_output_format", f"Invalid syntax. Failed to decode AST. {exc}")
     return check_normal(sample.meta["acebench_functions"], decoded, truth)
