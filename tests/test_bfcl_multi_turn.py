@@ -15,10 +15,11 @@ from typing import Any
 
 import anyio
 import pytest
+from openai.types.chat import ChatCompletion
 
 from looptool.data import bfcl_reference
 from looptool.data.samples import Sample, ToolCall
-from looptool.llm.client import Prediction
+from looptool.llm.client import Prediction, parse_response
 from looptool.loop.multi_turn import MultiTurnItem, call_string, evaluate_multi_turn, load_multi_turn
 
 ENTRIES_PER_CATEGORY = 6
@@ -49,7 +50,7 @@ class ScriptedPolicy:
             calls = self.turns.pop(0) if self.turns else []
             self.answered.append([calls] if calls else [])
             if calls:
-                return Prediction(calls=calls, raw="")
+                return Prediction(calls=calls, raw="", from_tool_calls=True)  # as a server's tool parser gives them
         return Prediction(calls=[], raw="Done.")
 
 
@@ -108,6 +109,82 @@ def test_multi_turn_verdicts_equal_bfcl_eval(category: str) -> None:
             compared += 1
             valid += ours.valid
     assert valid < compared  # the mutations are caught, not only the truth passed
+
+
+def python_list(calls: list[ToolCall]) -> str:
+    return "[" + ", ".join(f"{c.name}({', '.join(f'{k}={v!r}' for k, v in c.arguments.items())})" for c in calls) + "]"
+
+
+def json_list(calls: list[ToolCall]) -> str:
+    return json.dumps([{"name": c.name, "arguments": c.arguments} for c in calls])
+
+
+class TextPolicy:
+    """A prompt-mode model: answers each turn's first request with that turn's scripted calls
+    written as text (no ``tool_calls``), the request after them with "Done."; records every
+    reply's text per turn, as BFCL's result file holds a prompt-mode model's steps."""
+
+    def __init__(self, turns: list[list[ToolCall]], write: Any) -> None:
+        self.turns, self.write = list(turns), write
+        self.texts: list[list[str]] = []
+
+    async def predict(self, sample: Sample, model: str, *, max_tokens: int) -> Prediction:
+        text = "Done."
+        if sample.messages[-1].role == "user":
+            calls = self.turns.pop(0) if self.turns else []
+            text = self.write(calls) if calls else text
+            self.texts.append([])
+        self.texts[-1].append(text)
+        return parse_response(  # what the client makes of a reply without tool_calls
+            ChatCompletion.model_validate(
+                {
+                    "id": "r",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": model,
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                    ],
+                }
+            )
+        )
+
+
+def bfcl_prompting_verdict(item: MultiTurnItem, texts: list[list[str]]) -> dict[str, Any]:
+    """bfcl-eval's own per-entry evaluation of a prompt-mode result file: each step's text
+    decoded by its ``default_decode_execute_prompting``."""
+    bfcl_reference.ast_checker()
+    from bfcl_eval.eval_checker.eval_runner import _evaluate_single_multi_turn_entry
+    from bfcl_eval.model_handler.utils import default_decode_execute_prompting
+
+    handler = types.SimpleNamespace(decode_execute=default_decode_execute_prompting)
+    name = f"bfcl_reference_{abs(hash((item.id, json.dumps(texts))))}"
+    try:
+        return dict(
+            _evaluate_single_multi_turn_entry(
+                handler, item.id, texts, item.ground_truth, copy.deepcopy(item.entry), name, item.category
+            )
+        )
+    finally:
+        bfcl_reference.forget(name)
+
+
+@pytest.mark.parametrize("write", [python_list, json_list], ids=["python list", "JSON list"])
+def test_a_text_reply_is_executed_as_bfcl_evals_prompt_mode_reads_it(write: Any) -> None:
+    """A JSON list is read by LoopTool's lenient parser but not by BFCL: its calls must not run."""
+    compared = valid = 0
+    for item in load_multi_turn("multi_turn_base")[:ENTRIES_PER_CATEGORY]:
+        for what, script in mutations(script_of(item)).items():
+            policy = TextPolicy(script, write)
+            ours = anyio.run(evaluate_multi_turn, policy, "m", item, 64)  # type: ignore[arg-type]
+            theirs = bfcl_prompting_verdict(item, policy.texts)
+            assert ours.valid == theirs["valid"], (item.id, what, ours, theirs)
+            compared += 1
+            valid += ours.valid
+    if write is python_list:
+        assert 0 < valid < compared  # the truth passes, the mutations are caught
+    else:
+        assert valid == 0  # BFCL cannot read a JSON list, so no entry's calls ran
 
 
 def test_miss_func_offers_held_out_functions_only_from_their_turn() -> None:

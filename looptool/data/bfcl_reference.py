@@ -79,21 +79,36 @@ def check_python(
     return result
 
 
+def _decode_ast_prompting(text: str) -> list[dict[str, Any]]:
+    from bfcl_eval.model_handler.utils import default_decode_ast_prompting
+
+    try:
+        return list(default_decode_ast_prompting(text))
+    except Exception as exc:  # its decoder raises whatever ast and its asserts raise
+        raise CallParseError(f"Invalid syntax. Failed to decode AST. {exc}"[:500], text[:200]) from None
+
+
+def _calls(decoded: list[dict[str, Any]]) -> list[ToolCall]:
+    return [ToolCall(name, dict(arguments)) for call in decoded for name, arguments in call.items()]
+
+
+def decode_execute_prompting(text: str) -> list[ToolCall]:
+    """A prompt-mode reply read as BFCL reads one before executing it in a multi-turn entry
+    (its ``decode_execute``: the same decoder, no format check). Raises :class:`CallParseError`."""
+    return _calls(_decode_ast_prompting(text))
+
+
 def decode_prompting(text: str) -> list[ToolCall]:
     """A prompt-mode reply read as BFCL reads it: bfcl-eval's own ``default_decode_ast_prompting``
     (its open models' decoder: backticks and newlines stripped at the ends, brackets added, one
     Python expression of calls), then its format check. Raises :class:`CallParseError` with
     BFCL's reason; an irrelevance item counts that as "no call", as BFCL does."""
-    from bfcl_eval.model_handler.utils import default_decode_ast_prompting
     from bfcl_eval.utils import is_function_calling_format_output
 
-    try:
-        decoded = default_decode_ast_prompting(text)
-    except Exception as exc:  # its decoder raises whatever ast and its asserts raise
-        raise CallParseError(f"Invalid syntax. Failed to decode AST. {exc}"[:500], text[:200]) from None
+    decoded = _decode_ast_prompting(text)
     if not is_function_calling_format_output(decoded):
         raise CallParseError("Did not output in the specified format.", text[:200])
-    return [ToolCall(name, dict(arguments)) for call in decoded for name, arguments in call.items()]
+    return _calls(decoded)
 
 
 # The leaderboard's columns we report, as BFCL names them (``data_overall.csv``).

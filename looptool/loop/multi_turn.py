@@ -7,7 +7,10 @@ The rollout follows BFCL's function-calling inference loop (``inference_multi_tu
 - each turn adds its user messages; in ``miss_func`` entries the held-out functions are offered
   from their turn on, announced with BFCL's own message;
 - within a turn the model is asked again after every batch of calls, the results added as tool
-  messages, until it answers without a call or with a reply that does not parse;
+  messages, until it answers without a call;
+- the calls of a reply are those the server parsed (``tool_calls``: BFCL's function-calling
+  mode), else its text as bfcl-eval's own prompt-mode decoder reads it (``decode_execute``): a
+  text it cannot read ends the turn there, as in BFCL — never LoopTool's lenient parser;
 - a turn that runs past BFCL's step limit ends the entry, which then fails (force-terminated).
 
 Only the backends' public methods are executed: any other name (``open``, ``eval``, ...) or an
@@ -24,12 +27,13 @@ from typing import Any
 import msgspec
 
 from looptool.data import bfcl_reference
+from looptool.data.calls import CallParseError
 from looptool.data.checker import CheckResult
 from looptool.data.formats._common import tools_from
 from looptool.data.formats.openai import parse_message
 from looptool.data.samples import Message, Sample, ToolCall
 from looptool.data.scoring import ScoredItem
-from looptool.llm.client import ModelClient, ModelRequestError
+from looptool.llm.client import ModelClient, ModelRequestError, Prediction
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -55,6 +59,16 @@ def call_string(call: ToolCall, allowed: set[str]) -> str:
     if call.name not in allowed or not all(IDENTIFIER.match(key) for key in call.arguments):
         return "looptool_refused_call()"  # not a backend method: fails in the backend, runs nothing
     return f"{call.name}({','.join(f'{key}={value!r}' for key, value in call.arguments.items())})"
+
+
+def answer_calls(prediction: Prediction) -> list[ToolCall]:
+    """The calls BFCL would execute for a reply (none: the turn ends)."""
+    if prediction.from_tool_calls:
+        return prediction.calls
+    try:
+        return bfcl_reference.decode_execute_prompting(prediction.raw)
+    except CallParseError:
+        return []
 
 
 class Rollout(msgspec.Struct):
@@ -84,12 +98,13 @@ async def rollout(client: ModelClient, model: str, item: MultiTurnItem, max_toke
                 prediction = await client.predict(context, model, max_tokens=max_tokens)
             except ModelRequestError as exc:
                 return Rollout(turns, refused=str(exc)[:500])
-            if prediction.error_type or not prediction.calls:
+            answered = answer_calls(prediction)
+            if not answered:
                 messages.append(Message(role="assistant", content=prediction.raw))
                 break
-            calls = [call_string(call, allowed) for call in prediction.calls]
+            calls = [call_string(call, allowed) for call in answered]
             results = bfcl_reference.execute(calls, entry, instance)
-            messages.append(Message(role="assistant", tool_calls=prediction.calls))
+            messages.append(Message(role="assistant", tool_calls=answered))
             messages += [Message(role="tool", content=result) for result in results]
             steps.append(calls)
             if len(steps) > MAXIMUM_STEP_LIMIT:
