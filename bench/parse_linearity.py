@@ -16,12 +16,13 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from looptool.data import acebench_scoring
+from looptool.data import acebench_scoring, bfcl_reference
 from looptool.data.calls import CallParseError, extract_calls, parse_calls
 from looptool.loop import expansion, judging
 
@@ -59,7 +60,15 @@ def _judge_reply(text: str) -> Any:
 PARSERS: dict[str, tuple[Callable[[str], Any], tuple[type[BaseException], ...]]] = {
     "parse_calls": (parse_calls, (CallParseError,)),
     "extract_calls": (extract_calls, (CallParseError,)),
-    "acebench decode": (acebench_scoring.decode, (acebench_scoring.AceDecodeError,)),
+    "acebench single-turn": (
+        partial(acebench_scoring.read_reply, "normal_atom_list"),
+        (acebench_scoring.AceDecodeError,),
+    ),
+    "acebench multi-turn": (
+        partial(acebench_scoring.read_reply, "normal_multi_turn_user_adjust"),
+        (acebench_scoring.AceDecodeError,),
+    ),
+    "bfcl prompt decode": (bfcl_reference.decode_prompting, (CallParseError,)),
     "judge reply": (_judge_reply, (msgspec.DecodeError, msgspec.ValidationError)),
     "generator reply": (expansion.parse_generated, ()),
 }

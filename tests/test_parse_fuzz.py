@@ -12,7 +12,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from looptool.data import acebench_scoring
+from looptool.data import acebench_scoring, bfcl_reference
 from looptool.data.calls import CallParseError, extract_calls, parse_calls, without_lone_surrogates
 from looptool.loop import expansion
 
@@ -42,11 +42,12 @@ def test_call_parsers_refuse_only_with_their_own_error(reply: str) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(replies)
-def test_acebench_decode_refuses_only_with_its_own_error(reply: str) -> None:
-    try:
-        acebench_scoring.decode(reply)
-    except acebench_scoring.AceDecodeError:
-        pass
+def test_acebench_reading_refuses_only_with_its_own_error(reply: str) -> None:
+    for category in ("normal_atom_list", "normal_multi_turn_user_adjust"):  # first [...]; whitespace deleted
+        try:
+            acebench_scoring.read_reply(category, reply)
+        except acebench_scoring.AceDecodeError:
+            pass
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -75,3 +76,13 @@ def test_a_reply_past_the_length_rule_is_refused_unparsed() -> None:
         assert "limit 200000" in exc.reason
     else:
         raise AssertionError("an over-long reply was parsed")
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(replies)
+def test_bfcl_prompt_decoding_refuses_only_with_a_call_parse_error(reply: str) -> None:
+    for decode in (bfcl_reference.decode_prompting, bfcl_reference.decode_execute_prompting):
+        try:
+            msgspec.json.encode(decode(reply))
+        except CallParseError:
+            pass

@@ -122,6 +122,14 @@ def prompt_mode_text(category: str, reply: str) -> str | None:
     return first_outermost_list(reply)
 
 
+def read_reply(category: str, reply: str) -> Decoded:
+    """A text reply's calls as ACEBench's prompt mode reads them in ``category``."""
+    text = prompt_mode_text(category, reply)
+    if text is None:
+        raise AceDecodeError("no [...] in the reply")
+    return decode(text)
+
+
 def decode(text: str) -> Decoded:
     """A reply's list of calls in ACEBench's syntax -> ``[{name: {argument: value}}]``."""
     try:
@@ -445,11 +453,8 @@ def check_item(sample: Sample, reply: str | None, calls: list[ToolCall] | None =
     if not reply and calls is not None:  # ACEBench's function-calling ("FC") mode: the calls as given
         decoded: Decoded = [{call.name: dict(call.arguments)} for call in calls]
         return check_normal(sample.meta["acebench_functions"], decoded, truth)
-    text = prompt_mode_text(category, reply or "")
-    if text is None:
-        return CheckResult(False, "wrong_output_format", "Invalid syntax. Failed to decode AST. no [...] in the reply")
     try:  # its prompt mode: the raw text, read only as its own evaluation reads it
-        decoded = decode(text)
+        decoded = read_reply(category, reply or "")
     except (AceDecodeError, TypeError, ValueError) as exc:
         return CheckResult(False, "wrong_output_format", f"Invalid syntax. Failed to decode AST. {exc}")
     return check_normal(sample.meta["acebench_functions"], decoded, truth)
