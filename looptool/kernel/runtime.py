@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import anyio
@@ -59,6 +59,7 @@ E = TypeVar("E", bound=Event)
 T = TypeVar("T")
 R = TypeVar("R")
 Handler = Callable[["Context", Any], Awaitable[None]]
+Resources = Mapping[Callable[..., Any], Any]  # factory -> the instance ``ctx.use(factory)`` returns
 
 SYSTEM_RUN = names.SYSTEM_RUN
 BROADCAST_INACTIVE = 300.0  # seconds before a dead replica's own consumer is removed
@@ -143,6 +144,23 @@ class BusLike(Protocol):
     async def value(self, key: str) -> str | None: ...
     async def put_value(self, key: str, value: str) -> None: ...
     def events(self, filter_subject: str) -> AsyncIterator[Event]: ...
+    async def decode(self, msg: Any) -> Event: ...
+    async def payload(self, msg: Any) -> bytes: ...
+
+
+class Delivery(Protocol):
+    """What the message path needs of a delivered message: nats-py's ``Msg`` has it, and so does
+    the in-memory transport's (:class:`looptool.kernel.testing.StubMessage`)."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str] | None
+
+    @property
+    def metadata(self) -> Any: ...  # .num_delivered, .sequence.stream
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+    async def term(self) -> None: ...
 
 
 class Context:
@@ -157,6 +175,7 @@ class Context:
         replica: str,
         log: Any,
         emits: frozenset[type[Event]] | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.bus = bus
         self.settings = settings
@@ -165,10 +184,16 @@ class Context:
         self.replica = replica
         self.log = log
         self._resources: dict[Callable[..., Any], Any] = {}
+        self._given = dict(resources or {})
 
     def use(self, factory: Callable[[Context], R]) -> R:
         """One instance of ``factory(ctx)`` per service process (model clients, caches, ledgers):
-        created on first use, closed with the service when it has an async ``close``."""
+        created on first use, closed with the service when it has an async ``close``. An
+        instance given for ``factory`` when the context was made (a test's scripted model
+        client) is used instead, and left to its giver to close."""
+        if factory in self._given:
+            given: R = self._given[factory]
+            return given
         if factory not in self._resources:
             self._resources[factory] = factory(self)
         resource: R = self._resources[factory]
@@ -347,8 +372,146 @@ async def _heartbeat(bus: Bus, ctx: Context, stats: _Stats, stop: anyio.Event) -
             await stop.wait()
 
 
-class _Consumer:
-    """Pulls one event type from its durable consumer and runs the handler on each message."""
+class MessagePath:
+    """What happens to one delivered message, on every transport: decode (a poison message is
+    dead-lettered on first sight), the delivery check (:func:`names.misfiled`), the done marker
+    of ``once`` work, the handler, then ``ack`` — or an error report and a retry with backoff,
+    or, on the last attempt or a permanent error, a dead letter and ``term``. The NATS consumer
+    (:class:`_Consumer`) and the in-memory runner (:class:`looptool.kernel.testing.StubRunner`)
+    only fetch messages and hand them here."""
+
+    def __init__(self, ctx: Context, event_type: type[Event], subscription: Subscription, name: str) -> None:
+        self.ctx = ctx
+        self.bus: BusLike = ctx.bus
+        self.event_type = event_type
+        self.handler = subscription.handler
+        self.broadcast = subscription.broadcast
+        self.once = subscription.once and not subscription.broadcast
+        self.name = name  # the consumer's: done markers are keyed by it
+        self.runtime = ctx.settings.runtime
+        self.stats = _Stats()
+
+    def _started(self, msg: Delivery) -> None:
+        """Bookkeeping of the transport when a message enters the path (none here)."""
+
+    def _finished(self, msg: Delivery) -> None:
+        """Bookkeeping of the transport when a message leaves the path (none here)."""
+
+    async def process(self, msg: Delivery) -> None:
+        # The path every message takes is kept to one coroutine and one await of the runtime's
+        # own (decoding): each layer of coroutines was a frame and an await more per message.
+        self._started(msg)
+        # Workers are reused: the log context set for one message is reset after it.
+        context = None
+        try:
+            try:
+                event = self._checked(msg, await self.bus.decode(msg))
+            except Exception as exc:
+                # A poison message never gets better: dead-letter it on first sight. Nothing on
+                # this path may end the service — every replica would die in turn on it.
+                context = logs.set_work_context(lambda: {"subject": msg.subject})
+                await self._dead_letter(msg, str(exc) if isinstance(exc, PoisonMessage) else f"undecodable: {exc!r}")
+                return
+            context = logs.set_work_context(functools.partial(_work_context, event))
+            done = names.done_key(self.name, msg.metadata.sequence.stream) if self.once else ""
+            if done and msg.metadata.num_delivered > 1 and await self._finished_before(done):
+                self.stats.skipped += 1
+                await _quietly(msg.ack())
+                return
+            try:
+                await self.handler(self.ctx, event)
+            except Exception as exc:
+                await self._failed(msg, event, exc)
+                return
+            if done:  # before the ack: a redelivery after a lost ack finds it
+                await _quietly(self.bus.put_value(done, "1"))
+            self.stats.handled += 1
+            try:  # best effort: a lost ack means a redelivery, which handlers tolerate
+                await msg.ack()
+            except Exception as exc:
+                self.ctx.log.debug("ack failed", error=repr(exc))
+        except Exception as exc:  # the runtime's own bug must not take the service down either
+            self.ctx.log.error("message processing failed", error=repr(exc))
+        finally:
+            if context is not None:
+                logs.reset_work_context(context)
+            self._finished(msg)
+
+    async def _finished_before(self, done_key: str) -> bool:
+        try:
+            return await self.bus.value(done_key) is not None
+        except Exception as exc:  # not knowing means doing the work again, never losing it
+            self.ctx.log.warning("done marker unreadable", error=repr(exc))
+            return False
+
+    def _checked(self, msg: Delivery, event: Event) -> Event:
+        """The event, if it is one this consumer may act on; :class:`PoisonMessage` if not."""
+        if not isinstance(event, self.event_type):
+            raise PoisonMessage(f"a {event_tag(type(event))} event on {self.event_type.__name__}'s subject")
+        refusal = names.misfiled(msg.subject, event)
+        if refusal is not None:
+            raise PoisonMessage(refusal)
+        return event
+
+    async def _failed(self, msg: Delivery, event: Event, exc: Exception) -> None:
+        """A handler raised: report it, then retry with backoff or, on the last attempt or a
+        permanent error, dead-letter the message."""
+        meta = msg.metadata
+        self.stats.failed += 1
+        error = describe(exc)
+        self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
+        await self._report_error(event, msg.subject, error)
+        if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
+            await self._dead_letter(msg, error, event)
+        else:
+            backoff = self.runtime.backoff
+            delay = backoff[min(meta.num_delivered - 1, len(backoff) - 1)] if backoff else None
+            await _quietly(msg.nak(delay=delay))
+
+    async def _report_error(self, event: Event, subject: str, error: str) -> None:
+        report = ServiceError(
+            run=event.run,
+            round=event.round,
+            service=self.ctx.service,
+            replica=self.ctx.replica,
+            error=error[:2000],
+            subject=subject,
+            sample_id=_work_context(event).get("sample"),
+        )
+        await _quietly(self.bus.publish(report))
+
+    async def _dead_letter(self, msg: Delivery, error: str, event: Event | None = None) -> None:
+        meta = msg.metadata
+        try:
+            data = await self.bus.payload(msg)
+        except Exception:  # a claim check that names nothing: keep what the message itself held
+            data = msg.data
+        letter = DeadLetter(
+            run=event.run if event is not None else names.run_of(msg.subject),
+            round=event.round if event is not None else 0,
+            service=self.ctx.service,
+            subject=msg.subject,
+            stream_seq=meta.sequence.stream,
+            num_delivered=meta.num_delivered,
+            error=error[:4000],
+            data=data,
+            msg_id=_printable((msg.headers or {}).get("Nats-Msg-Id", "")),
+            stage=event_tag(type(event)) if event is not None else "",
+            sample_id=event.work_item() if event is not None else None,
+        )
+        try:
+            await self.bus.publish(letter)
+        except Exception as exc:
+            # Without a stored dead letter the message must not be dropped: leave it unacked.
+            self.ctx.log.error("dead letter not stored; message left for redelivery", error=repr(exc))
+            return
+        self.stats.dead += 1
+        self.ctx.log.error("dead-lettered", error=error)
+        await _quietly(msg.term())
+
+
+class _Consumer(MessagePath):
+    """Pulls one event type from its durable consumer and hands each message to the path."""
 
     def __init__(
         self,
@@ -359,35 +522,30 @@ class _Consumer:
         stats: _Stats,
         stop: anyio.Event,
     ) -> None:
-        self.ctx = ctx
-        self.event_type = event_type
-        self.handler = subscription.handler
-        self.broadcast = subscription.broadcast
-        self.once = subscription.once and not subscription.broadcast
+        name = names.consumer_name(ctx.service, event_type)
+        if subscription.broadcast:  # this process's own consumer, replayed from the log's start
+            name = f"{name}__{uuid.uuid4().hex[:12]}"
+        super().__init__(ctx, event_type, subscription, name)
+        self.stats = stats  # the service's, shared by its consumers
         self.limit = limit
         self._free = limit  # workers without a message; the fetch loop asks for at most this many
         self._room = anyio.Event()  # set when a quarter of the batch is free again
-        self.stats = stats
         self.stop = stop
-        self.name = names.consumer_name(ctx.service, event_type)
-        if subscription.broadcast:  # this process's own consumer, replayed from the log's start
-            self.name = f"{self.name}__{uuid.uuid4().hex[:12]}"
-        self.runtime = ctx.settings.runtime
-        self.bus: Bus = ctx.bus  # type: ignore[assignment]  # run_service always gives the real one
+        self.nats: Bus = ctx.bus  # type: ignore[assignment]  # run_service always gives the real one
         self.sub: Any = None
         self.fetch_batch = min(self.runtime.fetch_batch, limit)
         self._refill = max(1, self.fetch_batch // 4)
         self._seen_reconnects = -1
-        self._working: dict[int, tuple[Msg, float]] = {}  # id(msg) -> (msg, handler start)
+        self._working: dict[int, tuple[Msg, Any]] = {}  # id(msg) -> (msg, handler start)
         self._queue: collections.deque[Msg] = collections.deque()  # fetched, for the workers
         self._idle: collections.deque[anyio.Event] = collections.deque()  # workers waiting for work
         self._waking = 0  # workers woken that have not taken a message yet
 
     async def subscribe(self) -> None:
-        self._seen_reconnects = self.bus.reconnects
+        self._seen_reconnects = self.nats.reconnects
         if self.sub is not None:
             await _quietly(self.sub.unsubscribe())
-        await self.bus.ensure_consumer(
+        await self.nats.ensure_consumer(
             self.name,
             names.for_type(self.event_type),
             ack_wait=self.runtime.ack_wait,
@@ -395,14 +553,14 @@ class _Consumer:
             max_ack_pending=max(1000, self.limit * 4),
             inactive_threshold=BROADCAST_INACTIVE if self.broadcast else None,
         )
-        self.sub = await self.bus.pull(self.name)
+        self.sub = await self.nats.pull(self.name)
 
     async def _resubscribe(self) -> None:
         # nats.py pull subscriptions can stay dead after a server restart (nats.py #504),
         # and a server started on a fresh store has lost the stream: provision, re-bind.
         while not self.stop.is_set():
             try:
-                await self.bus.provision()
+                await self.nats.provision()
                 await self.subscribe()
                 self.ctx.log.info("consumer re-subscribed", consumer=self.name)
                 return
@@ -420,7 +578,7 @@ class _Consumer:
             for _ in range(self.limit):
                 in_flight.start_soon(self._work)
             while not self.stop.is_set():
-                if self.bus.reconnects != self._seen_reconnects:
+                if self.nats.reconnects != self._seen_reconnects:
                     await self._resubscribe()
                 # Fetch in batches: wait for a quarter of the batch to be free rather than
                 # paying one pull request per finished message (the first 1:1 version ran
@@ -473,87 +631,22 @@ class _Consumer:
                 msg = self._queue.popleft()
                 if self._queue:
                     self._wake_one()
-                await self._process(msg)
+                await self.process(msg)
                 continue
             wake = anyio.Event()
             self._idle.append(wake)
             await wake.wait()
             self._waking -= 1
 
-    async def _process(self, msg: Msg) -> None:
-        # The path every message takes is kept to one coroutine and one await of the runtime's
-        # own (decoding): each layer of coroutines was a frame and an await more per message.
+    def _started(self, msg: Msg) -> None:  # type: ignore[override]  # this transport's messages are nats-py's
         self._working[id(msg)] = (msg, time.monotonic())  # anyio.current_time() cost 4%
-        # Workers are reused: the log context set for one message is reset after it.
-        context = None
-        try:
-            try:
-                event = self._checked(msg, await self.bus.decode(msg))
-            except Exception as exc:
-                # A poison message never gets better: dead-letter it on first sight. Nothing on
-                # this path may end the service — every replica would die in turn on it.
-                context = logs.set_work_context(lambda: {"subject": msg.subject})
-                await self._dead_letter(msg, str(exc) if isinstance(exc, PoisonMessage) else f"undecodable: {exc!r}")
-                return
-            context = logs.set_work_context(functools.partial(_work_context, event))
-            done = names.done_key(self.name, msg.metadata.sequence.stream) if self.once else ""
-            if done and msg.metadata.num_delivered > 1 and await self._finished_before(done):
-                self.stats.skipped += 1
-                await _quietly(msg.ack())
-                return
-            try:
-                await self.handler(self.ctx, event)
-            except Exception as exc:
-                await self._failed(msg, event, exc)
-                return
-            if done:  # before the ack: a redelivery after a lost ack finds it
-                await _quietly(self.bus.put_value(done, "1"))
-            self.stats.handled += 1
-            try:  # best effort: a lost ack means a redelivery, which handlers tolerate
-                await msg.ack()
-            except Exception as exc:
-                self.ctx.log.debug("ack failed", error=repr(exc))
-        except Exception as exc:  # the runtime's own bug must not take the service down either
-            self.ctx.log.error("message processing failed", error=repr(exc))
-        finally:
-            if context is not None:
-                logs.reset_work_context(context)
-            del self._working[id(msg)]
-            self.stats.in_flight -= 1
-            self._free += 1
-            if self._free >= self._refill and not self._room.is_set():
-                self._room.set()
 
-    async def _finished_before(self, done_key: str) -> bool:
-        try:
-            return await self.bus.value(done_key) is not None
-        except Exception as exc:  # not knowing means doing the work again, never losing it
-            self.ctx.log.warning("done marker unreadable", error=repr(exc))
-            return False
-
-    def _checked(self, msg: Msg, event: Event) -> Event:
-        """The event, if it is one this consumer may act on; :class:`PoisonMessage` if not."""
-        if not isinstance(event, self.event_type):
-            raise PoisonMessage(f"a {event_tag(type(event))} event on {self.event_type.__name__}'s subject")
-        refusal = names.misfiled(msg.subject, event)
-        if refusal is not None:
-            raise PoisonMessage(refusal)
-        return event
-
-    async def _failed(self, msg: Msg, event: Event, exc: Exception) -> None:
-        """A handler raised: report it, then retry with backoff or, on the last attempt or a
-        permanent error, dead-letter the message."""
-        meta = msg.metadata
-        self.stats.failed += 1
-        error = describe(exc)
-        self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
-        await self._report_error(event, msg.subject, error)
-        if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
-            await self._dead_letter(msg, error, event)
-        else:
-            backoff = self.runtime.backoff
-            delay = backoff[min(meta.num_delivered - 1, len(backoff) - 1)] if backoff else None
-            await _quietly(msg.nak(delay=delay))
+    def _finished(self, msg: Delivery) -> None:
+        del self._working[id(msg)]
+        self.stats.in_flight -= 1
+        self._free += 1
+        if self._free >= self._refill and not self._room.is_set():
+            self._room.set()
 
     async def _keep_alive(self) -> None:
         """Tell the server "still working" for every message held longer than ack_wait/3."""
@@ -564,47 +657,6 @@ class _Consumer:
             for msg, started in list(self._working.values()):
                 if now - started >= interval:
                     await _quietly(msg.in_progress())
-
-    async def _report_error(self, event: Event, subject: str, error: str) -> None:
-        report = ServiceError(
-            run=event.run,
-            round=event.round,
-            service=self.ctx.service,
-            replica=self.ctx.replica,
-            error=error[:2000],
-            subject=subject,
-            sample_id=_work_context(event).get("sample"),
-        )
-        await _quietly(self.bus.publish(report))
-
-    async def _dead_letter(self, msg: Msg, error: str, event: Event | None = None) -> None:
-        meta = msg.metadata
-        try:
-            data = await self.bus.payload(msg)
-        except Exception:  # a claim check that names nothing: keep what the message itself held
-            data = msg.data
-        letter = DeadLetter(
-            run=event.run if event is not None else names.run_of(msg.subject),
-            round=event.round if event is not None else 0,
-            service=self.ctx.service,
-            subject=msg.subject,
-            stream_seq=meta.sequence.stream,
-            num_delivered=meta.num_delivered,
-            error=error[:4000],
-            data=data,
-            msg_id=_printable((msg.headers or {}).get("Nats-Msg-Id", "")),
-            stage=event_tag(type(event)) if event is not None else "",
-            sample_id=event.work_item() if event is not None else None,
-        )
-        try:
-            await self.bus.publish(letter)
-        except Exception as exc:
-            # Without a stored dead letter the message must not be dropped: leave it unacked.
-            self.ctx.log.error("dead letter not stored; message left for redelivery", error=repr(exc))
-            return
-        self.stats.dead += 1
-        self.ctx.log.error("dead-lettered", error=error)
-        await _quietly(msg.term())
 
 
 def _printable(value: str) -> str:

@@ -2,10 +2,10 @@
 
 :class:`StubBus` keeps the event log, artifacts and state in memory with the real bus's
 semantics where handlers can tell (deduplicated publishing, atomic claims, events that round-trip
-through the codec). :class:`StubRunner` delivers the log to services' handlers the way
-:func:`looptool.kernel.runtime.run_service` does — shared work goes to one replica, broadcast
-subscriptions to every replica, a failing handler is retried up to ``max_deliver`` times and then
-dead-lettered (at once for a :class:`PermanentError`) — until nothing is left to deliver::
+through the codec). :class:`StubRunner` is only a transport: it delivers the log — shared work to
+one replica, broadcast subscriptions to every replica, a ``nak`` at once again — through the
+runtime's own :class:`~looptool.kernel.runtime.MessagePath` (checks, retries, error reports, dead
+letters, done markers), until nothing is left to deliver::
 
     bus = StubBus()
     runner = StubRunner(bus, settings, curator.service, judge.service)
@@ -13,22 +13,24 @@ dead-lettered (at once for a :class:`PermanentError`) — until nothing is left 
     await runner.run_until_idle()
     assert bus.of_type(DatasetReady)
 
-Real NATS behaviour (redelivery timing, reconnects, claim checks) stays with the real-NATS tests.
+Real NATS behaviour (redelivery timing, reconnects, claim checks) stays with the real-NATS tests;
+``tests/test_runtime_contract.py`` runs the same message-path contract on both transports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import traceback
 from collections.abc import AsyncIterator, Iterable
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from looptool.kernel import names
-from looptool.kernel.errors import PermanentError
-from looptool.kernel.events import ArtifactRef, DeadLetter, Event, ServiceError, decode_event, encode_event, event_tag
+from looptool.kernel.bus import decode_bytes
+from looptool.kernel.errors import PermanentError, PoisonMessage
+from looptool.kernel.events import ArtifactRef, DeadLetter, Event, decode_event, encode_event
 from looptool.kernel.logs import get_logger
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Context, MessagePath, Resources, Service
 
 E = TypeVar("E", bound=Event)
 
@@ -45,7 +47,8 @@ def subject_matches(filter_subject: str, subject: str) -> bool:
 
 class StubBus:
     def __init__(self) -> None:
-        self.log: list[tuple[str, Event]] = []  # (subject, event), in publish order
+        self.log: list[tuple[str, Event]] = []  # (subject, event), in publish order (None: undecodable)
+        self.raw: list[bytes] = []  # each log entry's bytes, as a consumer receives them
         self.artifacts: dict[str, bytes] = {}
         self.state: dict[str, str] = {}
         self._msg_ids: set[str] = set()
@@ -60,8 +63,26 @@ class StubBus:
                 self.duplicates += 1
                 return False
             self._msg_ids.add(key)
-        self.log.append((names.for_event(event), decode_event(encode_event(event))))
+        data = encode_event(event)
+        self.log.append((names.for_event(event), decode_event(data)))
+        self.raw.append(data)
         return True
+
+    async def publish_raw(self, subject: str, data: bytes, msg_id: str = "") -> None:
+        """Store bytes as they are on a subject (a poison message, a misfiled event): the log
+        keeps what they decode to, or None when they do not."""
+        try:
+            event: Any = decode_bytes(data)
+        except PoisonMessage:
+            event = None
+        self.log.append((subject, event))
+        self.raw.append(data)
+
+    async def decode(self, msg: StubMessage) -> Event:
+        return decode_bytes(msg.data)
+
+    async def payload(self, msg: StubMessage) -> bytes:
+        return msg.data
 
     async def publish_many(self, events: Iterable[Event]) -> None:
         for event in events:
@@ -95,15 +116,36 @@ class StubBus:
 
     async def events(self, filter_subject: str) -> AsyncIterator[Event]:
         for subject, event in list(self.log):
-            if subject_matches(filter_subject, subject):
+            if event is not None and subject_matches(filter_subject, subject):
                 yield event
 
     def of_type(self, event_type: type[E], run: str | None = None) -> list[E]:
         return [e for _, e in self.log if isinstance(e, event_type) and (run is None or e.run == run)]
 
 
+class StubMessage:
+    """A delivered message as the message path sees one (the parts of nats-py's ``Msg`` it uses);
+    ``settled`` says how the path left it: "ack", "nak", "term" or None."""
+
+    def __init__(self, subject: str, data: bytes, stream_seq: int) -> None:
+        self.subject = subject
+        self.data = data
+        self.headers: dict[str, str] | None = None
+        self.metadata = SimpleNamespace(num_delivered=0, sequence=SimpleNamespace(stream=stream_seq))
+        self.settled: str | None = None
+
+    async def ack(self) -> None:
+        self.settled = "ack"
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.settled = "nak"  # redelivered at once: the stub has no clock
+
+    async def term(self) -> None:
+        self.settled = "term"
+
+
 class _Replica:
-    def __init__(self, service: Service, bus: StubBus, settings: Any, index: int) -> None:
+    def __init__(self, service: Service, bus: StubBus, settings: Any, index: int, resources: Resources) -> None:
         self.service = service
         self.ctx = Context(
             bus,
@@ -112,21 +154,36 @@ class _Replica:
             f"{service.name}-{index}",
             get_logger("looptool.stub").bind(service=service.name),
             service.emits,
+            resources=resources,
         )
+        self.paths = {
+            event_type: MessagePath(self.ctx, event_type, sub, names.consumer_name(service.name, event_type))
+            for event_type, sub in service.subscriptions.items()
+        }
         self.position = 0  # for broadcast subscriptions: how far into the log this replica is
 
 
 class StubRunner:
-    """Delivers a :class:`StubBus`'s log to services, in log order, until it is quiet."""
+    """Delivers a :class:`StubBus`'s log to services, in log order, until it is quiet.
+    ``resources`` stand in for what handlers get from ``ctx.use`` (scripted model clients, a
+    training function): ``{factory: instance}``, given to every replica."""
 
-    def __init__(self, bus: StubBus, settings: Any, *services: Service, replicas: int = 1) -> None:
+    def __init__(
+        self, bus: StubBus, settings: Any, *services: Service, replicas: int = 1, resources: Resources | None = None
+    ) -> None:
         self.bus = bus
         self.settings = settings
-        self.replicas = {s.name: [_Replica(s, bus, settings, i) for i in range(replicas)] for s in services}
+        self.replicas = {
+            s.name: [_Replica(s, bus, settings, i, resources or {}) for i in range(replicas)] for s in services
+        }
         self.services = services
         self.positions = {s.name: 0 for s in services}  # shared work: how far each service is
         self.turn = 0
-        self.dead_letters: list[DeadLetter] = []
+        self._routes: dict[tuple[str, str], type[Event] | None] = {}
+
+    @property
+    def dead_letters(self) -> list[DeadLetter]:
+        return self.bus.of_type(DeadLetter)
 
     async def run_until_idle(self, max_steps: int = 1_000_000) -> int:
         """Deliver until no handler has anything left; returns how many deliveries were made."""
@@ -152,63 +209,46 @@ class StubRunner:
             for replica in replicas:
                 await replica.ctx.close()
 
+    def _consumed_as(self, service: Service, position: int) -> type[Event] | None:
+        """Which of the service's consumers gets the message: the one whose subject filter its
+        subject matches (a consumer is bound to a subject, not to what the bytes decode to)."""
+        subject = self.bus.log[position][0]
+        key = (service.name, subject)
+        if key not in self._routes:
+            self._routes[key] = next(
+                (t for t in service.subscriptions if subject_matches(names.for_type(t), subject)), None
+            )
+        return self._routes[key]
+
     async def _step(self, service: Service) -> bool:
         progressed = False
         # Shared work: the next undelivered event goes to one replica, round robin.
         position = self.positions[service.name]
         if position < len(self.bus.log):
             self.positions[service.name] = position + 1
-            subject, event = self.bus.log[position]
-            subscription = service.subscriptions.get(type(event))
-            if subscription is not None and not subscription.broadcast:
+            event_type = self._consumed_as(service, position)
+            if event_type is not None and not service.subscriptions[event_type].broadcast:
                 replicas = self.replicas[service.name]
                 self.turn += 1
-                await self._deliver(replicas[self.turn % len(replicas)], subject, event)
+                await self._deliver(replicas[self.turn % len(replicas)], event_type, position)
             progressed = True
         # Broadcast: every replica folds every event.
         for replica in self.replicas[service.name]:
             if replica.position < len(self.bus.log):
-                subject, event = self.bus.log[replica.position]
+                position = replica.position
                 replica.position += 1
-                subscription = service.subscriptions.get(type(event))
-                if subscription is not None and subscription.broadcast:
-                    await self._deliver(replica, subject, event)
+                event_type = self._consumed_as(service, position)
+                if event_type is not None and service.subscriptions[event_type].broadcast:
+                    await self._deliver(replica, event_type, position)
                 progressed = True
         return progressed
 
-    async def _deliver(self, replica: _Replica, subject: str, event: Event) -> None:
-        handler = replica.service.subscriptions[type(event)].handler
-        max_deliver = self.settings.runtime.max_deliver
-        for attempt in range(1, max_deliver + 1):
-            try:
-                await handler(replica.ctx, event)
-                return
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(exc)).strip()
-                await self.bus.publish(
-                    ServiceError(
-                        run=event.run,
-                        round=event.round,
-                        service=replica.service.name,
-                        replica=replica.ctx.replica,
-                        error=error,
-                        subject=subject,
-                        sample_id=event.work_item(),
-                    )
-                )
-                if attempt == max_deliver or isinstance(exc, PermanentError):
-                    letter = DeadLetter(
-                        run=event.run,
-                        round=event.round,
-                        service=replica.service.name,
-                        subject=subject,
-                        stream_seq=len(self.bus.log),
-                        num_delivered=attempt,
-                        error=error,
-                        data=encode_event(event),
-                        stage=event_tag(type(event)),
-                        sample_id=event.work_item(),
-                    )
-                    self.dead_letters.append(letter)
-                    await self.bus.publish(letter)
-                    return
+    async def _deliver(self, replica: _Replica, event_type: type[Event], position: int) -> None:
+        """One message through the runtime's path, delivered again while it is nak'ed (or left
+        unsettled), at most ``max_deliver`` times, as the server would."""
+        msg = StubMessage(self.bus.log[position][0], self.bus.raw[position], stream_seq=position + 1)
+        path = replica.paths[event_type]
+        while msg.settled in (None, "nak") and msg.metadata.num_delivered < self.settings.runtime.max_deliver:
+            msg.settled = None
+            msg.metadata.num_delivered += 1
+            await path.process(msg)
