@@ -588,3 +588,42 @@ def test_eq5_parts_that_do_not_fit_share_the_budget_equally(sizes: list[int], bu
     taken = curation.shares(sizes, budget)
     assert taken == expected
     assert sum(taken) == min(budget, sum(sizes)) and all(t <= s for t, s in zip(taken, sizes, strict=True))
+
+
+def test_closing_a_round_is_a_pure_decision() -> None:
+    pool = seed_samples(6, noise=0.0)
+    config = RunConfig(run="r", rounds=2, ablate=["high_ppl"])
+    ledger = RunLedger("r")
+    ledger.apply(RunRequested(run="r", config=config))
+    first = curation.open_run([*pool[:2], pool[0]], msgspec.structs.replace(config, initial_size=3))
+    assert (
+        isinstance(first, curation.Next)
+        and first.duplicates == 1
+        and [s.id for s in first.samples]
+        == [
+            pool[0].id,
+            pool[1].id,
+        ]
+    )
+    ledger.apply(
+        msgspec.structs.replace(dataset(2), sample_ids=[s.id for s in first.samples], composition=first.composition)
+    )
+    assert not curation.closable(ledger, 0)  # no outcomes yet
+    ledger.apply(probe(pool[0].id, "mastered"))
+    ledger.apply(probe(pool[1].id, "mastered"))
+    assert curation.closable(ledger, 0)
+    # Everything mastered, no high-perplexity samples carried, no top-up: an empty round 1 ends the run.
+    assert curation.close(ledger, 0, []) == curation.Finish(0, "dataset for round 1 is empty")
+    assert curation.open_run([], config) == curation.Finish(0, "dataset for round 0 is empty")
+    # With fresh seed data topping the round up, round 1 is the pool's next samples.
+    topped = msgspec.structs.replace(config, round_size=2)
+    ledger.request = RunRequested(run="r", config=topped)
+    nxt = curation.close(ledger, 0, pool)
+    assert isinstance(nxt, curation.Next) and nxt.round == 1 and nxt.composition["fresh"] == 2
+    assert len({s.id for s in nxt.samples} - {s.id for s in first.samples}) == 2  # fresh: not round 0's
+    # The last round's closure is the run's end, whatever the data.
+    ledger.apply(msgspec.structs.replace(dataset(2), round=1, sample_ids=[s.id for s in nxt.samples]))
+    for sample in nxt.samples:
+        ledger.apply(probe(sample.id, "mastered", round=1))
+    assert not curation.closable(ledger, 0) and curation.closable(ledger, 1)
+    assert curation.close(ledger, 1, pool) == curation.Finish(1, "completed 2 round(s)")

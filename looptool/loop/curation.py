@@ -1,7 +1,7 @@
 """Curation: what the next round trains on (the paper's Eq. 5) and when the run stops.
 
-Pure functions over the round ledger and the run config; the curator service only feeds them
-events and publishes what they decide.
+Pure functions over the round ledger and the run config; the curator service only claims the
+closure, calls :func:`close` (or :func:`open_run`) and publishes what it decides.
 
 Eq. 5: D(r+1) = error seeds (hard + corrected) ∪ their expansions ∪ high-perplexity mastered
 samples ∪ fresh seed data. With ``round_size`` every round has the same size (as in the paper):
@@ -20,7 +20,7 @@ from typing import overload
 import msgspec
 
 from looptool.data.samples import Lineage, Sample
-from looptool.loop.ledger import RoundLedger
+from looptool.loop.ledger import RoundLedger, RunLedger
 from looptool.loop.runconfig import RunConfig
 
 
@@ -144,6 +144,70 @@ def next_round(current: RoundLedger, config: RunConfig, pool: Sequence[Sample], 
         for s in fresh
     ]
     return Dataset(errors + expanded + mastered + next_lineage, composition)
+
+
+class Finish(msgspec.Struct, frozen=True):
+    """The run ends after ``round``, for ``reason``."""
+
+    round: int
+    reason: str
+
+
+class Next(msgspec.Struct, frozen=True):
+    """Round ``round``'s dataset, each sample id once (``duplicates`` repeats were left out)."""
+
+    round: int
+    samples: list[Sample]
+    composition: dict[str, int]
+    duplicates: int = 0
+
+
+def open_run(pool: Sequence[Sample], config: RunConfig) -> Next | Finish:
+    """What starts a run: round 0's dataset, or its end when the pool holds nothing."""
+    return _dataset(0, first_round(pool, config))
+
+
+def closable(ledger: RunLedger, round: int) -> bool:
+    """Whether round ``round`` can be closed now: every sample has its outcome, its evaluation is
+    in where the run waits for one, and neither the next dataset nor the run's end exists."""
+    if ledger.request is None or ledger.finished is not None:
+        return False
+    config = ledger.request.config
+    waits_for_eval = config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
+    if not ledger.round(round).complete() or (waits_for_eval and ledger.overall(round) is None):
+        return False
+    return not closed(ledger, round)
+
+
+def closed(ledger: RunLedger, round: int) -> bool:
+    return ledger.finished is not None or (round + 1 in ledger.rounds and ledger.round(round + 1).dataset is not None)
+
+
+def needs_pool(ledger: RunLedger) -> bool:
+    """Whether closing a round draws fresh seed data (the pool must then be given)."""
+    return ledger.request is not None and ledger.request.config.round_size > 0
+
+
+def close(ledger: RunLedger, round: int, pool: Sequence[Sample]) -> Next | Finish:
+    """The closure of a complete round (:func:`closable`): the run's end by the stop rules
+    (rounds, patience, the regression gate), else dataset r+1 by Eq. 5 — and the end, too, when
+    that dataset is empty."""
+    assert ledger.request is not None, "a round closes only in a requested run"
+    config = ledger.request.config
+    scores = [ledger.overall(r) for r in range(round + 1)]
+    reason = stop_reason(scores, config, round) or regression_reason(
+        ledger.eval_history(round), config.regression_margin
+    )
+    if reason:
+        return Finish(round, reason)
+    return _dataset(round + 1, next_round(ledger.round(round), config, pool, ledger.fresh_used(round)))
+
+
+def _dataset(round: int, dataset: Dataset) -> Next | Finish:
+    samples, duplicates = unique(dataset.samples)
+    if not samples:
+        return Finish(max(0, round - 1), f"dataset for round {round} is empty")
+    return Next(round, samples, dataset.composition, duplicates)
 
 
 def stop_reason(scores: list[float | None], config: RunConfig, round: int) -> str | None:

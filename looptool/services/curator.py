@@ -13,12 +13,11 @@ publishing is deduplicated, so a takeover never doubles a dataset. A round witho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import anyio
 
 from looptool.data.formats import encode_samples
-from looptool.data.samples import Sample
 from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import DeadLetter, Event
@@ -99,41 +98,22 @@ async def check_rounds(ctx: Context) -> None:
 async def start_run(ctx: Context, ledger: RunLedger, config: RunConfig) -> None:
     if ledger.round(0).dataset is not None:
         return
-    if not await _claimed(
-        ctx, ctx.use(Curation), names.run_started_key(config.run), started=lambda: ledger.round(0).dataset is not None
-    ):
-        return
-    pool = await _seed_pool(ctx, config)
-    await _publish_dataset(ctx, config, 0, curation.first_round(pool, config))
+    if await _claimed(ctx, ctx.use(Curation), names.run_started_key(config.run), lambda: ledger.round(0).dataset):
+        await _emit(ctx, config.run, curation.open_run(await _seed_pool(ctx, config), config))
 
 
 async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: int) -> None:
-    if ledger.request is None or ledger.finished is not None:
-        return
-    config = ledger.request.config
-    current = ledger.round(round)
-    waits_for_eval = config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
-    if not current.complete() or (waits_for_eval and ledger.overall(round) is None):
-        return
-    if _closed(ledger, round):
+    if not curation.closable(ledger, round):
         return
     async with state.lock:
         key = names.round_closed_key(ledger.run, round)
-        if not await _claimed(ctx, state, key, started=lambda: _closed(ledger, round)):
+        if not await _claimed(ctx, state, key, lambda: curation.closed(ledger, round)):
             return
-        scores = [ledger.overall(r) for r in range(round + 1)]
-        reason = curation.stop_reason(scores, config, round) or curation.regression_reason(
-            ledger.eval_history(round), config.regression_margin
-        )
-        if reason:
-            await ctx.publish(RunFinished(run=ledger.run, round=round, reason=reason))
+        assert ledger.request is not None
+        pool = await _seed_pool(ctx, ledger.request.config) if curation.needs_pool(ledger) else []
+        if curation.closed(ledger, round):  # a holder this replica took over from finished meanwhile
             return
-        pool: Sequence[Sample] = await _seed_pool(ctx, config) if config.round_size > 0 else []
-        if _closed(ledger, round):  # a holder this replica took over from finished meanwhile
-            return
-        dataset = curation.next_round(current, config, pool, ledger.fresh_used(round))
-        ctx.log.info("round closed", closed=round, next_size=len(dataset.samples), composition=dataset.composition)
-        await _publish_dataset(ctx, config, round + 1, dataset)
+        await _emit(ctx, ledger.run, curation.close(ledger, round, pool))
 
 
 async def report_stall(ctx: Context, state: Curation, ledger: RunLedger, round: int) -> None:
@@ -160,11 +140,7 @@ async def report_stall(ctx: Context, state: Curation, ledger: RunLedger, round: 
         )
 
 
-def _closed(ledger: RunLedger, round: int) -> bool:
-    return ledger.finished is not None or (round + 1 in ledger.rounds and ledger.round(round + 1).dataset is not None)
-
-
-async def _claimed(ctx: Context, state: Curation, key: str, started: Callable[[], bool]) -> bool:
+async def _claimed(ctx: Context, state: Curation, key: str, started: Callable[[], object]) -> bool:
     """Whether this replica may do the once-only action under ``key``: it claims it, or takes it
     over from a holder that has not finished it within the lease."""
     if await ctx.claim(key):
@@ -178,24 +154,22 @@ async def _claimed(ctx: Context, state: Curation, key: str, started: Callable[[]
     return await ctx.take_over(key, holder)
 
 
-async def _publish_dataset(ctx: Context, config: RunConfig, round: int, dataset: curation.Dataset) -> None:
-    samples, duplicates = curation.unique(dataset.samples)
-    if duplicates:
-        ctx.log.warning("duplicate sample ids left out of the dataset", duplicates=duplicates, round=round)
-    if not samples:
-        await ctx.publish(
-            RunFinished(run=config.run, round=max(0, round - 1), reason=f"dataset for round {round} is empty")
-        )
+async def _emit(ctx: Context, run: str, decided: curation.Next | curation.Finish) -> None:
+    if isinstance(decided, curation.Finish):
+        await ctx.publish(RunFinished(run=run, round=decided.round, reason=decided.reason))
         return
-    ref = await ctx.put_artifact(names.dataset_artifact(config.run, round), encode_samples(samples))
+    if decided.duplicates:
+        ctx.log.warning("duplicate sample ids left out of the dataset", duplicates=decided.duplicates)
+    ref = await ctx.put_artifact(names.dataset_artifact(run, decided.round), encode_samples(decided.samples))
+    ctx.log.info("dataset ready", round=decided.round, size=len(decided.samples), composition=decided.composition)
     await ctx.publish(
         DatasetReady(
-            run=config.run,
-            round=round,
+            run=run,
+            round=decided.round,
             dataset=ref,
-            size=len(samples),
-            composition=dataset.composition,
-            sample_ids=[s.id for s in samples],
+            size=len(decided.samples),
+            composition=decided.composition,
+            sample_ids=[s.id for s in decided.samples],
         )
     )
 
