@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from looptool.app.cli import build_parser
-from looptool.app.up import SERVICES
+from looptool.app.registry import BUILT_IN as SERVICES
 from looptool.loop.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]

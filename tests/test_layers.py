@@ -62,3 +62,30 @@ def test_the_checker_finds_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from looptool.loop.ledger import RunLedger\n")
     assert "looptool.loop.ledger.RunLedger" in imports_of(bad)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the LoopTool modules it imports (``from m import name`` counts as m, or as
+    ``m.name`` where that is a module)."""
+    modules = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts) for _, p in layer_files()}
+    graph: dict[str, set[str]] = {}
+    for _, path in layer_files():
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        graph[name] = {m if m in modules else m.rpartition(".")[0] for m in imports_of(path)} & modules - {name}
+    return graph
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = module_graph()
+    cycles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            module, path = stack.pop()
+            for target in graph.get(module, ()):
+                if target == start:
+                    cycles.append(" -> ".join([*path, start]))
+                elif target not in seen:
+                    seen.add(target)
+                    stack.append((target, [*path, target]))
+    assert cycles == []

@@ -19,9 +19,10 @@ import nats.errors
 import pytest
 from helpers import assert_refused
 
-from looptool.app.cli import resolve_service
+from looptool.app.registry import BUILT_IN as SERVICES
+from looptool.app.registry import resolve as resolve_service
 from looptool.app.runs import fold_run
-from looptool.app.up import SERVICES, Topology, bus_identities
+from looptool.app.up import Topology, bus_identities
 from looptool.data.samples import Message, Sample
 from looptool.kernel import access, names
 from looptool.kernel.bus import Bus

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from looptool.app.up import SERVICES, Topology
+from looptool.app.registry import BUILT_IN as SERVICES
+from looptool.app.up import Topology
 
 
 def _listening(url: str) -> bool:

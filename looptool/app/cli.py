@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import anyio
 import msgspec
 
-from looptool.app import schema_files
+from looptool.app import registry, schema_files
 from looptool.kernel import names
 from looptool.kernel.bus import Bus, decode_bytes
 from looptool.kernel.errors import LoopToolError, PoisonMessage
@@ -22,8 +20,6 @@ from looptool.kernel.logs import configure_logging
 from looptool.kernel.settings import SettingsError
 from looptool.loop import events as _loop_events  # noqa: F401  (registers the loop's event types)
 from looptool.loop.settings import Settings, load_settings
-
-SERVICE_ENTRY_POINTS = "looptool.services"
 
 _json = msgspec.json.Encoder()
 
@@ -39,31 +35,10 @@ def _run_async(fn: Callable[..., Any], *args: Any) -> Any:
 # --------------------------------------------------------------------------- services
 
 
-def resolve_service(spec: str) -> Any:
-    """A service by registered name (entry point group ``looptool.services``) or ``module:attr``."""
-    from looptool.kernel.runtime import Service
-
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            service = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise CliError(f"cannot load service {spec!r}: {exc}") from None
-    else:
-        found = {ep.name: ep for ep in entry_points(group=SERVICE_ENTRY_POINTS)}
-        if spec not in found:
-            known = ", ".join(sorted(found)) or "none installed"
-            raise CliError(f"unknown service {spec!r} (known: {known}; or give module:attribute)")
-        service = found[spec].load()
-    if not isinstance(service, Service):
-        raise CliError(f"{spec!r} is a {type(service).__name__}, not a looptool Service")
-    return service
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.kernel.runtime import run_service
 
-    service = resolve_service(args.service)
+    service = registry.resolve(args.service)
     _run_async(lambda: run_service(service, settings, replica=args.replica))
 
 
@@ -105,10 +80,10 @@ def replay_refusal(letter: DeadLetter, run: str) -> str | None:
     refusal = names.misfiled(letter.subject, event)
     if refusal is not None:
         return refusal
-    registered = {ep.name for ep in entry_points(group=SERVICE_ENTRY_POINTS)}
+    registered = set(registry.service_names())
     # A service run from ``module:attr`` is known by name only on an open bus; on a secured
     # one every identity that can file a letter is a registered service.
-    if letter.service in registered and type(event) not in resolve_service(letter.service).subscriptions:
+    if letter.service in registered and type(event) not in registry.resolve(letter.service).subscriptions:
         return f"service {letter.service} does not consume {event_tag(type(event))}: it cannot have given up on one"
     return None
 
@@ -335,13 +310,14 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     import signal
     import urllib.parse
 
-    from looptool.app.up import SERVICES, Topology
+    from looptool.app.up import Topology
 
-    replicas = {name: 1 for name in SERVICES}
+    services = registry.service_names()
+    replicas = {name: 1 for name in services}
     for spec in args.scale:
         name, _, count = spec.partition("=")
         if name not in replicas or not count.isdigit():
-            raise CliError(f"--scale {spec!r}: expected SERVICE=N with SERVICE one of {', '.join(SERVICES)}")
+            raise CliError(f"--scale {spec!r}: expected SERVICE=N with SERVICE one of {', '.join(services)}")
         replicas[name] = int(count)
     nats_url = None if args.nats == "embedded" else args.nats
     # The embedded server listens where the settings say NATS is, so `looptool run` finds it.
@@ -618,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         configure_logging(settings.log)
         args.func(args, settings)
-    except (CliError, SettingsError, names.InvalidName, ConnectionError) as exc:
+    except (CliError, registry.UnknownService, SettingsError, names.InvalidName, ConnectionError) as exc:
         print(f"looptool: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import anyio
 
+from looptool.app import registry
 from looptool.kernel import access
 from looptool.kernel.bus import Bus
 from looptool.kernel.credentials import VLLM_KEY_FILE, SecretsDir, tls_hosts_for
@@ -28,18 +29,15 @@ from looptool.kernel.settings import NatsSettings
 from looptool.llm.families import model_family
 from looptool.llm.vllm_server import VllmServer
 
-SERVICES = ("curator", "trainer", "evaluator", "probe", "judge", "expander")
 MODEL_SECTIONS = ("MODEL", "JUDGE_MODEL", "GENERATOR_MODEL")
 
 
 def bus_identities() -> dict[str, access.Permissions]:
     """Every registered service's rights, derived from what it consumes, reads and emits, and
     the command line's."""
-    from looptool.app.cli import resolve_service
-
     roles = {}
-    for name in SERVICES:
-        service = resolve_service(name)
+    for name in registry.service_names():
+        service = registry.resolve(name)
         if service.emits is None:
             raise ValueError(f"service {name} declares no emits; its bus permissions cannot be derived")
         consumes = {event_type: sub.broadcast for event_type, sub in service.subscriptions.items()}
@@ -69,7 +67,7 @@ class Topology:
         ``nats_nodes`` of 3 or more starts the embedded NATS as a JetStream cluster of that many
         nodes, the event log and buckets replicated on 3 of them."""
         self.workdir = Path(workdir)
-        self.replicas = {name: 1 for name in SERVICES} | dict(replicas or {})
+        self.replicas = {name: 1 for name in registry.service_names()} | dict(replicas or {})
         self.model_dir = Path(model_dir) if model_dir else None
         self.env = dict(env or {})
         self.nats: NatsServer | NatsCluster | None = None

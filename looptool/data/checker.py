@@ -2,7 +2,7 @@
 
 A label is a BFCL "possible answer": for each expected call, the function name and, per
 parameter, the list of acceptable values (``""`` in the list marks the parameter optional).
-A canonical :class:`~looptool.schemas.Sample` with concrete label calls is converted with
+A canonical :class:`~looptool.data.samples.Sample` with concrete label calls is converted with
 :func:`possible_answer`; BFCL imports keep their own lists in ``sample.meta["possible_answer"]``.
 
 Rules (each failure has BFCL's ``error_type``): the function name (a dotted name may come back

@@ -117,9 +117,6 @@ class EventCodec:
     def types(self) -> tuple[type[Event], ...]:
         return tuple(self._types.values())
 
-    def type_for(self, tag: str) -> type[Event] | None:
-        return self._types.get(tag)
-
     def encode(self, event: Event) -> bytes:
         return self._encoder.encode(event)
 

@@ -66,10 +66,6 @@ def for_type(event_type: type[Event], run: str = "*", sender: str = "*") -> str:
     return f"{subject}.{sender if sender == '*' else check_token('service', sender)}"
 
 
-def for_tag(run: str, tag: str) -> str:
-    return f"{PREFIX}.{check_token('run', run)}.{tag}"
-
-
 def run_filter(run: str) -> str:
     return f"{PREFIX}.{check_token('run', run)}.>"
 
@@ -151,10 +147,6 @@ def expansion_key(run: str, round: int, content_key: str) -> str:
 def done_key(consumer: str, stream_seq: int) -> str:
     """Set once a ``once`` handler finished the message stored at ``stream_seq``."""
     return f"done.{check_token('consumer', consumer)}.{stream_seq}"
-
-
-def stalled_key(run: str, round: int) -> str:
-    return f"stalled.{check_token('run', run)}.r{round}"
 
 
 # --------------------------------------------------------------------------- artifacts

@@ -11,7 +11,7 @@ A service declares what it listens to::
 
 and :func:`run_service` does the rest: connect, one durable pull consumer per event type
 (shared by all replicas), bounded concurrency, ``ack`` on success, ``nak`` with backoff on
-failure, a :class:`~looptool.schemas.DeadLetter` + ``term`` after ``max_deliver`` attempts,
+failure, a :class:`~looptool.kernel.events.DeadLetter` + ``term`` after ``max_deliver`` attempts,
 in-progress pings while a handler runs longer than ``ack_wait``, re-subscription after a NATS
 restart, heartbeats, and a graceful drain on SIGTERM/SIGINT.
 

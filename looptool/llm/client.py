@@ -30,6 +30,7 @@ from looptool.data.samples import Sample, ToolCall
 from looptool.kernel.errors import LoopToolError, PermanentError
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import Section
+from looptool.llm.families import END_OF_TURN
 
 T = TypeVar("T")
 
@@ -215,9 +216,8 @@ class ModelClient:
             )
         start = len(prompt["tokens"])
         end = len(ids)
-        eos = {"<|im_end|>", "<|eot_id|>", "</s>", "<|endoftext|>"}
         for index in range(start, len(ids)):
-            if index < len(strings) and strings[index] in eos:
+            if index < len(strings) and strings[index] in END_OF_TURN:
                 end = index + 1
                 break
         scored = await self._call(

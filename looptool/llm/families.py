@@ -72,6 +72,14 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# What ends an assistant turn in a served reply: every family's end-of-turn tokens, and the
+# end-of-sequence tokens of models of no known family.
+END_OF_TURN = frozenset(token for family in FAMILIES.values() for token in family.end_of_turn) | {
+    "</s>",
+    "<|endoftext|>",
+}
+
+
 @cache
 def original_template(family: Family) -> str:
     """The family's original chat template, as TRL ships it (LoopTool's own for ``chatml``)."""

@@ -1,4 +1,4 @@
-"""Dataset importers and exporters, all to and from the canonical :class:`~looptool.schemas.Sample`.
+"""Dataset importers and exporters, all to and from the canonical :class:`~looptool.data.samples.Sample`.
 
 Every importer returns an :class:`ImportReport`: the samples, and one :class:`RowError`
 (``path:line: field: why``) per rejected row — nothing is dropped silently.
