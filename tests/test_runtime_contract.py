@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+import structlog
 from helpers import make_settings, read_all, running, wait_for
 
 from looptool.data.samples import Message, Sample
@@ -146,3 +147,15 @@ def test_poison_and_misfiled_messages_are_dead_lettered_unhandled(deliver: Any, 
     assert misfiled_letter.run == other  # the subject's run: the event's own claim is not believed
     assert wrong_type_letter.error == "a probe.result event on ProbeTask's subject"
     assert out["ServiceError"] == []  # no handler ran, so nothing to report
+
+
+def test_gather_returns_every_part_to_the_last_one_in() -> None:
+    async def main() -> list[list[str] | None]:
+        ctx = Context(StubBus(), make_settings("nats://unused:4222"), "contract", "contract-0", structlog.get_logger())
+        seen = [await ctx.gather("evaluated.r.m", part, 3, f"part {part}") for part in (2, 0)]
+        seen.append(await ctx.gather("evaluated.r.m", 2, 3, "part 2"))  # a redelivered part: still waiting
+        seen.append(await ctx.gather("evaluated.r.m", 1, 3, "part 1"))
+        assert await ctx.part("evaluated.r.m", 1) == "part 1" and await ctx.part("evaluated.r.x", 1) is None
+        return seen
+
+    assert anyio.run(main) == [None, None, None, ["part 0", "part 1", "part 2"]]

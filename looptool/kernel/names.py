@@ -135,11 +135,6 @@ def evaluated_key(run: str, round: int, model: str) -> str:
     return f"evaluated.{check_token('run', run)}.r{round}.{safe_token(model)}"
 
 
-def eval_shard_key(run: str, round: int, model: str, shard: int) -> str:
-    """Set (to the shard's artifact) once one shard of a round's evaluation is scored."""
-    return f"{evaluated_key(run, round, model)}.s{shard}"
-
-
 def expansion_key(run: str, round: int, content_key: str) -> str:
     return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
 

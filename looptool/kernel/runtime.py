@@ -259,11 +259,28 @@ class Context:
     async def mark(self, key: str, value: str = "1") -> None:
         await self.bus.put_value(key, value)
 
+    async def gather(self, key: str, part: int, parts: int, value: str) -> list[str] | None:
+        """A scatter/gather barrier in the state store: record part ``part`` of ``parts`` under
+        ``key`` and return every part's value once all are in, else None. Each caller records
+        before it looks, so the last to finish sees them all; callers finishing together may
+        both see them — what follows must be deduplicated (an event's ``dedup_key``)."""
+        await self.mark(part_key(key, part), value)
+        values = [await self.holder(part_key(key, k)) for k in range(parts)]
+        return None if any(v is None for v in values) else [v for v in values if v is not None]
+
+    async def part(self, key: str, part: int) -> str | None:
+        """What :meth:`gather` recorded for part ``part`` (None: not yet)."""
+        return await self.holder(part_key(key, part))
+
     async def events(self, run: str, event_type: type[E]) -> AsyncIterator[E]:
         """A run's stored events of one type (declared in the service's ``reads``), in log order."""
         async for event in self.bus.events(names.for_type(event_type, run)):
             if isinstance(event, event_type):
                 yield event
+
+
+def part_key(key: str, part: int) -> str:
+    return f"{key}.p{part}"
 
 
 class _Stats:

@@ -86,34 +86,29 @@ async def split(ctx: Context, event: ModelReady) -> None:
 
 @service.on(EvalShard, once=True)
 async def score_shard(ctx: Context, event: EvalShard) -> None:
-    done = names.eval_shard_key(event.run, event.round, event.model, event.shard)
-    if await ctx.holder(done) is None:  # not a redelivery of a shard already scored
+    evaluated = names.evaluated_key(event.run, event.round, event.model)
+    part = await ctx.part(evaluated, event.shard)  # set: a redelivery of a shard already scored
+    if part is None:
         items = _eval_items(ctx)[event.shard :: event.shards]
         policy = ctx.use(ModelClients).get(ctx.settings.model)
         scored = await evaluate(policy, event.model, items, ctx.settings.evaluator.max_tokens, _user(ctx))
-        part = await ctx.put_artifact(
+        ref = await ctx.put_artifact(
             names.eval_artifact(event.run, event.round, event.model, event.shard), _jsonl(scored)
         )
-        await ctx.mark(done, _encoder.encode(part).decode())
         ctx.log.info("eval shard scored", model=event.model, shard=event.shard, items=len(scored))
-    await _complete_if_last(ctx, event)
+        part = _encoder.encode(ref).decode()
+    parts = await ctx.gather(evaluated, event.shard, event.shards, part)
+    if parts is not None and await ctx.holder(evaluated) is None:  # the last shard in publishes
+        await _complete(ctx, event, parts)
 
 
-async def _complete_if_last(ctx: Context, event: EvalShard) -> None:
-    """Publish the round's result once every shard is in. Each replica marks its shard before
-    looking, so the last one to finish sees them all; two finishing together both publish the
-    same event, which JetStream's deduplication stores once."""
+async def _complete(ctx: Context, event: EvalShard, parts: list[str]) -> None:
+    """The round's result from every shard's items; two replicas finishing together both
+    publish it, which JetStream's deduplication stores once."""
     evaluated = names.evaluated_key(event.run, event.round, event.model)
-    if await ctx.holder(evaluated) is not None:
-        return
-    parts = [
-        await ctx.holder(names.eval_shard_key(event.run, event.round, event.model, k)) for k in range(event.shards)
-    ]
-    if any(part is None for part in parts):
-        return
     items: list[ScoredItem] = []
     for part in parts:
-        items += await ctx.load(msgspec.json.decode(part or "", type=ArtifactRef), ScoredItem)
+        items += await ctx.load(msgspec.json.decode(part, type=ArtifactRef), ScoredItem)
     details = await ctx.put_artifact(names.eval_artifact(event.run, event.round, event.model), _jsonl(items))
     scores = metrics(items)
     await ctx.publish(
