@@ -196,3 +196,40 @@ def test_acebench_layout_with_its_possible_answers() -> None:
     assert agent.samples == [] and [e.reason for e in agent.errors] == [
         "agent_multi_turn: agent tasks are played by the evaluator, not imported as samples"
     ]
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_parquet_files_and_datasets_folders_import_the_same(tmp_path: Path, name: str) -> None:
+    """As people hold these datasets: a Parquet file (the Hub's own conversion) and a folder
+    ``datasets`` saved, each with the published rows as they are."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = json.loads((FIXTURES / name).read_text())
+    as_json = [(s.id, s.label, s.tools) for s in import_file(FIXTURES / name, "auto").samples]
+    parquet = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_list(rows).save_to_disk(str(folder))
+    for path in (parquet, folder):
+        assert detect_format(path)[0] == CARDS[name][0]
+        report = import_file(path, "auto")
+        assert report.errors == [] and report.rows == len(rows)
+        assert [(s.id, s.label, s.tools) for s in report.samples] == as_json
+        assert report.samples[0].lineage.source == f"{path}:1"  # the row, by its index
+
+
+def test_a_broken_parquet_file_or_a_folder_of_several_splits_is_named(tmp_path: Path) -> None:
+    import datasets
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1" + b"\0" * 64)
+    (error,) = import_file(broken, "xlam").errors
+    assert (error.line, error.field) == (1, "(file)") and "unreadable Parquet" in error.reason
+    rows = json.loads((FIXTURES / "xlam_card.json").read_text())
+    split = datasets.Dataset.from_list(rows)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "both"))
+    (error,) = import_file(tmp_path / "both", "xlam").errors
+    assert f"import one of {tmp_path / 'both'}/train, {tmp_path / 'both'}/test" in error.reason
+    assert len(import_file(tmp_path / "both" / "test", "xlam").samples) == 4

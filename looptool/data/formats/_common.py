@@ -83,10 +83,19 @@ def read_bytes(path: str | Path) -> bytes:
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
-    """``(line, row)`` for JSONL; ``(index + 1, row)`` for a JSON array file; either may be
-    gzipped. Undecodable lines (bad JSON, invalid UTF-8, nesting past the decoder) come back as
+    """``(line, row)`` for JSONL; ``(index + 1, row)`` for a JSON array file, a Parquet file or
+    a folder a ``datasets`` Dataset was saved to (``save_to_disk``); JSON may be gzipped.
+    Undecodable lines (bad JSON, invalid UTF-8, nesting past the decoder) come back as
     :class:`RowError` so that the caller reports them and goes on."""
     path = Path(path)
+    if path.is_dir():
+        yield from _dataset_folder_rows(path)
+        return
+    with open(path, "rb") as head:
+        magic = head.read(4)
+    if magic == PARQUET_MAGIC:
+        yield from _parquet_rows(path)
+        return
     try:
         data = read_bytes(path)
     except ValueError as exc:
@@ -109,6 +118,50 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, Any | RowError]]:
             yield number, msgspec.json.decode(line)
         except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             yield number, RowError(str(path), number, "(line)", f"invalid JSON: {exc}")
+
+
+PARQUET_MAGIC = b"PAR1"
+_NEEDS = "reading {what} needs {module}: pip install 'looptool[datasets]'"
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, Any | RowError]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        yield 1, RowError(str(path), 1, "(file)", _NEEDS.format(what="Parquet", module="pyarrow"))
+        return
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        index = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                index += 1
+                yield index, row
+    except Exception as exc:  # pyarrow's errors for a broken file: the file, not the import, fails
+        yield 1, RowError(str(path), 1, "(file)", f"unreadable Parquet: {exc}")
+
+
+def _dataset_folder_rows(path: Path) -> Iterator[tuple[int, Any | RowError]]:
+    """A ``datasets`` folder: one Dataset, or a DatasetDict's only split (with several, name one
+    by its subfolder: ``folder/train``)."""
+    try:
+        import datasets
+    except ImportError:
+        yield 1, RowError(str(path), 1, "(folder)", _NEEDS.format(what="a datasets folder", module="datasets"))
+        return
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        yield 1, RowError(str(path), 1, "(folder)", f"not a folder datasets saved (save_to_disk): {exc}")
+        return
+    if isinstance(loaded, datasets.DatasetDict):
+        if len(loaded) != 1:
+            splits = ", ".join(f"{path}/{name}" for name in loaded)
+            yield 1, RowError(str(path), 1, "(folder)", f"{len(loaded)} splits: import one of {splits}")
+            return
+        loaded = next(iter(loaded.values()))
+    for index, row in enumerate(loaded, start=1):
+        yield index, row
 
 
 def answer_path(questions: str | Path) -> Path:
