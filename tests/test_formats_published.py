@@ -233,3 +233,24 @@ def test_a_broken_parquet_file_or_a_folder_of_several_splits_is_named(tmp_path: 
     (error,) = import_file(tmp_path / "both", "xlam").errors
     assert f"import one of {tmp_path / 'both'}/train, {tmp_path / 'both'}/test" in error.reason
     assert len(import_file(tmp_path / "both" / "test", "xlam").samples) == 4
+
+
+@pytest.mark.parametrize("fmt", ["auto", "sharegpt", "toolace"])
+def test_toolace_converted_for_llama_factory_imports_with_its_tools_from_the_system_prompt(fmt: str) -> None:
+    """``tools`` empty, ToolACE's list inside ``system``, human/gpt/function_call/observation
+    turns, Python-syntax calls: before, 0 samples as toolace ('unknown speaker human') and only
+    the call-less replies as sharegpt (every call named a tool nobody offered)."""
+    path = FIXTURES / "toolace_llamafactory_card.json"
+    assert detect_format(path) == (
+        "sharegpt",
+        "function_call/observation turns, the tools in the system prompt (ToolACE for LLaMA-Factory)",
+    )
+    report = import_file(path, fmt)
+    assert [s.category for s in report.samples] == ["parallel_multiple", "multiple", "irrelevance"]
+    assert report.samples[0].label[0] == ToolCall(
+        "Get Market Trends", {"trend_type": "MARKET_INDEXES", "country": "de"}
+    )
+    assert all(label_problem(s) is None for s in report.samples)
+    (rejected,) = report.errors  # a call to a tool the row does not offer: that row, by line, counted
+    assert (rejected.line, rejected.field) == (3, "label[0].name") and "'bookRestaurant'" in rejected.reason
+    assert "4 rows: 3 imported, 1 rejected (label[0].name: 1)" == report.summary()

@@ -76,6 +76,11 @@ def detect_format(path: str | Path) -> tuple[str, str]:
     if {"question", "function"} <= keys and isinstance(row.get("question"), str):
         return "acebench", "fields question (a 'user: …' dialogue), function (ACEBench)"
     if speakers & {"function_call", "observation"}:
+        if not row.get("tools") and "[" in str(row.get("system") or ""):
+            return (
+                "sharegpt",
+                "function_call/observation turns, the tools in the system prompt (ToolACE for LLaMA-Factory)",
+            )
         return "sharegpt", "function_call/observation turns (ShareGPT as LLaMA-Factory writes it)"
     if "<tool_call>" in text or "<tools>" in text:
         return "hermes", "<tool_call>/<tools> blocks in the turns (Hermes)"

@@ -160,8 +160,7 @@ def _dataset_folder_rows(path: Path) -> Iterator[tuple[int, Any | RowError]]:
             yield 1, RowError(str(path), 1, "(folder)", f"{len(loaded)} splits: import one of {splits}")
             return
         loaded = next(iter(loaded.values()))
-    for index, row in enumerate(loaded, start=1):
-        yield index, row
+    yield from enumerate(loaded, start=1)
 
 
 def answer_path(questions: str | Path) -> Path:

@@ -6,6 +6,10 @@
 A ``function_call`` turn holds one call ``{"name", "arguments"}`` or a list of them (parallel
 calls); ``observation`` turns are tool results. Every call turn becomes a sample with the turns
 before it, and so does every ``gpt`` reply straight to a ``human`` turn (no call).
+
+ToolACE converted for LLaMA-Factory keeps ToolACE's habits in this layout: ``tools`` empty, the
+tools as a JSON list inside ``system``, and calls in Python syntax (``[f(a=1)]``) — both read
+here; a call to a tool the row does not offer is rejected with the row (its label check).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from looptool.data.calls import calls_from_json, json_or_literal
+from looptool.data.calls import CallParseError, calls_from_json, json_or_literal
 from looptool.data.formats._common import (
     RowRejected,
     calls_from,
@@ -25,14 +29,20 @@ from looptool.data.formats._common import (
     samples_from_turns,
     tools_from,
 )
-from looptool.data.samples import Message, Sample, ToolCall
+from looptool.data.formats.toolace import python_calls, tools_in_system
+from looptool.data.samples import Message, Sample, ToolCall, ToolSpec
 
 _encoder = msgspec.json.Encoder()
 
 
 def parse_row(row: dict[str, Any]) -> list[Sample]:
     turns = conversation_turns(row)
-    tools = tools_from(json_field(row, "tools"), "tools") if row.get("tools") else []
+    if row.get("tools"):
+        tools = tools_from(json_field(row, "tools"), "tools")
+    elif isinstance(row.get("system"), str) and "[" in row["system"]:  # ToolACE's place for them
+        tools = tools_from(tools_in_system(row["system"]), "system")
+    else:
+        tools = []
     messages: list[Message] = []
     if row.get("system"):
         messages.append(Message(role="system", content=need(row, "system", str)))
@@ -42,7 +52,7 @@ def parse_row(row: dict[str, Any]) -> list[Sample]:
         elif speaker == "gpt":
             messages.append(Message(role="assistant", content=value))
         elif speaker == "function_call":
-            calls = calls_from(partial(_calls, value), f"{field}.value")
+            calls = calls_from(partial(_calls, value, tools), f"{field}.value")
             if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
                 messages[-1].tool_calls = calls  # a gpt thought followed by its call: one turn
             else:
@@ -81,8 +91,13 @@ def export_row(sample: Sample) -> dict[str, Any]:
     return row
 
 
-def _calls(text: str) -> list[ToolCall]:
-    return calls_from_json(json_or_literal(text))
+def _calls(text: str, tools: list[ToolSpec]) -> list[ToolCall]:
+    try:
+        return calls_from_json(json_or_literal(text))
+    except CallParseError:
+        if not text.lstrip().startswith("["):
+            raise
+    return python_calls(text, "value", tools).tool_calls  # ToolACE's [f(a=1), g(b="x")]
 
 
 def _label_turn(sample: Sample) -> Message:

@@ -25,6 +25,8 @@ from looptool.data.formats._common import (
 from looptool.data.samples import Message, Sample, ToolSpec
 
 _encoder = msgspec.json.Encoder()
+# The same dialogues converted for LLaMA-Factory name their speakers as ShareGPT does.
+LLAMA_FACTORY_SPEAKERS = {"human": "user", "gpt": "assistant", "function_call": "assistant", "observation": "tool"}
 PREAMBLE = "You are an expert in composing functions. Here is a list of functions in JSON format that you can invoke:\n"
 
 
@@ -58,7 +60,7 @@ def _first_json_list(text: str) -> Any:
     raise msgspec.DecodeError("unterminated tool list")
 
 
-def _assistant_turn(text: str, field: str, tools: list[ToolSpec]) -> Message:
+def python_calls(text: str, field: str, tools: list[ToolSpec]) -> Message:
     """ToolACE names some tools with spaces or dashes (``Get Market Trends``) and calls them so:
     such names are swapped for placeholders while the calls are parsed, then put back."""
     aliases = {}
@@ -80,11 +82,12 @@ def _assistant_turn(text: str, field: str, tools: list[ToolSpec]) -> Message:
 def parse_row(row: dict[str, Any]) -> list[Sample]:
     tools = tools_from(tools_in_system(need(row, "system", str)), "system")
     messages = []
-    for field, speaker, value in conversation_turns(row):
+    for field, name, value in conversation_turns(row):
+        speaker = LLAMA_FACTORY_SPEAKERS.get(name, name)
         if speaker not in ("user", "assistant", "tool"):
-            raise RowRejected(f"{field}.from", f"unknown speaker {speaker!r}")
+            raise RowRejected(f"{field}.from", f"unknown speaker {name!r} (user, assistant, tool)")
         if speaker == "assistant":
-            messages.append(_assistant_turn(value, f"{field}.value", tools))
+            messages.append(python_calls(value, f"{field}.value", tools))
         else:
             messages.append(Message(role=speaker, content=value))
     return samples_from_turns(tools, messages, "conversations")
