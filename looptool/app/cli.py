@@ -306,6 +306,33 @@ async def _report(args: argparse.Namespace, settings: Settings) -> None:
     print(f"{html}\n{png}")
 
 
+async def _export(args: argparse.Namespace, settings: Settings) -> None:
+    from looptool.app.export import ExportError, export_run
+    from looptool.app.runs import fold_run
+
+    bus = await Bus.connect(settings.nats, name="looptool-export")
+    try:
+        ledger = await fold_run(bus, names.check_token("run", args.run))
+        if ledger.request is None and not ledger.rounds:
+            raise CliError(f"no events for run {args.run!r}")
+        try:
+            exported = await export_run(
+                ledger,
+                bus.get_artifact,
+                args.out,
+                metric=args.metric,
+                round=args.round,
+                merge=args.merge,
+                base_model=args.base_model,
+            )
+        except ExportError as exc:
+            raise CliError(str(exc)) from None
+    finally:
+        await bus.close()
+    print(f"round {exported.round} ({exported.chosen_by}) -> {args.out}", file=sys.stderr)
+    print(exported.merged or exported.adapter)
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     import signal
     import urllib.parse
@@ -521,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run")
     report.add_argument("--out", default="report")
     report.set_defaults(func=lambda a, s: _run_async(_report, a, s))
+
+    export = commands.add_parser("export", help="package a run's best round: adapter, merged model, model card")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="a folder: adapter/, merged/ (with --merge), README.md")
+    export.add_argument("--metric", default="overall", help="the evaluated metric that picks the round")
+    export.add_argument("--round", type=int, help="this round, whatever its score")
+    export.add_argument("--merge", action="store_true", help="also write the base model with the adapter merged in")
+    export.add_argument("--base-model", help="the base model's folder, where it differs from the one trained on")
+    export.set_defaults(func=lambda a, s: _run_async(_export, a, s))
 
     up = commands.add_parser("up", help="run the whole topology locally (no Docker)")
     up.add_argument("--workdir", default=".looptool/up")
