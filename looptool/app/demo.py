@@ -56,6 +56,9 @@ def demo_env(model_dir: Path, test_sets: list[str], artifacts: Path, epochs: flo
         "LOOPTOOL_RUNTIME__CONCURRENCY": "16",
         "LOOPTOOL_RUNTIME__ACK_WAIT": "30",
         "LOOPTOOL_ARTIFACT_DIR": str(artifacts),
+        # Losses and scores also in TensorBoard: `tensorboard --logdir <artifacts>/tensorboard`.
+        "LOOPTOOL_TRACKING__REPORT_TO": '["tensorboard"]',
+        "LOOPTOOL_TRACKING__DIR": str(artifacts / "tensorboard"),
         "LOOPTOOL_LOG__LEVEL": "warning",
     }
 

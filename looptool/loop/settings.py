@@ -11,6 +11,7 @@ import msgspec
 
 from looptool.kernel.settings import KernelSettings, Section, load_settings_tree
 from looptool.llm.client import ModelSettings
+from looptool.loop.tracking import TrackingSettings
 
 
 class ProbeSettings(Section):
@@ -113,6 +114,7 @@ class Settings(KernelSettings):
     trainer: TrainerSettings = msgspec.field(default_factory=TrainerSettings)
     evaluator: EvaluatorSettings = msgspec.field(default_factory=EvaluatorSettings)
     curator: CuratorSettings = msgspec.field(default_factory=CuratorSettings)
+    tracking: TrackingSettings = msgspec.field(default_factory=TrackingSettings)
     artifact_dir: str = ".looptool/artifacts"
     cache_dir: str = ""  # models built once and reused (the demo's toy policy); "": ~/.cache/looptool
 

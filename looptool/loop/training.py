@@ -34,6 +34,7 @@ from looptool.kernel.settings import SettingsError
 from looptool.llm.client import template_messages
 from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.loop.settings import TrainerSettings
+from looptool.loop.tracking import RoundTracking, trainer_callbacks
 
 ProgressFn = Callable[[dict[str, Any]], None]
 log = get_logger("looptool.training")
@@ -190,7 +191,9 @@ def check_trainer_settings(settings: TrainerSettings) -> None:
             raise SettingsError("trainer.load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
 
 
-def _common_args(settings: TrainerSettings, output_dir: str) -> dict[str, Any]:
+def _common_args(
+    settings: TrainerSettings, output_dir: str, report_to: list[str] | None = None, run_name: str | None = None
+) -> dict[str, Any]:
     dtype = training_dtype(settings)
     return dict(
         output_dir=output_dir,
@@ -206,7 +209,8 @@ def _common_args(settings: TrainerSettings, output_dir: str) -> dict[str, Any]:
         save_strategy="steps" if settings.checkpoint_steps > 0 else "no",
         save_steps=max(settings.checkpoint_steps, 1),
         save_total_limit=1,
-        report_to=[],
+        report_to=report_to or [],
+        run_name=run_name,
         seed=settings.seed,
         data_seed=settings.seed,
         use_cpu=settings.use_cpu,
@@ -222,6 +226,7 @@ def sft_trainer(
     output_dir: str,
     model: Any = None,
     peft_config: Any = None,
+    tracking: RoundTracking | None = None,
 ) -> Any:
     """A TRL SFTTrainer on prepared rows (the base model loaded when none is given)."""
     from datasets import Dataset
@@ -232,8 +237,9 @@ def sft_trainer(
     if model is None:
         model, _ = _load_model(settings, None)
         peft_config = peft_config or _lora_config(settings)
+    report_to, callbacks = trainer_callbacks(tracking) if tracking else ([], [])
     args = SFTConfig(
-        **_common_args(settings, output_dir),
+        **_common_args(settings, output_dir, report_to, tracking.run_name if tracking else None),
         max_length=settings.max_length,
         completion_only_loss=settings.assistant_only_loss,
         packing=False,
@@ -244,6 +250,7 @@ def sft_trainer(
         train_dataset=Dataset.from_list(prepared.rows),
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
 
 
@@ -280,9 +287,11 @@ def train_round(
     previous_adapter: str | None = None,
     report: ProgressFn | None = None,
     template_kwargs: dict[str, Any] | None = None,
+    tracking: RoundTracking | None = None,
 ) -> TrainingOutcome:
     """Train on ``samples`` and save the adapter to ``out_dir`` (atomically). ``template_kwargs``
-    are the policy endpoint's ``chat_template_kwargs``: the text trained on is the text served."""
+    are the policy endpoint's ``chat_template_kwargs``: the text trained on is the text served.
+    ``tracking``: the experiment trackers the round reports to (:mod:`looptool.loop.tracking`)."""
     from datasets import Dataset
 
     out = Path(out_dir)
@@ -297,13 +306,14 @@ def train_round(
     if settings.method == "sft":
         prepared = prepare_sft(samples, tokenizer, settings.max_length, template_kwargs)
         skipped = prepared.skipped
-        trainer = sft_trainer(prepared, tokenizer, settings, str(checkpoints), model, peft_config)
+        trainer = sft_trainer(prepared, tokenizer, settings, str(checkpoints), model, peft_config, tracking)
     else:
         from trl import GRPOConfig, GRPOTrainer
 
         dataset = Dataset.from_list(grpo_rows(samples, tokenizer, template_kwargs))
+        report_to, callbacks = trainer_callbacks(tracking) if tracking else ([], [])
         args = GRPOConfig(
-            **_common_args(settings, str(checkpoints)),
+            **_common_args(settings, str(checkpoints), report_to, tracking.run_name if tracking else None),
             num_generations=settings.grpo_generations,
             max_completion_length=settings.grpo_max_completion_length,
             temperature=settings.grpo_temperature,
@@ -318,6 +328,7 @@ def train_round(
             processing_class=tokenizer,
             reward_funcs=[correctness_reward, format_reward],
             peft_config=peft_config,
+            callbacks=callbacks,
         )
     losses: list[float] = []
     rewards: list[float] = []

@@ -21,6 +21,7 @@ from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import ArtifactRef
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
+from looptool.loop import tracking
 from looptool.loop.acebench_agent import EndpointUser, needs_user
 from looptool.loop.evaluation import EvalItem, EvalSetError, evaluate, load_eval_sets, metrics, single_turn
 from looptool.loop.events import EvalCompleted, EvalShard, ModelReady
@@ -126,6 +127,10 @@ async def _complete(ctx: Context, event: EvalShard, parts: list[str]) -> None:
     )
     await ctx.mark(evaluated)
     ctx.log.info("evaluated", model=event.model, overall=round(scores["overall"], 4), items=len(items))
+    if tracking.TENSORBOARD in ctx.settings.tracking.report_to:
+        directory = tracking.logs_dir(ctx.settings.tracking, ctx.settings.artifact_dir, event.run)
+        base = event.model == ctx.settings.model.model  # the base model, scored at round 0
+        tracking.log_scores(directory, event.round, scores, base=base)
 
 
 def _jsonl(items: list[ScoredItem]) -> bytes:

@@ -25,6 +25,7 @@ from looptool.kernel import names
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelSettings
 from looptool.llm.serving import load_adapter
+from looptool.loop import tracking
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
 from looptool.loop.training import check_trainer_settings, train_round
 
@@ -89,6 +90,7 @@ async def train(ctx: Context, event: DatasetReady) -> None:
                 str(previous) if previous else None,
                 report,
                 template_kwargs=ctx.settings.model.chat_template_kwargs,
+                tracking=tracking.for_round(ctx.settings.tracking, ctx.settings.artifact_dir, event.run, event.round),
             )
         )
         ctx.log.info(
