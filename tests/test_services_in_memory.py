@@ -187,7 +187,7 @@ class RecordingBackend(trainer.Backend):
         self.trained: list[tuple[int, str | None]] = []
         self.served: list[str] = []
 
-    def train(self, samples, settings, out, previous=None, report=None, template_kwargs=None):  # type: ignore[override]  # noqa: ANN001, ANN201
+    def train(self, samples, settings, out, previous=None, report=None, template_kwargs=None, tracking=None):  # type: ignore[override]  # noqa: ANN001, ANN201
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "adapter_config.json").write_text("{}")
         if report is not None:
