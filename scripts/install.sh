@@ -24,4 +24,11 @@ fi
 # BFCL v3's leaderboard code (the last release before V4 changed the overall's weights), apart
 # from the package LoopTool imports: the tests check LoopTool's v3 overall against it.
 .venv/bin/python -m pip install --quiet --no-deps --upgrade --target .venv/bfcl-eval-v3 "bfcl-eval==2025.8.6.2"
+# A real browser for the report's test (tests/test_report_browser.py): Debian's Chromium, driven by
+# Playwright from PyPI (whose own browser download needs a CDN). Skipped where apt cannot install.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
+        || echo "note: Chromium not installed; the report's browser test will be skipped"
+fi
 echo "LoopTool installed in .venv ($(.venv/bin/looptool --help >/dev/null && echo ok))"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -254,3 +255,40 @@ def test_toolace_converted_for_llama_factory_imports_with_its_tools_from_the_sys
     (rejected,) = report.errors  # a call to a tool the row does not offer: that row, by line, counted
     assert (rejected.line, rejected.field) == (3, "label[0].name") and "'bookRestaurant'" in rejected.reason
     assert "4 rows: 3 imported, 1 rejected (label[0].name: 1)" == report.summary()
+
+
+def hub_cache(root: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """A dataset snapshot in the Hugging Face cache's layout (``huggingface_hub`` writes it so)."""
+    folder = root / f"datasets--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    for name, data in files.items():
+        path = folder / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def test_a_hub_dataset_id_imports_from_the_local_cache(tmp_path: Path) -> None:
+    card = (FIXTURES / "xlam_card.json").read_bytes()
+    cache = hub_cache(
+        tmp_path / "hub", "Salesforce/xlam-function-calling-60k", {"xlam_function_calling_60k.json": card}
+    )
+    hub_cache(cache, "someone/two-files", {"data/train.jsonl": b"", "data/test.jsonl": b""})
+
+    def cli(source: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "looptool", "import", source, "--out", str(tmp_path / "o.jsonl")]
+        env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    done = cli("hf://datasets/Salesforce/xlam-function-calling-60k")
+    assert done.returncode == 0, done.stderr
+    assert "format: xlam" in done.stderr and "4 rows: 4 imported, 0 rejected" in done.stderr
+    named = cli("hf://datasets/Salesforce/xlam-function-calling-60k/xlam_function_calling_60k.json")
+    assert named.returncode == 0 and "4 rows: 4 imported" in named.stderr
+    several = cli("hf://datasets/someone/two-files")
+    assert several.returncode == 2 and "2 data files in the cached snapshot; name one: " in several.stderr
+    assert "hf://datasets/someone/two-files/data/test.jsonl" in several.stderr
+    missing = cli("hf://datasets/nobody/nothing")
+    assert missing.returncode == 2 and "not in the local Hugging Face cache" in missing.stderr

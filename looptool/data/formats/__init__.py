@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from looptool.data.formats import acebench, bfcl, hermes, looptool23k, openai, sharegpt, toolace, xlam
+from looptool.data.formats import acebench, bfcl, hermes, hub, looptool23k, openai, sharegpt, toolace, xlam
 from looptool.data.formats._common import (
     ImportReport,
     RowError,
@@ -56,6 +56,7 @@ _encoder = msgspec.json.Encoder()
 
 def detect_format(path: str | Path) -> tuple[str, str]:
     """``(format, why)`` from the first row's fields — what ``--format auto`` chooses."""
+    path = hub.resolve(path)
     row = next((row for _, row in read_rows(path) if isinstance(row, dict)), None)
     if row is None:
         raise ValueError(f"{path}: no JSON object row to detect the format from")
@@ -96,7 +97,9 @@ def import_file(
 ) -> ImportReport:
     """Import ``path`` in format ``fmt`` (one of :data:`FORMATS`, or ``bfcl`` with ``answers``).
     Labels that fail their own tools are rejected, or kept and flagged with ``keep_suspect``
-    (BFCL's items always are: a benchmark's count must not change)."""
+    (BFCL's items always are: a benchmark's count must not change). ``path`` may name a cached
+    Hub dataset (``hf://datasets/<owner>/<name>[/<file>]``, :mod:`.hub`)."""
+    path = hub.resolve(path)
     if fmt == "auto":
         fmt, _ = detect_format(path)
     if fmt == "samples":
