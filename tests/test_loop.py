@@ -23,6 +23,7 @@ import msgspec
 import pytest
 from helpers import VLLM_API_KEY, assert_refused, read_all
 
+from looptool.app.export import export_run
 from looptool.app.report import write_report
 from looptool.app.runs import fold_run, submit_run
 from looptool.app.up import Topology, bus_identities
@@ -185,6 +186,7 @@ def run_loop(
 def undisturbed(nats_server, loop_vllm, tiny_model, world, tmp_path_factory) -> tuple[RunLedger, Path]:
     workdir = tmp_path_factory.mktemp("loop")
     env = service_env(loop_vllm.base_url, tiny_model, world, workdir / "artifacts")
+    env["LOOPTOOL_TRACKING__REPORT_TO"] = '["tensorboard"]'  # the losses and scores, also in TensorBoard
     calm = run_loop(nats_server.url, env, workdir / "topology", "loopcalm", world["train"])
     assert calm.exited == {}
     return calm.ledger, workdir
@@ -261,6 +263,28 @@ def test_full_flow_and_a_balanced_ledger(undisturbed, nats_server) -> None:
     first = ledger.rounds[0]
     base = [e for name, e in first.evals.items() if first.model and name != first.model.model]
     assert numbers["base_overall"] == (base[0].metrics["overall"] if base else None)
+
+    # TensorBoard's log of the run: each round's training losses (TRL's integration) and scores.
+    from test_tracking import scalars
+
+    logs = workdir / "artifacts" / "tensorboard" / "loopcalm"
+    for r, rl in ledger.rounds.items():
+        assert [v for _, v in scalars(logs / f"r{r}")["train/loss"]] == pytest.approx([loss for _, loss in rl.losses])
+    scores = scalars(logs / "eval")["eval/overall"]
+    assert [step for step, _ in scores] == list(range(ROUNDS))
+    assert [v for _, v in scores] == pytest.approx([ledger.overall(r) for r in range(ROUNDS)])
+
+    # The run's best round, exported from the artifact store as a user would.
+    async def exported() -> object:
+        bus = await Bus.connect(NatsSettings(url=nats_server.url))
+        try:
+            return await export_run(ledger, bus.get_artifact, workdir / "export")
+        finally:
+            await bus.close()
+
+    packaged = anyio.run(exported)
+    best = max(range(ROUNDS), key=lambda r: (ledger.overall(r) or 0, -r))
+    assert packaged.round == best and (workdir / "export" / "adapter" / "adapter_config.json").exists()  # type: ignore[attr-defined]
 
 
 def _cut():
