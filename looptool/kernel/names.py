@@ -135,6 +135,11 @@ def evaluated_key(run: str, round: int, model: str) -> str:
     return f"evaluated.{check_token('run', run)}.r{round}.{safe_token(model)}"
 
 
+def tracked_key(run: str, round: int, model: str) -> str:
+    """Claimed by the evaluator replica that writes a round's scores to the experiment tracker."""
+    return f"tracked.{check_token('run', run)}.r{round}.{safe_token(model)}"
+
+
 def expansion_key(run: str, round: int, content_key: str) -> str:
     return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
 

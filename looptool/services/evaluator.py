@@ -11,6 +11,8 @@ and each benchmark's own summary (BFCL's overall, ACEBench's summary), with the 
 
 from __future__ import annotations
 
+import uuid
+
 import msgspec
 
 from looptool.data.lint import Contamination, contamination
@@ -127,7 +129,11 @@ async def _complete(ctx: Context, event: EvalShard, parts: list[str]) -> None:
     )
     await ctx.mark(evaluated)
     ctx.log.info("evaluated", model=event.model, overall=round(scores["overall"], 4), items=len(items))
-    if tracking.TENSORBOARD in ctx.settings.tracking.report_to:
+    # Shards finishing together (in any replica, or one delivered twice) all get here; the scores
+    # are written once, by the one call that claims it (an owner no other call has). Best effort:
+    # a replica killed between the claim and the write leaves them out of the tracker.
+    tracked = names.tracked_key(event.run, event.round, event.model)
+    if tracking.TENSORBOARD in ctx.settings.tracking.report_to and await ctx.claim(tracked, owner=uuid.uuid4().hex):
         directory = tracking.logs_dir(ctx.settings.tracking, ctx.settings.artifact_dir, event.run)
         base = event.model == ctx.settings.model.model  # the base model, scored at round 0
         tracking.log_scores(directory, event.round, scores, base=base)
