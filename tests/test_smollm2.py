@@ -96,3 +96,33 @@ def test_doctor_passes_a_smollm2_set_up_and_names_its_parser(nats_server, served
     findings = {f.check: f for f in anyio.run(diagnose, sound_settings(nats_server.url, served.base_url, smollm2))}
     assert [f for f in findings.values() if not f.ok] == []
     assert findings["chat template"].detail == "chatml: serve with --tool-call-parser hermes"
+
+
+def test_synthesis_with_a_weak_generator_counts_its_garbage_and_never_crashes(
+    served: VllmServer, tmp_path: Path
+) -> None:
+    """`looptool synthesize` from a real MCP server's tools, SmolLM2 playing the user and the
+    assistant: whatever it writes ends as a kept sample or a rejection with a reason."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    server = f"{sys.executable} {Path(__file__).with_name('mcp_weather_server.py')}"
+    out = tmp_path / "seed.jsonl"
+    env = {
+        **os.environ,
+        "LOOPTOOL_GENERATOR_MODEL__BASE_URL": served.base_url,
+        "LOOPTOOL_GENERATOR_MODEL__API_KEY": VLLM_API_KEY,
+        "LOOPTOOL_GENERATOR_MODEL__MODEL": "policy",
+        "LOOPTOOL_SYNTHESIS__MAX_TOKENS": "96",
+    }
+    command = [sys.executable, "-m", "looptool", "synthesize", "--mcp", server, "--out", str(out), "--count", "8"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 tools from mcp:" in done.stderr and "8 attempted: " in done.stderr
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    rejects = [json.loads(line) for line in out.with_suffix(".rejects.jsonl").read_text().splitlines()]
+    assert len(kept) + len(rejects) == 8
+    assert all(r["stage"] in ("user", "assistant", "format", "execution", "dedup") and r["reason"] for r in rejects)
+    assert all(s["lineage"]["origin"] == "synthesis" for s in kept)

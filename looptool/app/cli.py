@@ -333,6 +333,45 @@ async def _export(args: argparse.Namespace, settings: Settings) -> None:
     print(exported.merged or exported.adapter)
 
 
+async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
+    from contextlib import AsyncExitStack
+
+    from looptool.data.formats import write_samples
+    from looptool.data.toolsources import McpTools, ToolSourceError, file_tools, openapi_tools
+    from looptool.llm.client import ModelClient
+    from looptool.loop.synthesis import synthesize
+
+    config = settings.synthesis
+    if args.count is not None:
+        config.count = args.count
+    if args.seed is not None:
+        config.seed = args.seed
+    endpoint = settings.generator_model
+    client = ModelClient(endpoint)
+    async with AsyncExitStack() as stack:
+        try:
+            execute = None
+            if args.mcp:
+                server = await stack.enter_async_context(McpTools(args.mcp))
+                tools, source, execute = await server.tools(), f"mcp:{args.mcp}", server.call
+            elif args.openapi:
+                tools, source = openapi_tools(args.openapi), f"openapi:{args.openapi}"
+            else:
+                tools, source = file_tools(args.tools), f"tools:{args.tools}"
+        except (ToolSourceError, FileNotFoundError) as exc:
+            raise CliError(str(exc)) from None
+        print(f"{len(tools)} tools from {source}", file=sys.stderr)
+        try:
+            result = await synthesize(tools, client, endpoint.model, config, source, execute)
+        finally:
+            await client.close()
+    write_samples(result.samples, args.out)
+    rejects = Path(args.out).with_suffix(".rejects.jsonl")
+    rejects.write_bytes(b"".join(_json.encode(r) + b"\n" for r in result.rejects))
+    print(result.summary(), file=sys.stderr)
+    print(f"{args.out} ({len(result.samples)} samples; rejected attempts in {rejects})")
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
     import signal
     import urllib.parse
@@ -548,6 +587,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run")
     report.add_argument("--out", default="report")
     report.set_defaults(func=lambda a, s: _run_async(_report, a, s))
+
+    synth = commands.add_parser(
+        "synthesize", help="seed data from your tools: role-play by the generator endpoint, verified in stages"
+    )
+    source = synth.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--mcp", metavar="COMMAND|URL", help="an MCP server: a stdio command line or a streamable-HTTP URL"
+    )
+    source.add_argument("--openapi", metavar="FILE", help="an OpenAPI 3 document (JSON or YAML)")
+    source.add_argument("--tools", metavar="FILE", help="tool schemas, OpenAI or xLAM layout (JSON/JSONL)")
+    synth.add_argument("--out", required=True, help="the seed pool (LoopTool samples, JSONL): `looptool run` takes it")
+    synth.add_argument("--count", type=int, help="attempts (synthesis.count)")
+    synth.add_argument("--seed", type=int, help="synthesis.seed")
+    synth.set_defaults(func=lambda a, s: _run_async(_synthesize, a, s))
 
     export = commands.add_parser("export", help="package a run's best round: adapter, merged model, model card")
     export.add_argument("run")

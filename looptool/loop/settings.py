@@ -104,6 +104,35 @@ class CuratorSettings(Section):
     lease: float = 60.0  # a round complete this long but still unclosed is taken over by a standby
 
 
+class SynthesisSettings(Section):
+    count: int = 100  # samples to attempt
+    seed: int = 0
+    # The share of each category among the attempts.
+    categories: dict[str, float] = msgspec.field(
+        default_factory=lambda: {
+            "simple": 0.3,
+            "multiple": 0.3,
+            "parallel": 0.15,
+            "parallel_multiple": 0.1,
+            "irrelevance": 0.15,
+        }
+    )
+    distractors: int = 2  # extra tools offered with "multiple" and "parallel_multiple" requests
+    personas: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "a busy professional who writes tersely",
+            "a student who explains at length",
+            "a non-native English speaker",
+            "a customer in a hurry who writes in lower case",
+        ]
+    )
+    temperature: float = 0.9  # the user agent's; the assistant agent decodes greedily
+    max_tokens: int = 256
+    prompt: str = "synthesize-user-v1"
+    execute: bool = True  # run the calls where the source can (an MCP server)
+    near_duplicate: float = 0.85
+
+
 class Settings(KernelSettings):
     model: ModelSettings = msgspec.field(default_factory=ModelSettings)
     probe: ProbeSettings = msgspec.field(default_factory=ProbeSettings)
@@ -115,6 +144,7 @@ class Settings(KernelSettings):
     evaluator: EvaluatorSettings = msgspec.field(default_factory=EvaluatorSettings)
     curator: CuratorSettings = msgspec.field(default_factory=CuratorSettings)
     tracking: TrackingSettings = msgspec.field(default_factory=TrackingSettings)
+    synthesis: SynthesisSettings = msgspec.field(default_factory=SynthesisSettings)
     artifact_dir: str = ".looptool/artifacts"
     cache_dir: str = ""  # models built once and reused (the demo's toy policy); "": ~/.cache/looptool
 

@@ -1,0 +1,207 @@
+"""Seed data from a team's own tools: role-play synthesis, verified in stages.
+
+For each sample: a category and the tools to offer are drawn (the seed decides), the generator
+plays the **user** (a request of that category, in a persona's words; prompt
+``prompts/synthesize-user-v1.md``) and then the **assistant** (the request with the tools offered
+natively; its calls are the label). Then the stages, each counted by reason when it rejects:
+
+1. **format** — the label fits the category (no call for irrelevance, several for parallel, the
+   target tools called) and passes its tools' schemas and the grounding rule (every value taken
+   from the request), the expander's own checks;
+2. **execution** — where the source can run calls (an MCP server), every call runs; an error
+   result rejects the sample, the results are kept in ``meta["synthesis"]["observations"]``;
+3. **de-duplication** — exact and near-duplicate samples (MinHash, as the expander) are dropped.
+
+A semantic judge stage (the calls answer the request, by quorum) is not run yet: each sample
+records ``"semantics": "not checked"``. Every kept sample carries its lineage (origin
+``synthesis``, the source, the tools, each stage's verdict) in ``meta["synthesis"]``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from looptool.data.dedup import NearDuplicateIndex
+from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
+from looptool.data.toolsources import CallOutcome
+from looptool.llm.client import ModelClient
+from looptool.loop.expansion import rejection_reason, seed_rng
+from looptool.loop.judging import data_block, load_prompt
+from looptool.loop.settings import SynthesisSettings
+
+CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+Executor = Callable[[ToolCall], Awaitable[CallOutcome]]
+
+
+class Synthesized(msgspec.Struct):
+    samples: list[Sample]
+    rejected: dict[str, int]  # "stage: reason" -> attempts
+    attempted: int
+    rejects: list[dict[str, Any]]  # each rejected attempt: category, stage, reason, request, calls
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
+        return (
+            f"{self.attempted} attempted: {len(self.samples)} kept, {self.attempted - len(self.samples)} rejected"
+            + (f" ({reasons})" if reasons else "")
+        )
+
+
+class _Rejected(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        self.stage, self.reason = stage, reason
+
+
+async def synthesize(
+    tools: list[ToolSpec],
+    client: ModelClient,
+    model: str,
+    settings: SynthesisSettings,
+    source: str,
+    execute: Executor | None = None,
+) -> Synthesized:
+    """``settings.count`` attempts at samples over ``tools``, the generator ``model`` playing the
+    user and the assistant; ``execute`` runs a call on the real tool (None: no execution stage)."""
+    if not tools:
+        raise ValueError("no tools to synthesize for")
+    kept: list[Sample] = []
+    rejected: Counter[str] = Counter()
+    rejects: list[dict[str, Any]] = []
+    index = NearDuplicateIndex(settings.near_duplicate)
+    seen: set[str] = set()
+    weights = {c: w for c, w in settings.categories.items() if c in CATEGORIES and w > 0}
+    if not weights:
+        raise ValueError(f"synthesis.categories: give a positive share to one of {', '.join(CATEGORIES)}")
+    for attempt in range(settings.count):
+        rng = seed_rng(settings.seed, attempt)
+        category = rng.choices(list(weights), list(weights.values()))[0]
+        if category == "parallel_multiple" and len(tools) < 2:
+            category = "parallel"
+        targets, offered = _draw(tools, category, settings.distractors, rng)
+        persona = rng.choice(settings.personas)
+        request, calls = "", list[ToolCall]()
+        try:
+            request = await _user_request(client, model, settings, offered, targets, category, persona, attempt)
+            sample, calls = await _answer(client, model, settings, offered, request)
+            _check_format(sample, category, targets)
+            observations = await _executed(execute, calls) if execute is not None and settings.execute else None
+            if sample.id in seen or index.is_duplicate(sample):
+                raise _Rejected("dedup", "duplicate")
+        except _Rejected as exc:
+            reason = f"{exc.stage}: {exc.reason}"
+            rejected[reason] += 1
+            rejects.append({"attempt": attempt, "category": category, "stage": exc.stage, "reason": exc.reason,
+                            "request": request, "calls": msgspec.to_builtins(calls)})  # fmt: skip
+            continue
+        seen.add(sample.id)
+        index.add(sample)
+        stages = {"format": "pass", "execution": "pass" if observations is not None else "not run"}
+        stages |= {"semantics": "not checked", "dedup": "pass"}
+        provenance = {
+            "source": source,
+            "category": category,
+            "tools": [t.function.name for t in offered],
+            "persona": persona,
+            "stages": stages,
+        }
+        if observations is not None:
+            provenance["observations"] = observations
+        kept.append(
+            msgspec.structs.replace(
+                sample,
+                category=category,
+                lineage=Lineage(origin="synthesis", source=source, history=[f"attempt {attempt}: {category}"]),
+                meta={"synthesis": provenance},
+            )
+        )
+    return Synthesized(kept, dict(rejected), settings.count, rejects)
+
+
+def _draw(tools: list[ToolSpec], category: str, distractors: int, rng: Any) -> tuple[list[ToolSpec], list[ToolSpec]]:
+    """(the tools the request is about, the tools offered), in a seeded order."""
+    if category == "irrelevance":
+        return [], rng.sample(tools, min(len(tools), 1 + distractors))
+    targets = rng.sample(tools, 2 if category == "parallel_multiple" else 1)
+    if category in ("simple", "parallel"):
+        return targets, targets
+    others = [t for t in tools if t not in targets]
+    offered = targets + rng.sample(others, min(len(others), distractors))
+    rng.shuffle(offered)
+    return targets, offered
+
+
+async def _user_request(
+    client: ModelClient,
+    model: str,
+    settings: SynthesisSettings,
+    offered: list[ToolSpec],
+    targets: list[ToolSpec],
+    category: str,
+    persona: str,
+    attempt: int,
+) -> str:
+    data = {
+        "tools": [msgspec.to_builtins(t) for t in offered],
+        "persona": persona,
+        "kind": category,
+        "target": [t.function.name for t in targets],
+    }
+    prompt = load_prompt(settings.prompt).safe_substitute(data=data_block(data))
+    response = await client.chat(
+        model,
+        messages=[{"role": "user", "content": prompt}],
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+        seed=settings.seed * 100_003 + attempt,
+    )
+    text = (response.choices[0].message.content or "").strip().strip('"').strip()
+    if not text:
+        raise _Rejected("user", "empty request")
+    return text
+
+
+async def _answer(
+    client: ModelClient, model: str, settings: SynthesisSettings, offered: list[ToolSpec], request: str
+) -> tuple[Sample, list[ToolCall]]:
+    messages = [Message(role="user", content=request)]
+    prediction = await client.predict(
+        Sample(id="s-synthesis", tools=offered, messages=messages), model, max_tokens=settings.max_tokens
+    )
+    if prediction.error_type is not None:
+        raise _Rejected("assistant", "unparseable reply")
+    label = prediction.calls
+    return Sample(id=sample_id(offered, messages, label), tools=offered, messages=messages, label=label), label
+
+
+def _check_format(sample: Sample, category: str, targets: list[ToolSpec]) -> None:
+    names = [call.name for call in sample.label]
+    wanted = {t.function.name for t in targets}
+    fits = {
+        "irrelevance": not names,
+        "simple": len(names) == 1 and set(names) == wanted,
+        "multiple": len(names) == 1 and set(names) == wanted,
+        "parallel": len(names) >= 2 and set(names) == wanted,
+        "parallel_multiple": len(names) >= 2 and set(names) == wanted,
+    }[category]
+    if not fits:
+        raise _Rejected("format", f"calls {names or 'none'} do not fit {category}")
+    reason = rejection_reason(sample)  # schema, unknown function, ungrounded values
+    if reason:
+        raise _Rejected("format", reason)
+
+
+async def _executed(execute: Executor, calls: list[ToolCall]) -> list[str]:
+    observations = []
+    for call in calls:
+        try:
+            outcome = await execute(call)
+        except Exception as exc:  # the tool's server failed the request itself
+            raise _Rejected("execution", f"{call.name} failed: {type(exc).__name__}") from None
+        if not outcome.ok:
+            raise _Rejected("execution", f"{call.name} returned an error")
+        observations.append(outcome.text)
+    return observations

@@ -1,0 +1,200 @@
+"""Seed data from a team's own tools: tool sources (a real MCP server over stdio, an OpenAPI 3
+document, tool files in the published layouts) and role-play synthesis verified in stages, the
+generator scripted (:class:`~looptool.llm.testing.ScriptedModels`: the real client parses)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from looptool.data.samples import ToolCall
+from looptool.data.toolsources import McpTools, ToolSourceError, file_tools, openapi_tools
+from looptool.llm.client import ModelSettings
+from looptool.llm.testing import ScriptedModels
+from looptool.loop.settings import SynthesisSettings
+from looptool.loop.synthesis import synthesize
+
+SERVER = f"{sys.executable} {Path(__file__).with_name('mcp_weather_server.py')}"
+FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+
+
+def test_an_mcp_servers_tools_are_listed_and_its_calls_run() -> None:
+    async def main() -> tuple[Any, Any, Any]:
+        async with McpTools(SERVER) as server:
+            tools = await server.tools()
+            ok = await server.call(ToolCall("get_forecast", {"city": "Oslo", "days": 2}))
+            failed = await server.call(ToolCall("get_forecast", {"city": "Atlantis"}))
+            return tools, ok, failed
+
+    tools, ok, failed = anyio.run(main)
+    forecast = {t.function.name: t for t in tools}["get_forecast"].function
+    assert forecast.description == "The weather forecast for a city, day by day."
+    assert forecast.parameters == {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"default": 3, "type": "integer"}},
+        "required": ["city"],
+    }
+    assert (ok.ok, ok.text) == (True, "Oslo: sunny for 2 days")
+    assert not failed.ok
+
+
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "Pets", "version": "1"},
+    "paths": {
+        "/pets/{petId}": {
+            "parameters": [{"$ref": "#/components/parameters/PetId"}],
+            "get": {"operationId": "showPetById", "summary": "Info for a specific pet"},
+            "put": {
+                "operationId": "updatePet",
+                "parameters": [{"name": "dryRun", "in": "query", "schema": {"type": "boolean"}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}},
+                },
+            },
+        },
+        "/pets": {"get": {"summary": "List all pets", "parameters": [{"name": "limit", "in": "query"}]}},
+    },
+    "components": {
+        "parameters": {"PetId": {"name": "petId", "in": "path", "required": True, "schema": {"type": "string"}}},
+        "schemas": {
+            "Pet": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {"name": {"type": "string"}, "tag": {"$ref": "#/components/schemas/Tag"}},
+            },
+            "Tag": {"type": "string", "enum": ["dog", "cat"]},
+        },
+    },
+}
+
+
+def test_an_openapi_documents_operations_become_tools(tmp_path: Path) -> None:
+    path = tmp_path / "pets.json"
+    path.write_text(json.dumps(OPENAPI))
+    tools = {t.function.name: t.function for t in openapi_tools(path)}
+    assert set(tools) == {"showPetById", "updatePet", "get_pets"}
+    update = tools["updatePet"].parameters
+    assert update["required"] == ["petId", "body"]
+    assert update["properties"]["body"]["properties"]["tag"] == {"type": "string", "enum": ["dog", "cat"]}
+    assert update["properties"]["dryRun"]["type"] == "boolean"
+    assert tools["get_pets"].description == "List all pets" and "limit" in tools["get_pets"].parameters["properties"]
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (lambda d: d["components"]["schemas"]["Tag"].update({"$ref": "#/components/schemas/Pet"}), "refers to itself"),
+        (
+            lambda d: d["paths"]["/pets/{petId}"]["put"]["requestBody"].update(content={"text/plain": {}}),
+            "no JSON content",
+        ),
+        (lambda d: d.update(openapi="2.0"), "not an OpenAPI 3 document"),
+    ],
+)
+def test_a_bad_openapi_document_is_refused_naming_the_operation(tmp_path: Path, change: Any, error: str) -> None:
+    document = json.loads(json.dumps(OPENAPI))
+    change(document)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ToolSourceError, match=error) as refused:
+        openapi_tools(path)
+    if "OpenAPI 3" not in error:
+        assert "PUT /pets/{petId} (updatePet)" in str(refused.value)
+
+
+def test_tool_files_in_the_published_layouts(tmp_path: Path) -> None:
+    xlam = file_tools(FIXTURES / "xlam_card.json")  # rows with a tools list (xLAM's flat parameter maps)
+    assert xlam and all(t.function.parameters.get("type") == "object" for t in xlam)
+    openai = tmp_path / "tools.jsonl"
+    openai.write_text(
+        json.dumps({"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}})
+        + "\n"
+        + json.dumps({"name": "g", "description": "bare", "parameters": {"type": "object", "properties": {}}})
+        + "\n"
+    )
+    assert [t.function.name for t in file_tools(openai)] == ["f", "g"]
+    openai.write_text(json.dumps({"name": "h", "parameters": "not a schema"}) + "\n")
+    with pytest.raises(ToolSourceError, match="tool h: "):
+        file_tools(openai)
+
+
+def scripted_roles(requests: dict[tuple[str, str], str], answers: dict[str, Any]) -> ScriptedModels:
+    """The generator in both roles: as the user it writes the request scripted for the kind and
+    target tool it is asked for; as the assistant (tools offered) it answers a request with
+    scripted calls."""
+
+    def answer(request: dict[str, Any]) -> Any:
+        prompt = request["messages"][-1]["content"]
+        if request.get("tools"):
+            return answers[prompt]
+        asked = json.loads(prompt.rsplit("<data>", 1)[1].split("</data>")[0])
+        return requests[(asked["kind"], min(asked["target"], default=""))]
+
+    return ScriptedModels(answer)
+
+
+def test_synthesis_keeps_verified_samples_and_counts_every_rejection_by_stage() -> None:
+    forecast, convert = "get_forecast", "convert_temperature"
+    requests = {
+        ("simple", forecast): "What's the forecast for Bergen for 4 days?",
+        ("simple", convert): "What is 25 C in F?",
+        ("multiple", forecast): "How is the weather going to be in Atlantis?",
+        ("multiple", convert): "Convert 80 F to the other unit.",
+        ("parallel", forecast): "Forecast for Oslo and for Tromso please",
+        ("parallel", convert): "Convert 10 C and 30 C to F",
+        ("parallel_multiple", convert): "Forecast for Oslo, and what is 20 C in F?",
+        ("irrelevance", ""): "Book me a flight to Rome.",
+    }
+    answers = {
+        requests[("simple", forecast)]: [ToolCall(forecast, {"city": "Bergen", "days": 4})],
+        requests[("simple", convert)]: [ToolCall(convert, {"value": 25.0, "unit": "C"})],
+        requests[("multiple", forecast)]: [ToolCall(forecast, {"city": "Atlantis"})],  # the server errs
+        requests[("multiple", convert)]: [ToolCall(convert, {"value": 80.0, "unit": "F"})],
+        requests[("parallel", forecast)]: [ToolCall(forecast, {"city": "Oslo"}), ToolCall(forecast, {"city": "Paris"})],
+        requests[("parallel", convert)]: [ToolCall(convert, {"value": v, "unit": "C"}) for v in (10.0, 30.0)],
+        requests[("parallel_multiple", convert)]: "I'll look that up for you.",  # no call where two are needed
+        requests[("irrelevance", "")]: "I can't book flights with these tools.",
+    }
+    models = scripted_roles(requests, answers)
+    settings = SynthesisSettings(count=40, seed=1, distractors=1)
+    endpoint = ModelSettings(model="generator")
+
+    async def main() -> Any:
+        async with McpTools(SERVER) as server:
+            tools = await server.tools()
+            return await synthesize(tools, models.get(endpoint), "generator", settings, "mcp:weather", server.call)
+
+    result = anyio.run(main)
+    kept = sorted((s.meta["synthesis"]["category"], s.label[0].name if s.label else "") for s in result.samples)
+    assert kept == [
+        ("irrelevance", ""),
+        ("multiple", convert),
+        ("parallel", convert),
+        ("simple", convert),
+        ("simple", forecast),
+    ]  # one each: every repeat is a duplicate
+    assert result.attempted == 40 and sum(result.rejected.values()) == 40 - len(result.samples)
+    assert set(result.rejected) == {
+        "execution: get_forecast returned an error",  # Atlantis
+        "format: label_ungrounded",  # Paris is not in the request
+        "format: calls none do not fit parallel_multiple",
+        "dedup: duplicate",
+    }
+    simple = next(s for s in result.samples if s.label == [ToolCall(forecast, {"city": "Bergen", "days": 4})])
+    assert simple.lineage.origin == "synthesis" and simple.lineage.source == "mcp:weather"
+    assert simple.meta["synthesis"]["stages"] == {
+        "format": "pass",
+        "execution": "pass",
+        "semantics": "not checked",
+        "dedup": "pass",
+    }
+    assert simple.meta["synthesis"]["observations"] == ["Bergen: sunny for 4 days"]
+    assert {r["stage"] for r in result.rejects} == {"execution", "format", "dedup"}
+    assert len(models.requests) == 80  # a user turn and an assistant turn per attempt
