@@ -116,6 +116,12 @@ def test_synthesis_with_a_weak_generator_counts_its_garbage_and_never_crashes(
         "LOOPTOOL_GENERATOR_MODEL__API_KEY": VLLM_API_KEY,
         "LOOPTOOL_GENERATOR_MODEL__MODEL": "policy",
         "LOOPTOOL_SYNTHESIS__MAX_TOKENS": "96",
+        "LOOPTOOL_JUDGE_MODEL__BASE_URL": served.base_url,  # SmolLM2 as the semantic judge too
+        "LOOPTOOL_JUDGE_MODEL__API_KEY": VLLM_API_KEY,
+        "LOOPTOOL_JUDGE_MODEL__MODEL": "policy",
+        "LOOPTOOL_JUDGE__VOTES": "1",
+        "LOOPTOOL_JUDGE__QUORUM": "1",
+        "LOOPTOOL_JUDGE__MAX_TOKENS": "64",
     }
     command = [sys.executable, "-m", "looptool", "synthesize", "--mcp", server, "--out", str(out), "--count", "8"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
@@ -124,5 +130,6 @@ def test_synthesis_with_a_weak_generator_counts_its_garbage_and_never_crashes(
     kept = [json.loads(line) for line in out.read_text().splitlines()]
     rejects = [json.loads(line) for line in out.with_suffix(".rejects.jsonl").read_text().splitlines()]
     assert len(kept) + len(rejects) == 8
-    assert all(r["stage"] in ("user", "assistant", "format", "execution", "dedup") and r["reason"] for r in rejects)
+    stages = ("user", "assistant", "format", "execution", "semantics", "dedup")
+    assert all(r["stage"] in stages and r["reason"] for r in rejects)
     assert all(s["lineage"]["origin"] == "synthesis" for s in kept)

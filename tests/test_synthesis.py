@@ -198,3 +198,47 @@ def test_synthesis_keeps_verified_samples_and_counts_every_rejection_by_stage() 
     assert simple.meta["synthesis"]["observations"] == ["Bergen: sunny for 4 days"]
     assert {r["stage"] for r in result.rejects} == {"execution", "format", "dedup"}
     assert len(models.requests) == 80  # a user turn and an assistant turn per attempt
+
+
+def test_the_semantic_stage_keeps_what_a_quorum_of_judge_votes_says_answers() -> None:
+    from looptool.loop.settings import JudgeSettings
+    from looptool.loop.synthesis import Judge
+
+    forecast = "get_forecast"
+    requests = {("simple", forecast): "What's the forecast for Bergen for 4 days?", ("irrelevance", ""): "Hi there."}
+    answers = {
+        requests[("simple", forecast)]: [ToolCall(forecast, {"city": "Bergen", "days": 4})],
+        requests[("irrelevance", "")]: "Hello! How can I help?",
+    }
+    generator = scripted_roles(requests, answers)
+    replies = iter(["not JSON at all"])  # the first judge reply does not fit the schema: retried
+
+    def judged(request: dict[str, Any]) -> str:
+        reply = next(replies, None)
+        if reply is not None:
+            return reply
+        asked = json.loads(request["messages"][-1]["content"].rsplit("<data>", 1)[1].split("</data>")[0])
+        verdict = "answers" if asked["calls"] else "does_not_answer"  # this judge wants a call
+        return json.dumps({"verdict": verdict, "analysis": "checked"})
+
+    judge_models = ScriptedModels(judged)
+    settings = SynthesisSettings(count=6, seed=3, categories={"simple": 0.5, "irrelevance": 0.5})
+    judge = Judge(judge_models.get(ModelSettings(model="judge")), "judge", JudgeSettings(votes=3, quorum=2))
+
+    async def main() -> Any:
+        tools = [t for t in await tools_of_the_server() if t.function.name == forecast]
+        return await synthesize(tools, generator.get(ModelSettings(model="g")), "g", settings, "test", None, judge)
+
+    result = anyio.run(main)
+    assert [s.meta["synthesis"]["category"] for s in result.samples] == ["simple"]
+    kept = result.samples[0].meta["synthesis"]
+    assert kept["votes"] == ["answers"] * 3 and kept["stages"]["semantics"] == "pass"
+    assert kept["stages"]["execution"] == "not run"
+    assert result.rejected.get("semantics: does not answer the request", 0) > 0
+    assert set(result.rejected) <= {"semantics: does not answer the request", "dedup: duplicate"}
+    assert all(r["response_format"]["json_schema"]["name"] == "semantic_reply" for r in judge_models.requests)
+
+
+async def tools_of_the_server() -> list[Any]:
+    async with McpTools(SERVER) as server:
+        return await server.tools()

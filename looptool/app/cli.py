@@ -339,7 +339,7 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
     from looptool.data.formats import write_samples
     from looptool.data.toolsources import McpTools, ToolSourceError, file_tools, openapi_tools
     from looptool.llm.client import ModelClient
-    from looptool.loop.synthesis import synthesize
+    from looptool.loop.synthesis import Judge, synthesize
 
     config = settings.synthesis
     if args.count is not None:
@@ -348,6 +348,8 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
         config.seed = args.seed
     endpoint = settings.generator_model
     client = ModelClient(endpoint)
+    judge_client = ModelClient(settings.judge_model) if config.semantics else None
+    judge = Judge(judge_client, settings.judge_model.model, settings.judge) if judge_client else None
     async with AsyncExitStack() as stack:
         try:
             execute = None
@@ -362,9 +364,11 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
             raise CliError(str(exc)) from None
         print(f"{len(tools)} tools from {source}", file=sys.stderr)
         try:
-            result = await synthesize(tools, client, endpoint.model, config, source, execute)
+            result = await synthesize(tools, client, endpoint.model, config, source, execute, judge)
         finally:
             await client.close()
+            if judge_client is not None:
+                await judge_client.close()
     write_samples(result.samples, args.out)
     rejects = Path(args.out).with_suffix(".rejects.jsonl")
     rejects.write_bytes(b"".join(_json.encode(r) + b"\n" for r in result.rejects))

@@ -130,6 +130,7 @@ class SynthesisSettings(Section):
     max_tokens: int = 256
     prompt: str = "synthesize-user-v1"
     execute: bool = True  # run the calls where the source can (an MCP server)
+    semantics: bool = True  # the judge endpoint ([judge_model], [judge] votes/quorum) checks each sample
     near_duplicate: float = 0.85
 
 

@@ -10,18 +10,21 @@ natively; its calls are the label). Then the stages, each counted by reason when
    from the request), the expander's own checks;
 2. **execution** — where the source can run calls (an MCP server), every call runs; an error
    result rejects the sample, the results are kept in ``meta["synthesis"]["observations"]``;
-3. **de-duplication** — exact and near-duplicate samples (MinHash, as the expander) are dropped.
+3. **semantics** — a judge endpoint votes whether the calls answer the request (prompt
+   ``prompts/synthesize-judge-v1.md``; ``judge.votes`` votes at ``judge.temperature``, a verdict
+   needs ``judge.quorum``; a reply that does not fit the schema is retried ``judge.reply_retries``
+   times, then a missing vote) — run when a judge is given;
+4. **de-duplication** — exact and near-duplicate samples (MinHash, as the expander) are dropped.
 
-A semantic judge stage (the calls answer the request, by quorum) is not run yet: each sample
-records ``"semantics": "not checked"``. Every kept sample carries its lineage (origin
-``synthesis``, the source, the tools, each stage's verdict) in ``meta["synthesis"]``.
+Every kept sample carries its lineage (origin ``synthesis``, the source, the tools, each stage's
+verdict, the judge's votes) in ``meta["synthesis"]``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -31,7 +34,7 @@ from looptool.data.toolsources import CallOutcome
 from looptool.llm.client import ModelClient
 from looptool.loop.expansion import rejection_reason, seed_rng
 from looptool.loop.judging import data_block, load_prompt
-from looptool.loop.settings import SynthesisSettings
+from looptool.loop.settings import JudgeSettings, SynthesisSettings
 
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
 Executor = Callable[[ToolCall], Awaitable[CallOutcome]]
@@ -51,6 +54,22 @@ class Synthesized(msgspec.Struct):
         )
 
 
+class SemanticReply(msgspec.Struct, forbid_unknown_fields=True):
+    verdict: Literal["answers", "does_not_answer"]
+    analysis: str
+
+
+_semantic_decoder = msgspec.json.Decoder(SemanticReply)
+
+
+class Judge(msgspec.Struct):
+    """The semantic stage's judge: an endpoint's client and model, and the judge settings."""
+
+    client: Any  # ModelClient
+    model: str
+    settings: JudgeSettings
+
+
 class _Rejected(Exception):
     def __init__(self, stage: str, reason: str) -> None:
         self.stage, self.reason = stage, reason
@@ -63,9 +82,11 @@ async def synthesize(
     settings: SynthesisSettings,
     source: str,
     execute: Executor | None = None,
+    judge: Judge | None = None,
 ) -> Synthesized:
     """``settings.count`` attempts at samples over ``tools``, the generator ``model`` playing the
-    user and the assistant; ``execute`` runs a call on the real tool (None: no execution stage)."""
+    user and the assistant; ``execute`` runs a call on the real tool (None: no execution stage);
+    ``judge`` votes on whether the calls answer the request (None: no semantic stage)."""
     if not tools:
         raise ValueError("no tools to synthesize for")
     kept: list[Sample] = []
@@ -89,6 +110,7 @@ async def synthesize(
             sample, calls = await _answer(client, model, settings, offered, request)
             _check_format(sample, category, targets)
             observations = await _executed(execute, calls) if execute is not None and settings.execute else None
+            votes = await _semantics(judge, sample) if judge is not None else None
             if sample.id in seen or index.is_duplicate(sample):
                 raise _Rejected("dedup", "duplicate")
         except _Rejected as exc:
@@ -100,8 +122,8 @@ async def synthesize(
         seen.add(sample.id)
         index.add(sample)
         stages = {"format": "pass", "execution": "pass" if observations is not None else "not run"}
-        stages |= {"semantics": "not checked", "dedup": "pass"}
-        provenance = {
+        stages |= {"semantics": "pass" if votes is not None else "not checked", "dedup": "pass"}
+        provenance: dict[str, Any] = {
             "source": source,
             "category": category,
             "tools": [t.function.name for t in offered],
@@ -110,6 +132,8 @@ async def synthesize(
         }
         if observations is not None:
             provenance["observations"] = observations
+        if votes is not None:
+            provenance["votes"] = votes
         kept.append(
             msgspec.structs.replace(
                 sample,
@@ -192,6 +216,44 @@ def _check_format(sample: Sample, category: str, targets: list[ToolSpec]) -> Non
     reason = rejection_reason(sample)  # schema, unknown function, ungrounded values
     if reason:
         raise _Rejected("format", reason)
+
+
+async def _semantics(judge: Judge, sample: Sample) -> list[str | None]:
+    """The judge's votes; rejects the sample unless ``quorum`` of them say the calls answer."""
+    settings = judge.settings
+    payload = {
+        "tools": [msgspec.to_builtins(t.function) for t in sample.tools],
+        "request": sample.messages[-1].content,
+        "calls": [{"name": c.name, "arguments": c.arguments} for c in sample.label],
+    }
+    request = {
+        "messages": [
+            {"role": "user", "content": load_prompt("synthesize-judge-v1").substitute(data=data_block(payload))}
+        ],
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "semantic_reply", "schema": msgspec.json.schema(SemanticReply), "strict": True},
+        },
+    }
+    votes: list[str | None] = []
+    for index in range(settings.votes):
+        vote = None
+        for retry in range(1 + settings.reply_retries):
+            response = await judge.client.chat(judge.model, **request, seed=index * 1000 + retry)
+            try:
+                vote = _semantic_decoder.decode(response.choices[0].message.content or "").verdict
+                break
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError):
+                continue
+        votes.append(vote)
+    answers = votes.count("answers")
+    if answers < settings.quorum:
+        refusals = votes.count("does_not_answer")
+        reason = "does not answer the request" if refusals >= settings.quorum else "no quorum"
+        raise _Rejected("semantics", reason)
+    return votes
 
 
 async def _executed(execute: Executor, calls: list[ToolCall]) -> list[str]:
