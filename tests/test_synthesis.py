@@ -242,3 +242,49 @@ def test_the_semantic_stage_keeps_what_a_quorum_of_judge_votes_says_answers() ->
 async def tools_of_the_server() -> list[Any]:
     async with McpTools(SERVER) as server:
         return await server.tools()
+
+
+def test_calls_run_against_the_api_an_openapi_document_describes(tmp_path: Path) -> None:
+    """A small Pets API served locally: a known pet answers 200, an unknown one 404 (an error
+    result), an update carries its JSON body and query flag."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from looptool.data.toolsources import OpenApiTools
+
+    seen: list[tuple[str, str, bytes]] = []
+
+    class Pets(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.command, self.path, body))
+            known = self.path.split("?")[0] in ("/v1/pets/rex", "/v1/pets/a%2Fb")
+            self.send_response(200 if known else 404)
+            self.end_headers()
+            self.wfile.write(b'{"name": "rex"}' if known else b'{"error": "no such pet"}')
+
+        do_GET = do_PUT = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Pets)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    path = tmp_path / "pets.json"
+    path.write_text(json.dumps(OPENAPI))
+
+    async def main() -> list[Any]:
+        async with OpenApiTools(path, f"http://127.0.0.1:{httpd.server_port}/v1") as api:
+            return [
+                await api.call(ToolCall("showPetById", {"petId": "rex"})),
+                await api.call(ToolCall("showPetById", {"petId": "nobody"})),
+                await api.call(ToolCall("updatePet", {"petId": "a/b", "dryRun": True, "body": {"name": "Rex"}})),
+            ]
+
+    try:
+        found, missing, updated = anyio.run(main)
+    finally:
+        httpd.shutdown()
+    assert found.ok and found.text == 'HTTP 200: {"name": "rex"}'
+    assert not missing.ok and missing.text.startswith("HTTP 404")
+    assert updated.ok and seen[-1] == ("PUT", "/v1/pets/a%2Fb?dryRun=true", b'{"name":"Rex"}')

@@ -337,7 +337,7 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
     from contextlib import AsyncExitStack
 
     from looptool.data.formats import write_samples
-    from looptool.data.toolsources import McpTools, ToolSourceError, file_tools, openapi_tools
+    from looptool.data.toolsources import McpTools, OpenApiTools, ToolSourceError, file_tools, openapi_tools
     from looptool.llm.client import ModelClient
     from looptool.loop.synthesis import Judge, synthesize
 
@@ -358,6 +358,9 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
                 tools, source, execute = await server.tools(), f"mcp:{args.mcp}", server.call
             elif args.openapi:
                 tools, source = openapi_tools(args.openapi), f"openapi:{args.openapi}"
+                if args.base_url:  # calls run against the API only where the user names it
+                    api = await stack.enter_async_context(OpenApiTools(args.openapi, args.base_url))
+                    execute = api.call
             else:
                 tools, source = file_tools(args.tools), f"tools:{args.tools}"
         except (ToolSourceError, FileNotFoundError) as exc:
@@ -601,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source.add_argument("--openapi", metavar="FILE", help="an OpenAPI 3 document (JSON or YAML)")
     source.add_argument("--tools", metavar="FILE", help="tool schemas, OpenAI or xLAM layout (JSON/JSONL)")
+    synth.add_argument("--base-url", help="with --openapi: run the calls against the API here (the execution stage)")
     synth.add_argument("--out", required=True, help="the seed pool (LoopTool samples, JSONL): `looptool run` takes it")
     synth.add_argument("--count", type=int, help="attempts (synthesis.count)")
     synth.add_argument("--seed", type=int, help="synthesis.seed")

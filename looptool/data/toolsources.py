@@ -98,12 +98,66 @@ class McpTools:
 # --------------------------------------------------------------------------- OpenAPI
 
 
+class Operation(msgspec.Struct, frozen=True):
+    """One OpenAPI operation: its tool, and where each of the tool's arguments goes."""
+
+    tool: dict[str, Any]
+    method: str
+    route: str
+    locations: dict[str, str]  # argument -> "path" | "query" | "header" | "cookie" | "body"
+
+
 def openapi_tools(path: str | Path) -> list[ToolSpec]:
     """Every operation of an OpenAPI 3 document as a tool."""
+    return _tools([operation.tool for operation in openapi_operations(path)], str(path))
+
+
+class OpenApiTools:
+    """Calls run against the API an OpenAPI document describes, at a base URL the user allows:
+    an HTTP status of 400 or more is an error result. ``async with OpenApiTools(doc, url)``."""
+
+    def __init__(self, path: str | Path, base_url: str, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.operations = {operation.tool["name"]: operation for operation in openapi_operations(path)}
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    async def __aenter__(self) -> OpenApiTools:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def call(self, call: ToolCall) -> CallOutcome:
+        from urllib.parse import quote
+
+        operation = self.operations.get(call.name)
+        if operation is None:
+            return CallOutcome(False, f"no operation {call.name}")
+        route, query, headers, cookies, body = operation.route, {}, {}, {}, None
+        for name, value in call.arguments.items():
+            where = operation.locations.get(name, "query")
+            if where == "path":
+                route = route.replace("{" + name + "}", quote(str(value), safe=""))
+            elif where == "header":
+                headers[name] = str(value)
+            elif where == "cookie":  # sent as the header itself: httpx deprecates per-request cookies
+                cookies[name] = str(value)
+            elif where == "body":
+                body = value
+            else:
+                query[name] = value if isinstance(value, (str, int, float)) else msgspec.json.encode(value).decode()
+        if cookies:
+            headers["Cookie"] = "; ".join(f"{k}={quote(v, safe='')}" for k, v in cookies.items())
+        response = await self._http.request(operation.method.upper(), route, params=query, headers=headers, json=body)
+        return CallOutcome(response.status_code < 400, f"HTTP {response.status_code}: {response.text[:2000]}")
+
+
+def openapi_operations(path: str | Path) -> list[Operation]:
     document = _load_document(Path(path))
     if not isinstance(document, dict) or not str(document.get("openapi", "")).startswith("3"):
         raise ToolSourceError(f"{path}: not an OpenAPI 3 document (no 'openapi: 3.x' field)")
-    tools = []
+    operations = []
     for route, item in (document.get("paths") or {}).items():
         if isinstance(item, dict) and "$ref" in item:  # a path item kept elsewhere (its operations resolve below)
             item = _resolved(document, {"$ref": item["$ref"]}, f"paths.{route}")
@@ -114,15 +168,15 @@ def openapi_tools(path: str | Path) -> list[ToolSpec]:
                 continue
             where = f"{path}: {method.upper()} {route}"
             try:
-                tools.append(_operation_tool(document, method, route, operation, shared))
+                operations.append(_operation(document, method, route, operation, shared))
             except ToolSourceError as exc:
                 raise ToolSourceError(f"{where} ({operation.get('operationId', 'no operationId')}): {exc}") from None
-    return _tools(tools, str(path))
+    return operations
 
 
-def _operation_tool(
+def _operation(
     document: dict[str, Any], method: str, route: str, operation: dict[str, Any], shared: list[Any]
-) -> dict[str, Any]:
+) -> Operation:
     name = operation.get("operationId") or f"{method}_{route}"
     properties: dict[str, Any] = {}
     required: list[str] = []
@@ -152,7 +206,9 @@ def _operation_tool(
     if required:
         parameters["required"] = required
     description = operation.get("summary") or operation.get("description") or f"{method.upper()} {route}"
-    return {"name": _NAME.sub("_", name).strip("_")[:64], "description": description, "parameters": parameters}
+    tool = {"name": _NAME.sub("_", name).strip("_")[:64], "description": description, "parameters": parameters}
+    locations = {pname: location for pname, location in by_key} | ({"body": "body"} if body is not None else {})
+    return Operation(tool, method, route, locations)
 
 
 def _resolved(document: dict[str, Any], node: Any, where: str, seen: tuple[str, ...] = ()) -> Any:
