@@ -37,6 +37,7 @@ from looptool.kernel.credentials import SecretsDir
 from looptool.kernel.events import DeadLetter, encode_event
 from looptool.kernel.nats_server import NatsServer
 from looptool.kernel.settings import NatsSettings
+from looptool.loop import keys
 from looptool.loop.events import (
     DatasetReady,
     ExpandResult,
@@ -305,7 +306,7 @@ def test_killing_each_service_in_turn_changes_no_totals(
         Fault(ExpandResult, 0, "expander-0"),
         Fault(ModelReady, 1, "evaluator-0"),
         # Two curators: the one that closed round 0 dies mid-round 1 for good; the other goes on.
-        Fault(ProbeResult, 1, f"holder:{names.round_closed_key('loopstorm', 0)}", restart=False),
+        Fault(ProbeResult, 1, f"holder:{keys.round_closed_key('loopstorm', 0)}", restart=False),
     ]
     run = run_loop(
         nats_server.url, env, tmp_path / "topology", "loopstorm", world["train"], faults, replicas={"curator": 2}

@@ -20,12 +20,12 @@ import pytest
 from looptool.data.formats import encode_samples
 from looptool.data.samples import Sample, ToolCall
 from looptool.data.worlds.synthetic import build
-from looptool.kernel import names
 from looptool.kernel.events import DeadLetter
 from looptool.kernel.settings import RuntimeSettings
 from looptool.kernel.testing import StubBus, StubRunner
 from looptool.llm.client import ModelClients
 from looptool.llm.testing import ScriptedModels, last_user_text
+from looptool.loop import keys
 from looptool.loop.evaluation import load_eval_sets
 from looptool.loop.events import (
     DatasetReady,
@@ -216,10 +216,10 @@ def test_the_trainer_trains_each_round_once_from_the_previous_adapter(tmp_path: 
     bus = anyio.run(main)
     assert [(r.round, r.model) for r in bus.of_type(ModelReady)] == [(0, f"{RUN}-r0"), (1, f"{RUN}-r1")]
     artifacts = str(tmp_path / "artifacts")
-    assert backend.trained == [(3, None), (2, str(names.adapter_dir(artifacts, RUN, 0)))]
+    assert backend.trained == [(3, None), (2, str(keys.adapter_dir(artifacts, RUN, 0)))]
     assert backend.served == [f"{RUN}-r0", f"{RUN}-r1"]
     assert [p.loss for p in bus.of_type(TrainProgress)] == [0.5, 0.5]
-    trained_on = names.training_file(artifacts, RUN, 0).read_text().splitlines()
+    trained_on = keys.training_file(artifacts, RUN, 0).read_text().splitlines()
     assert len(trained_on) == 3  # the round's data beside its adapter, for training elsewhere
     assert bus.of_type(DeadLetter) == []
 

@@ -10,6 +10,7 @@ from looptool.data.formats import encode_samples, import_file
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
 from looptool.kernel.events import Event
+from looptool.loop import keys
 from looptool.loop.events import RunRequested
 from looptool.loop.ledger import RunLedger
 from looptool.loop.runconfig import RunConfig, RunConfigError
@@ -41,7 +42,7 @@ async def submit_run(bus: Bus, config: RunConfig, *, resume: bool = False) -> Ru
             raise RunConfigError(
                 f"{config.seed_path}: {len(duplicated)} sample id(s) occur more than once: {', '.join(duplicated[:10])}"
             )
-        config.seed_data = await bus.put_artifact(names.seed_artifact(config.run), encode_samples(samples))
+        config.seed_data = await bus.put_artifact(keys.seed_artifact(config.run), encode_samples(samples))
     request = RunRequested(run=config.run, config=config)
     await bus.publish(request)
     return request

@@ -1,5 +1,6 @@
-"""Names: the only place that spells subjects, streams, consumers, KV keys, artifact names,
-adapter names and local artifact paths — and the only place that parses a subject.
+"""The kernel's names: the only place that spells subjects, the stream, the buckets, consumers,
+the runtime's own keys (done markers, claim checks) — and the only place that parses a subject.
+The method's keys, artifact names and paths live in the loop layer (:mod:`looptool.loop.keys`).
 
 Subjects are ``looptool.<run>.<stage>.<event>``, where ``<stage>.<event>`` is the event's tag;
 an event filed about a service's own work (an error report, a dead letter) adds the sender:
@@ -9,7 +10,6 @@ an event filed about a service's own work (an error report, a dead letter) adds 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from looptool.kernel.errors import LoopToolError
 from looptool.kernel.events import Event, event_tag
@@ -118,32 +118,6 @@ def consumer_name(service: str, event_type: type[Event]) -> str:
 # --------------------------------------------------------------------------- KV keys (state bucket)
 
 
-def run_started_key(run: str) -> str:
-    return f"started.{check_token('run', run)}"
-
-
-def round_closed_key(run: str, round: int) -> str:
-    return f"closed.{check_token('run', run)}.r{round}"
-
-
-def round_announced_key(run: str, round: int) -> str:
-    """Set once round r's model is trained, served and announced."""
-    return f"announced.{check_token('run', run)}.r{round}"
-
-
-def evaluated_key(run: str, round: int, model: str) -> str:
-    return f"evaluated.{check_token('run', run)}.r{round}.{safe_token(model)}"
-
-
-def tracked_key(run: str, round: int, model: str) -> str:
-    """Claimed by the evaluator replica that writes a round's scores to the experiment tracker."""
-    return f"tracked.{check_token('run', run)}.r{round}.{safe_token(model)}"
-
-
-def expansion_key(run: str, round: int, content_key: str) -> str:
-    return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
-
-
 def done_key(consumer: str, stream_seq: int) -> str:
     """Set once a ``once`` handler finished the message stored at ``stream_seq``."""
     return f"done.{check_token('consumer', consumer)}.{stream_seq}"
@@ -154,41 +128,3 @@ def done_key(consumer: str, stream_seq: int) -> str:
 
 def claim_artifact(digest: str) -> str:
     return f"claims/{digest}"
-
-
-def seed_artifact(run: str) -> str:
-    return f"{check_token('run', run)}/seed.jsonl"
-
-
-def dataset_artifact(run: str, round: int) -> str:
-    return f"{check_token('run', run)}/r{round}/dataset.jsonl"
-
-
-def adapter_artifact(run: str, round: int) -> str:
-    return f"{check_token('run', run)}/r{round}/adapter.tar"
-
-
-def eval_artifact(run: str, round: int, model: str, shard: int | None = None) -> str:
-    part = "" if shard is None else f"-s{shard}"
-    return f"{check_token('run', run)}/r{round}/eval-{safe_token(model)}{part}.jsonl"
-
-
-def adapter_name(run: str, round: int) -> str:
-    """The name round r's adapter is served under."""
-    return check_token("adapter", f"{run}-r{round}")
-
-
-# --------------------------------------------------------------------------- local paths
-
-
-def round_dir(artifact_dir: str, run: str, round: int) -> Path:
-    return Path(artifact_dir).resolve() / check_token("run", run) / f"r{round}"
-
-
-def adapter_dir(artifact_dir: str, run: str, round: int) -> Path:
-    return round_dir(artifact_dir, run, round) / "adapter"
-
-
-def training_file(artifact_dir: str, run: str, round: int) -> Path:
-    """The round's dataset as TRL-ready JSONL, for inspection or training outside LoopTool."""
-    return round_dir(artifact_dir, run, round) / "train.trl.jsonl"

@@ -18,11 +18,10 @@ from collections.abc import Callable
 import anyio
 
 from looptool.data.formats import encode_samples
-from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import DeadLetter, Event
 from looptool.kernel.runtime import Context, Service
-from looptool.loop import curation
+from looptool.loop import curation, keys
 from looptool.loop.events import (
     DatasetReady,
     EvalCompleted,
@@ -98,7 +97,7 @@ async def check_rounds(ctx: Context) -> None:
 async def start_run(ctx: Context, ledger: RunLedger, config: RunConfig) -> None:
     if ledger.round(0).dataset is not None:
         return
-    if await _claimed(ctx, ctx.use(Curation), names.run_started_key(config.run), lambda: ledger.round(0).dataset):
+    if await _claimed(ctx, ctx.use(Curation), keys.run_started_key(config.run), lambda: ledger.round(0).dataset):
         await _emit(ctx, config.run, curation.open_run(await _seed_pool(ctx, config), config))
 
 
@@ -106,7 +105,7 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
     if not curation.closable(ledger, round):
         return
     async with state.lock:
-        key = names.round_closed_key(ledger.run, round)
+        key = keys.round_closed_key(ledger.run, round)
         if not await _claimed(ctx, state, key, lambda: curation.closed(ledger, round)):
             return
         assert ledger.request is not None
@@ -160,7 +159,7 @@ async def _emit(ctx: Context, run: str, decided: curation.Next | curation.Finish
         return
     if decided.duplicates:
         ctx.log.warning("duplicate sample ids left out of the dataset", duplicates=decided.duplicates)
-    ref = await ctx.put_artifact(names.dataset_artifact(run, decided.round), encode_samples(decided.samples))
+    ref = await ctx.put_artifact(keys.dataset_artifact(run, decided.round), encode_samples(decided.samples))
     ctx.log.info("dataset ready", round=decided.round, size=len(decided.samples), composition=decided.composition)
     await ctx.publish(
         DatasetReady(

@@ -18,12 +18,11 @@ import msgspec
 from looptool.data.lint import Contamination, contamination
 from looptool.data.samples import Sample
 from looptool.data.scoring import ScoredItem
-from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import ArtifactRef
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
-from looptool.loop import tracking
+from looptool.loop import keys, tracking
 from looptool.loop.acebench_agent import EndpointUser, needs_user
 from looptool.loop.evaluation import EvalItem, EvalSetError, evaluate, load_eval_sets, metrics, single_turn
 from looptool.loop.events import EvalCompleted, EvalShard, ModelReady
@@ -89,14 +88,14 @@ async def split(ctx: Context, event: ModelReady) -> None:
 
 @service.on(EvalShard, once=True)
 async def score_shard(ctx: Context, event: EvalShard) -> None:
-    evaluated = names.evaluated_key(event.run, event.round, event.model)
+    evaluated = keys.evaluated_key(event.run, event.round, event.model)
     part = await ctx.part(evaluated, event.shard)  # set: a redelivery of a shard already scored
     if part is None:
         items = _eval_items(ctx)[event.shard :: event.shards]
         policy = ctx.use(ModelClients).get(ctx.settings.model)
         scored = await evaluate(policy, event.model, items, ctx.settings.evaluator.max_tokens, _user(ctx))
         ref = await ctx.put_artifact(
-            names.eval_artifact(event.run, event.round, event.model, event.shard), _jsonl(scored)
+            keys.eval_artifact(event.run, event.round, event.model, event.shard), _jsonl(scored)
         )
         ctx.log.info("eval shard scored", model=event.model, shard=event.shard, items=len(scored))
         part = _encoder.encode(ref).decode()
@@ -108,11 +107,11 @@ async def score_shard(ctx: Context, event: EvalShard) -> None:
 async def _complete(ctx: Context, event: EvalShard, parts: list[str]) -> None:
     """The round's result from every shard's items; two replicas finishing together both
     publish it, which JetStream's deduplication stores once."""
-    evaluated = names.evaluated_key(event.run, event.round, event.model)
+    evaluated = keys.evaluated_key(event.run, event.round, event.model)
     items: list[ScoredItem] = []
     for part in parts:
         items += await ctx.load(msgspec.json.decode(part, type=ArtifactRef), ScoredItem)
-    details = await ctx.put_artifact(names.eval_artifact(event.run, event.round, event.model), _jsonl(items))
+    details = await ctx.put_artifact(keys.eval_artifact(event.run, event.round, event.model), _jsonl(items))
     scores = metrics(items)
     await ctx.publish(
         EvalCompleted(
@@ -132,7 +131,7 @@ async def _complete(ctx: Context, event: EvalShard, parts: list[str]) -> None:
     # Shards finishing together (in any replica, or one delivered twice) all get here; the scores
     # are written once, by the one call that claims it (an owner no other call has). Best effort:
     # a replica killed between the claim and the write leaves them out of the tracker.
-    tracked = names.tracked_key(event.run, event.round, event.model)
+    tracked = keys.tracked_key(event.run, event.round, event.model)
     if tracking.TENSORBOARD in ctx.settings.tracking.report_to and await ctx.claim(tracked, owner=uuid.uuid4().hex):
         directory = tracking.logs_dir(ctx.settings.tracking, ctx.settings.artifact_dir, event.run)
         base = event.model == ctx.settings.model.model  # the base model, scored at round 0

@@ -18,10 +18,10 @@ import anyio.to_thread
 from looptool.data.dedup import NearDuplicateIndex, exact_key
 from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import World
-from looptool.kernel import names
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelClients
+from looptool.loop import keys
 from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, seeds_expansion
 from looptool.loop.expansion import as_expansion, generate_with_llm, rejection_reason, seed_rng
 
@@ -96,7 +96,7 @@ async def _duplicate(
         return "duplicate"
     # Other replicas expand other seeds of the same round: claim the sample's exact key for this
     # seed. A key this seed already holds is its own from an earlier attempt (a redelivery).
-    key = names.expansion_key(verdict.run, verdict.round, exact_key(candidate))
+    key = keys.expansion_key(verdict.run, verdict.round, exact_key(candidate))
     return None if await ctx.claim(key, owner=verdict.sample_id) else "duplicate"
 
 

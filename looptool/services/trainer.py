@@ -21,11 +21,10 @@ import anyio.to_thread
 
 from looptool.data.formats import export_jsonl
 from looptool.data.samples import Sample
-from looptool.kernel import names
 from looptool.kernel.runtime import Context, Service
 from looptool.llm.client import ModelSettings
 from looptool.llm.serving import load_adapter
-from looptool.loop import tracking
+from looptool.loop import keys, tracking
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
 from looptool.loop.training import check_trainer_settings, train_round
 
@@ -55,22 +54,22 @@ service = Service(
 @service.on(DatasetReady, concurrency=1)  # one round at a time: training takes the whole device
 async def train(ctx: Context, event: DatasetReady) -> None:
     settings = ctx.settings.trainer
-    name = names.adapter_name(event.run, event.round)
-    announced = names.round_announced_key(event.run, event.round)
+    name = keys.adapter_name(event.run, event.round)
+    announced = keys.round_announced_key(event.run, event.round)
     if await ctx.holder(announced) is not None:
         ctx.log.info("round already announced; nothing to do", adapter=name)
         return
-    out = names.adapter_dir(ctx.settings.artifact_dir, event.run, event.round)
+    out = keys.adapter_dir(ctx.settings.artifact_dir, event.run, event.round)
     tokens, seconds = 0, 0.0
     if not (
         out / "adapter_config.json"
     ).exists():  # a finished adapter survives a crash; a partial one never lands here
         samples = await ctx.load(event.dataset, Sample)
-        trained_on = names.training_file(ctx.settings.artifact_dir, event.run, event.round)
+        trained_on = keys.training_file(ctx.settings.artifact_dir, event.run, event.round)
         trained_on.parent.mkdir(parents=True, exist_ok=True)
         export_jsonl(samples, trained_on, "openai")  # beside the adapter, for training elsewhere
         previous = (
-            names.adapter_dir(ctx.settings.artifact_dir, event.run, event.round - 1)
+            keys.adapter_dir(ctx.settings.artifact_dir, event.run, event.round - 1)
             if event.round > 0 and settings.continue_from_previous
             else None
         )
@@ -102,7 +101,7 @@ async def train(ctx: Context, event: DatasetReady) -> None:
             last_loss=outcome.losses[-1:],
         )
         tokens, seconds = outcome.tokens, outcome.seconds
-    archive = await ctx.put_artifact(names.adapter_artifact(event.run, event.round), _tar(out))
+    archive = await ctx.put_artifact(keys.adapter_artifact(event.run, event.round), _tar(out))
     await ctx.use(Backend).serve(ctx.settings.model, name, out)
     ready = ModelReady(
         run=event.run,
