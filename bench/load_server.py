@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from looptool.data.formats import decode_samples
 from looptool.data.samples import Sample
-from looptool.llm.client import wire_messages
+from looptool.llm.rendering import wire_messages
 from looptool.loop.judging import reply_format
 
 JUDGE_SCHEMA = reply_format()["json_schema"]["name"]  # how a judge's request is told apart

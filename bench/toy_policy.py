@@ -26,7 +26,7 @@ from looptool.data.calls import CallParseError, extract_calls
 from looptool.data.checker import check_sample
 from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
-from looptool.llm.client import wire_messages
+from looptool.llm.rendering import wire_messages
 from looptool.loop.settings import load_settings
 from looptool.loop.toy_policy import Recipe, build_toy_policy, pretraining_split
 

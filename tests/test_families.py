@@ -13,12 +13,12 @@ import anyio
 import pytest
 from helpers import VLLM_API_KEY
 
-from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
 from looptool.data.scoring import metrics
 from looptool.data.worlds.synthetic import build, write
-from looptool.llm.client import ModelClient, ModelSettings, template_messages
+from looptool.llm.client import ModelClient, ModelSettings
 from looptool.llm.families import FAMILIES, Family, detect, model_family, original_template
+from looptool.llm.rendering import template_rendered
 from looptool.llm.serving import load_adapter
 from looptool.llm.tiny_model import build_tiny_model
 from looptool.llm.vllm_server import VllmServer
@@ -103,7 +103,7 @@ def test_the_loss_mask_is_exactly_the_assistant_turn(stack: Stack) -> None:
         for sample, row in zip(batch, dataset, strict=True):
             ids, mask = row["input_ids"], [label != -100 for label in row["labels"]]
             assert any(mask) and mask == sorted(mask)  # one block at the end, never empty
-            messages, tools = template_messages(sample, with_label=True), export_row(sample)["tools"] or None
+            messages, tools = template_rendered(sample, with_label=True)
             prompt = tokenizer.apply_chat_template(
                 messages[:-1], tools=tools, add_generation_prompt=True, tokenize=False, **kwargs
             )

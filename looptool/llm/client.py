@@ -1,5 +1,5 @@
 """The model layer: one async client for any OpenAI-compatible server, and the one place that
-renders a sample into a request and a response into calls.
+turns a response into calls (a sample becomes a request in :mod:`looptool.llm.rendering`).
 
 * 408/409/429/5xx are retried by the openai SDK (jittered exponential backoff, ``max_retries``);
   other 4xx are not retried and surface as :class:`ModelRequestError`;
@@ -11,7 +11,6 @@ renders a sample into a request and a response into calls.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -25,12 +24,12 @@ import openai
 from openai import AsyncOpenAI
 
 from looptool.data.calls import CallParseError, call_from_json, extract_calls, split_reasoning, without_lone_surrogates
-from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample, ToolCall
 from looptool.kernel.errors import LoopToolError, PermanentError
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import Section
 from looptool.llm.families import END_OF_TURN
+from looptool.llm.rendering import render_request, rendered
 
 T = TypeVar("T")
 
@@ -191,7 +190,7 @@ class ModelClient:
 
     async def tokenize_prompt(self, sample: Sample, model: str) -> list[int]:
         """The token ids the server renders for ``sample``'s context (as it would serve it)."""
-        messages, tools = wire_messages(sample), export_row(sample)["tools"] or None
+        messages, tools = rendered(sample)
         tokens: list[int] = (await self._tokenize(messages, tools, model, add_generation_prompt=True))["tokens"]
         return tokens
 
@@ -206,7 +205,7 @@ class ModelClient:
         copy in the probe. The label tokens are the tokens the full conversation has beyond
         the prompt with its generation header, up to the end-of-turn token.
         """
-        messages, tools = wire_messages(sample, with_label=True), export_row(sample)["tools"] or None
+        messages, tools = rendered(sample, with_label=True)
         prompt = await self._tokenize(messages[:-1], tools, model, add_generation_prompt=True)
         full = await self._tokenize(messages, tools, model, add_generation_prompt=False)
         ids, strings = full["tokens"], full.get("token_strs") or []
@@ -261,69 +260,6 @@ class ModelClient:
                 f"{self.root_url}/tokenize refused the request: {response.status_code} {response.text[:300]}"
             )
         return response.json()
-
-
-def wire_messages(sample: Sample, with_label: bool = False) -> list[dict[str, Any]]:
-    """Messages in the OpenAI request format: tool calls with ids and JSON-string arguments; a
-    tool result without an id answers the next unanswered call before it.
-
-    Arguments are serialised as ``json.dumps`` does (``", "`` / ``": "``), the same text a
-    chat template's ``tojson`` writes for a dict, so that the server renders a conversation
-    exactly as the training data (``export_row``, dict arguments) is rendered.
-    """
-    row = export_row(sample)
-    messages = row["messages"] if with_label else row["messages"][:-1]
-    wire = []
-    counter = 0
-    unanswered: list[str] = []  # ids of the last calls, for tool results that carry none
-    for message in messages:
-        message = dict(message)
-        if message["role"] == "tool" and message.get("tool_call_id") is None and unanswered:
-            message["tool_call_id"] = unanswered.pop(0)
-        if message.get("tool_calls"):
-            calls: list[dict[str, Any]] = []
-            for call in message["tool_calls"]:
-                calls.append(
-                    {
-                        "id": f"call_{counter}",
-                        "type": "function",
-                        "function": {
-                            "name": call["function"]["name"],
-                            "arguments": json.dumps(call["function"]["arguments"], ensure_ascii=False),
-                        },
-                    }
-                )
-                counter += 1
-            message["tool_calls"] = calls
-            unanswered = [call["id"] for call in calls]
-        wire.append(message)
-    return wire
-
-
-def template_messages(sample: Sample, with_label: bool = False) -> list[dict[str, Any]]:
-    """The messages a chat template gets when vLLM serves ``sample``: :func:`wire_messages`
-    with each call's arguments parsed back into an object, as vLLM does with every assistant
-    turn of a request before rendering (``_postprocess_messages`` in its ``chat_utils``).
-
-    What the trainer renders, so that a label is trained in the text the served model writes
-    and reads: Qwen2.5's and Llama 3's templates ``tojson`` whatever they get, and a JSON
-    string there would teach the model to write its arguments as a quoted string.
-    """
-    messages = wire_messages(sample, with_label)
-    for message in messages:
-        for call in message.get("tool_calls") or []:
-            call["function"]["arguments"] = json.loads(call["function"]["arguments"])
-    return messages
-
-
-def render_request(sample: Sample) -> dict[str, Any]:
-    """The chat request for a sample's context: messages and tools, the model free to call."""
-    request: dict[str, Any] = {"messages": wire_messages(sample)}
-    tools = export_row(sample)["tools"]
-    if tools:
-        request["tools"] = tools
-        request["tool_choice"] = "auto"
-    return request
 
 
 def parse_response(response: Any) -> Prediction:

@@ -1,7 +1,7 @@
 """Training a round: TRL (SFT or GRPO) with PEFT LoRA adapters, on LoopTool samples.
 
 Runs synchronously (the trainer service calls it in a worker thread). Data is rendered the way
-the serving vLLM renders requests (:func:`looptool.llm.client.template_messages`: the messages
+the serving vLLM renders requests (:func:`looptool.llm.rendering.template_messages`: the messages
 as vLLM hands them to the chat template, tool-call arguments as objects), so that a model
 trained here sees at inference exactly the text it was trained on, and writes its calls as it
 was taught. Samples are tokenized here, from Python dicts, so Arrow never "unifies" differently
@@ -26,12 +26,11 @@ from typing import Any
 import msgspec
 
 from looptool.data.checker import sample_answer
-from looptool.data.formats.openai import export_row
 from looptool.data.samples import Sample
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.logs import get_logger
 from looptool.kernel.settings import SettingsError
-from looptool.llm.client import template_messages
+from looptool.llm.rendering import template_rendered
 from looptool.loop.rewards import correctness_reward, format_reward
 from looptool.loop.settings import TrainerSettings
 from looptool.loop.tracking import RoundTracking, trainer_callbacks
@@ -86,8 +85,7 @@ def prepare_sft(
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for sample in samples:
-        messages = template_messages(sample, with_label=True)
-        tools = export_row(sample)["tools"] or None  # no tools: None, as the server gets none
+        messages, tools = template_rendered(sample, with_label=True)
         try:
             prompt, full = ids(messages[:-1], tools, True), ids(messages, tools, False)
         except Exception as exc:  # jinja2's TemplateError, raise_exception() in the template
@@ -109,10 +107,10 @@ def grpo_rows(
     label travels in ``answer``/``category``/``tools`` columns for the reward functions."""
     rows = []
     for sample in samples:
-        tools = export_row(sample)["tools"]
+        messages, tools = template_rendered(sample)
         prompt = tokenizer.apply_chat_template(
-            template_messages(sample),
-            tools=tools or None,
+            messages,
+            tools=tools,
             add_generation_prompt=True,
             tokenize=False,
             **(template_kwargs or {}),
