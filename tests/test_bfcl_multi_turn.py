@@ -77,11 +77,18 @@ def bfcl_verdict(item: MultiTurnItem, answered: list[list[list[ToolCall]]]) -> d
     """bfcl-eval's own per-entry evaluation of the same outputs, written as its FC result file
     holds them and decoded as its FC handlers decode (``convert_to_function_call``)."""
     bfcl_reference.ast_checker()  # registers the stand-in model registry
-    from bfcl_eval.eval_checker.eval_runner import _evaluate_single_multi_turn_entry
     from bfcl_eval.model_handler.utils import convert_to_function_call
 
     result = [[[{c.name: json.dumps(c.arguments)} for c in step] for step in turn] for turn in answered]
-    handler = types.SimpleNamespace(decode_execute=lambda output, has_tool_call_tag: convert_to_function_call(output))
+    return entry_verdict(item, result, lambda output, has_tool_call_tag: convert_to_function_call(output))
+
+
+def entry_verdict(item: MultiTurnItem, result: Any, decode_execute: Any) -> dict[str, Any]:
+    """bfcl-eval's ``_evaluate_single_multi_turn_entry`` on a result file's entry, its handler
+    decoding each step with ``decode_execute``."""
+    from bfcl_eval.eval_checker.eval_runner import _evaluate_single_multi_turn_entry
+
+    handler = types.SimpleNamespace(decode_execute=decode_execute)
     name = f"bfcl_reference_{abs(hash((item.id, json.dumps(result))))}"
     try:
         return dict(
@@ -154,19 +161,9 @@ def bfcl_prompting_verdict(item: MultiTurnItem, texts: list[list[str]]) -> dict[
     """bfcl-eval's own per-entry evaluation of a prompt-mode result file: each step's text
     decoded by its ``default_decode_execute_prompting``."""
     bfcl_reference.ast_checker()
-    from bfcl_eval.eval_checker.eval_runner import _evaluate_single_multi_turn_entry
     from bfcl_eval.model_handler.utils import default_decode_execute_prompting
 
-    handler = types.SimpleNamespace(decode_execute=default_decode_execute_prompting)
-    name = f"bfcl_reference_{abs(hash((item.id, json.dumps(texts))))}"
-    try:
-        return dict(
-            _evaluate_single_multi_turn_entry(
-                handler, item.id, texts, item.ground_truth, copy.deepcopy(item.entry), name, item.category
-            )
-        )
-    finally:
-        bfcl_reference.forget(name)
+    return entry_verdict(item, texts, default_decode_execute_prompting)
 
 
 @pytest.mark.parametrize("write", [python_list, json_list], ids=["python list", "JSON list"])
