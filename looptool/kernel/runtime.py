@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -58,7 +58,8 @@ from looptool.kernel.settings import KernelSettings
 E = TypeVar("E", bound=Event)
 T = TypeVar("T")
 R = TypeVar("R")
-Handler = Callable[["Context", Any], Awaitable[None]]
+S = TypeVar("S")  # a domain's settings tree (LoopTool's: looptool.loop.settings.Settings)
+Handler = Callable[["Context[Any]", Any], Awaitable[None]]
 Resources = Mapping[Callable[..., Any], Any]  # factory -> the instance ``ctx.use(factory)`` returns
 
 SYSTEM_RUN = names.SYSTEM_RUN
@@ -76,7 +77,7 @@ class Subscription(msgspec.Struct, frozen=True):
     once: bool = False
 
 
-Timer = Callable[["Context"], Awaitable[None]]
+Timer = Callable[["Context[Any]"], Awaitable[None]]
 
 
 class Service:
@@ -106,13 +107,15 @@ class Service:
 
     def on(
         self, *event_types: type[E], concurrency: int | None = None, broadcast: bool = False, once: bool = False
-    ) -> Callable[[Callable[[Context, E], Awaitable[None]]], Callable[[Context, E], Awaitable[None]]]:
+    ) -> Callable[[Callable[[Context[Any], E], Awaitable[None]]], Callable[[Context[Any], E], Awaitable[None]]]:
         """Register a handler for one or more event types. ``concurrency`` caps the handlers in
         flight per replica for these types (e.g. 1 for a trainer on one GPU); ``broadcast``
         delivers every event to every replica; ``once`` never runs the handler again for a
         message it finished (see :class:`Subscription`)."""
 
-        def register(handler: Callable[[Context, E], Awaitable[None]]) -> Callable[[Context, E], Awaitable[None]]:
+        def register(
+            handler: Callable[[Context[Any], E], Awaitable[None]],
+        ) -> Callable[[Context[Any], E], Awaitable[None]]:
             for event_type in event_types:
                 if event_type in self.subscriptions:
                     raise ValueError(f"service {self.name}: two handlers for {event_tag(event_type)}")
@@ -163,14 +166,15 @@ class Delivery(Protocol):
     async def term(self) -> None: ...
 
 
-class Context:
+class Context(Generic[S]):
     """What a handler may use: publishing, artifacts, once-only claims, a run's events, the
-    settings, a bound logger, and per-process resources (:meth:`use`)."""
+    settings (typed by the domain: ``Context[Settings]``), a bound logger, and per-process
+    resources (:meth:`use`)."""
 
     def __init__(
         self,
         bus: BusLike,
-        settings: Any,
+        settings: S,
         service: str,
         replica: str,
         log: Any,
@@ -178,7 +182,7 @@ class Context:
         resources: Resources | None = None,
     ) -> None:
         self.bus = bus
-        self.settings = settings
+        self.settings: S = settings
         self.service = service
         self.emits = emits
         self.replica = replica
@@ -186,7 +190,7 @@ class Context:
         self._resources: dict[Callable[..., Any], Any] = {}
         self._given = dict(resources or {})
 
-    def use(self, factory: Callable[[Context], R]) -> R:
+    def use(self, factory: Callable[[Context[S]], R]) -> R:
         """One instance of ``factory(ctx)`` per service process (model clients, caches, ledgers):
         created on first use, closed with the service when it has an async ``close``. An
         instance given for ``factory`` when the context was made (a test's scripted model
@@ -358,7 +362,7 @@ async def _stop_on_signal(stop: anyio.Event) -> None:
             return
 
 
-async def _every(ctx: Context, timer: Timer, period: float, stop: anyio.Event) -> None:
+async def _every(ctx: Context[Any], timer: Timer, period: float, stop: anyio.Event) -> None:
     while not stop.is_set():
         with anyio.move_on_after(period):
             await stop.wait()
@@ -370,7 +374,7 @@ async def _every(ctx: Context, timer: Timer, period: float, stop: anyio.Event) -
             ctx.log.warning("timer failed", timer=timer.__name__, error=repr(exc))
 
 
-async def _heartbeat(bus: Bus, ctx: Context, stats: _Stats, stop: anyio.Event) -> None:
+async def _heartbeat(bus: Bus, ctx: Context[Any], stats: _Stats, stop: anyio.Event) -> None:
     # Heartbeats go over core NATS (not stored in the log): they are liveness, not history.
     while not stop.is_set():
         beat = ServiceHeartbeat(
@@ -397,7 +401,7 @@ class MessagePath:
     (:class:`_Consumer`) and the in-memory runner (:class:`looptool.kernel.testing.StubRunner`)
     only fetch messages and hand them here."""
 
-    def __init__(self, ctx: Context, event_type: type[Event], subscription: Subscription, name: str) -> None:
+    def __init__(self, ctx: Context[Any], event_type: type[Event], subscription: Subscription, name: str) -> None:
         self.ctx = ctx
         self.bus: BusLike = ctx.bus
         self.event_type = event_type
@@ -532,7 +536,7 @@ class _Consumer(MessagePath):
 
     def __init__(
         self,
-        ctx: Context,
+        ctx: Context[Any],
         event_type: type[Event],
         subscription: Subscription,
         limit: int,

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from looptool.kernel.runtime import Context
 from looptool.kernel.settings import KernelSettings, Section, load_settings_tree
 from looptool.llm.client import ModelSettings
 from looptool.loop.tracking import TrackingSettings
@@ -153,3 +154,7 @@ class Settings(KernelSettings):
 def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``path`` (or ``$LOOPTOOL_CONFIG``) and the environment."""
     return load_settings_tree(Settings, path, environ)
+
+
+# What a LoopTool service's handlers get: the kernel's context, its settings this tree.
+LoopContext = Context[Settings]

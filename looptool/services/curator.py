@@ -20,7 +20,7 @@ import anyio
 from looptool.data.formats import encode_samples
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import DeadLetter, Event
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Service
 from looptool.loop import curation, keys
 from looptool.loop.events import (
     DatasetReady,
@@ -35,6 +35,7 @@ from looptool.loop.events import (
 )
 from looptool.loop.ledger import RunLedger
 from looptool.loop.runconfig import RunConfig
+from looptool.loop.settings import LoopContext
 
 service = Service(
     "curator",
@@ -70,7 +71,7 @@ class Curation:
     DeadLetter,
     broadcast=True,
 )
-async def track(ctx: Context, event: Event) -> None:
+async def track(ctx: LoopContext, event: Event) -> None:
     state = ctx.use(Curation)
     ledger = state.ledger(event.run)
     refusal = ledger.apply(event)
@@ -83,7 +84,7 @@ async def track(ctx: Context, event: Event) -> None:
 
 
 @service.every(lambda settings: settings.curator.check_every)
-async def check_rounds(ctx: Context) -> None:
+async def check_rounds(ctx: LoopContext) -> None:
     """Retry closures (a standby takes over after the lease) and report stalled rounds."""
     state = ctx.use(Curation)
     for ledger in list(state.ledgers.values()):
@@ -94,14 +95,14 @@ async def check_rounds(ctx: Context) -> None:
             await report_stall(ctx, state, ledger, round)
 
 
-async def start_run(ctx: Context, ledger: RunLedger, config: RunConfig) -> None:
+async def start_run(ctx: LoopContext, ledger: RunLedger, config: RunConfig) -> None:
     if ledger.round(0).dataset is not None:
         return
     if await _claimed(ctx, ctx.use(Curation), keys.run_started_key(config.run), lambda: ledger.round(0).dataset):
         await _emit(ctx, config.run, curation.open_run(await _seed_pool(ctx, config), config))
 
 
-async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: int) -> None:
+async def close_round(ctx: LoopContext, state: Curation, ledger: RunLedger, round: int) -> None:
     if not curation.closable(ledger, round):
         return
     async with state.lock:
@@ -115,7 +116,7 @@ async def close_round(ctx: Context, state: Curation, ledger: RunLedger, round: i
         await _emit(ctx, ledger.run, curation.close(ledger, round, pool))
 
 
-async def report_stall(ctx: Context, state: Curation, ledger: RunLedger, round: int) -> None:
+async def report_stall(ctx: LoopContext, state: Curation, ledger: RunLedger, round: int) -> None:
     current = ledger.round(round)
     if current.dataset is None or current.complete():
         return
@@ -139,7 +140,7 @@ async def report_stall(ctx: Context, state: Curation, ledger: RunLedger, round: 
         )
 
 
-async def _claimed(ctx: Context, state: Curation, key: str, started: Callable[[], object]) -> bool:
+async def _claimed(ctx: LoopContext, state: Curation, key: str, started: Callable[[], object]) -> bool:
     """Whether this replica may do the once-only action under ``key``: it claims it, or takes it
     over from a holder that has not finished it within the lease."""
     if await ctx.claim(key):
@@ -153,7 +154,7 @@ async def _claimed(ctx: Context, state: Curation, key: str, started: Callable[[]
     return await ctx.take_over(key, holder)
 
 
-async def _emit(ctx: Context, run: str, decided: curation.Next | curation.Finish) -> None:
+async def _emit(ctx: LoopContext, run: str, decided: curation.Next | curation.Finish) -> None:
     if isinstance(decided, curation.Finish):
         await ctx.publish(RunFinished(run=run, round=decided.round, reason=decided.reason))
         return
@@ -173,7 +174,7 @@ async def _emit(ctx: Context, run: str, decided: curation.Next | curation.Finish
     )
 
 
-async def _seed_pool(ctx: Context, config: RunConfig) -> curation.SeedPool:
+async def _seed_pool(ctx: LoopContext, config: RunConfig) -> curation.SeedPool:
     if config.seed_data is None:
         raise PermanentError(f"run {config.run}: run.requested carries no seed_data")
     try:

@@ -20,18 +20,19 @@ from looptool.data.samples import Sample
 from looptool.data.scoring import ScoredItem
 from looptool.kernel.errors import PermanentError
 from looptool.kernel.events import ArtifactRef
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Service
 from looptool.llm.client import ModelClients
 from looptool.loop import keys, tracking
 from looptool.loop.acebench_agent import EndpointUser, needs_user
 from looptool.loop.evaluation import EvalItem, EvalSetError, evaluate, load_eval_sets, metrics, single_turn
 from looptool.loop.events import EvalCompleted, EvalShard, ModelReady
+from looptool.loop.settings import LoopContext
 
 service = Service("evaluator", "Held-out evaluation of every round's model", emits=(EvalShard, EvalCompleted))
 _encoder = msgspec.json.Encoder()
 
 
-def _load_items(ctx: Context) -> list[EvalItem]:
+def _load_items(ctx: LoopContext) -> list[EvalItem]:
     try:
         items = load_eval_sets(ctx.settings.evaluator.sets)
     except (EvalSetError, FileNotFoundError, ModuleNotFoundError) as exc:
@@ -41,20 +42,20 @@ def _load_items(ctx: Context) -> list[EvalItem]:
     return items
 
 
-def _user(ctx: Context) -> EndpointUser | None:
+def _user(ctx: LoopContext) -> EndpointUser | None:
     endpoint = ctx.settings.evaluator.user_simulator
     if endpoint is None:
         return None
     return EndpointUser(ctx.use(ModelClients).get(endpoint), endpoint.model, ctx.settings.evaluator.max_tokens)
 
 
-def _eval_items(ctx: Context) -> list[EvalItem]:
+def _eval_items(ctx: LoopContext) -> list[EvalItem]:
     """The eval sets, loaded once per process: every shard of every round reads the same list."""
     return ctx.use(_load_items)
 
 
 @service.on(ModelReady)
-async def split(ctx: Context, event: ModelReady) -> None:
+async def split(ctx: LoopContext, event: ModelReady) -> None:
     settings = ctx.settings.evaluator
     items = _eval_items(ctx)
     if not items:
@@ -87,7 +88,7 @@ async def split(ctx: Context, event: ModelReady) -> None:
 
 
 @service.on(EvalShard, once=True)
-async def score_shard(ctx: Context, event: EvalShard) -> None:
+async def score_shard(ctx: LoopContext, event: EvalShard) -> None:
     evaluated = keys.evaluated_key(event.run, event.round, event.model)
     part = await ctx.part(evaluated, event.shard)  # set: a redelivery of a shard already scored
     if part is None:
@@ -104,7 +105,7 @@ async def score_shard(ctx: Context, event: EvalShard) -> None:
         await _complete(ctx, event, parts)
 
 
-async def _complete(ctx: Context, event: EvalShard, parts: list[str]) -> None:
+async def _complete(ctx: LoopContext, event: EvalShard, parts: list[str]) -> None:
     """The round's result from every shard's items; two replicas finishing together both
     publish it, which JetStream's deduplication stores once."""
     evaluated = keys.evaluated_key(event.run, event.round, event.model)

@@ -19,11 +19,12 @@ from looptool.data.dedup import NearDuplicateIndex, exact_key
 from looptool.data.samples import Sample
 from looptool.data.worlds.synthetic import World
 from looptool.kernel.errors import PermanentError
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Service
 from looptool.llm.client import ModelClients
 from looptool.loop import keys
 from looptool.loop.events import DatasetReady, ExpandResult, JudgeVerdict, seeds_expansion
 from looptool.loop.expansion import as_expansion, generate_with_llm, rejection_reason, seed_rng
+from looptool.loop.settings import LoopContext
 
 service = Service(
     "expander",
@@ -45,7 +46,7 @@ class DatasetIndexes:
 
 
 @service.on(JudgeVerdict, once=True)
-async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
+async def expand(ctx: LoopContext, verdict: JudgeVerdict) -> None:
     if not seeds_expansion(verdict.verdict):
         return
     if verdict.sample is None:
@@ -90,7 +91,7 @@ async def expand(ctx: Context, verdict: JudgeVerdict) -> None:
 
 
 async def _duplicate(
-    ctx: Context, indexes: tuple[NearDuplicateIndex, ...], candidate: Sample, verdict: JudgeVerdict
+    ctx: LoopContext, indexes: tuple[NearDuplicateIndex, ...], candidate: Sample, verdict: JudgeVerdict
 ) -> str | None:
     if any(index.is_duplicate(candidate) for index in indexes):
         return "duplicate"
@@ -100,7 +101,7 @@ async def _duplicate(
     return None if await ctx.claim(key, owner=verdict.sample_id) else "duplicate"
 
 
-async def _dataset_index(ctx: Context, run: str, round: int) -> NearDuplicateIndex:
+async def _dataset_index(ctx: LoopContext, run: str, round: int) -> NearDuplicateIndex:
     """An index of the round's dataset (from its dataset.ready event)."""
     indexes = ctx.use(DatasetIndexes)
     cache = indexes.by_round

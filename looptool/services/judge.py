@@ -10,10 +10,11 @@ label only when the prediction passes the rules; the action follows the verdict
 from __future__ import annotations
 
 from looptool.kernel.errors import PermanentError
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Service
 from looptool.llm.client import ModelClients
 from looptool.loop.events import JudgeVerdict, ProbeResult
 from looptool.loop.judging import action_for, carried_sample, confirm_correction, from_llm, judge_with_llm, without_llm
+from looptool.loop.settings import LoopContext
 
 service = Service(
     "judge", "Judgement-Guided Label Verification: one judge.verdict per failed probe", emits=(JudgeVerdict,)
@@ -21,7 +22,7 @@ service = Service(
 
 
 @service.on(ProbeResult, once=True)
-async def verify(ctx: Context, result: ProbeResult) -> None:
+async def verify(ctx: LoopContext, result: ProbeResult) -> None:
     if result.outcome != "failed":
         return  # mastered samples need no verdict
     if result.sample is None:

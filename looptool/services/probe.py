@@ -12,9 +12,10 @@ from __future__ import annotations
 from looptool.data.checker import check_sample
 from looptool.data.samples import Sample
 from looptool.kernel.errors import PermanentError
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Service
 from looptool.llm.client import ModelClients, perplexity
 from looptool.loop.events import ModelReady, ProbeResult, ProbeTask
+from looptool.loop.settings import LoopContext
 
 service = Service(
     "probe",
@@ -24,7 +25,7 @@ service = Service(
 
 
 @service.on(ModelReady)
-async def fan_out(ctx: Context, event: ModelReady) -> None:
+async def fan_out(ctx: LoopContext, event: ModelReady) -> None:
     if event.dataset is None:
         ctx.log.warning("model.ready without a dataset: nothing to probe", model=event.model)
         return
@@ -37,7 +38,7 @@ async def fan_out(ctx: Context, event: ModelReady) -> None:
 
 
 @service.on(ProbeTask, once=True)
-async def probe(ctx: Context, task: ProbeTask) -> None:
+async def probe(ctx: LoopContext, task: ProbeTask) -> None:
     settings = ctx.settings.probe
     policy = ctx.use(ModelClients).get(ctx.settings.model)
     prediction = await policy.predict(

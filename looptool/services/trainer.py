@@ -21,11 +21,12 @@ import anyio.to_thread
 
 from looptool.data.formats import export_jsonl
 from looptool.data.samples import Sample
-from looptool.kernel.runtime import Context, Service
+from looptool.kernel.runtime import Service
 from looptool.llm.client import ModelSettings
 from looptool.llm.serving import load_adapter
 from looptool.loop import keys, tracking
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
+from looptool.loop.settings import LoopContext
 from looptool.loop.training import check_trainer_settings, train_round
 
 
@@ -34,7 +35,7 @@ class Backend:
     and serving the adapter (vLLM's runtime LoRA loading). A test gives its own through
     ``StubRunner(..., resources={Backend: ...})``."""
 
-    def __init__(self, ctx: Context | None = None) -> None:
+    def __init__(self, ctx: LoopContext | None = None) -> None:
         pass
 
     train = staticmethod(train_round)
@@ -52,7 +53,7 @@ service = Service(
 
 
 @service.on(DatasetReady, concurrency=1)  # one round at a time: training takes the whole device
-async def train(ctx: Context, event: DatasetReady) -> None:
+async def train(ctx: LoopContext, event: DatasetReady) -> None:
     settings = ctx.settings.trainer
     name = keys.adapter_name(event.run, event.round)
     announced = keys.round_announced_key(event.run, event.round)
