@@ -159,3 +159,38 @@ def test_gather_returns_every_part_to_the_last_one_in() -> None:
         return seen
 
     assert anyio.run(main) == [None, None, None, ["part 0", "part 1", "part 2"]]
+
+
+@pytest.fixture(params=["memory", "nats"])
+def two_replicas(request: pytest.FixtureRequest) -> Any:
+    """Two contexts of one service on one bus (in memory, or a real nats-server's state bucket)."""
+    settings = make_settings(request.getfixturevalue("nats_server").url) if request.param == "nats" else None
+
+    async def make() -> tuple[Any, Context[Any], Context[Any]]:
+        bus: Any = StubBus() if settings is None else await Bus.connect(settings.nats)
+        log = structlog.get_logger()
+        return bus, Context(bus, settings, "curator", "a", log), Context(bus, settings, "curator", "b", log)
+
+    return make
+
+
+def test_a_lease_is_taken_over_only_when_its_revision_stands_still(two_replicas: Any, run_id: str) -> None:
+    key = f"closed.{run_id}.r0"
+
+    async def main() -> None:
+        bus, a, b = await two_replicas()
+        try:
+            assert await a.lease(key, 60) and await a.lease(key, 60)  # a holds it, again on a redelivery
+            assert not await b.lease(key, 0.2)  # held: b starts watching its revision
+            await anyio.sleep(0.3)
+            assert not await b.lease(key, 0.2, finished=lambda: True)  # finished meanwhile: nothing to take
+            assert await a.renew(key)  # the holder shows itself alive: the revision moves
+            assert not await b.lease(key, 0.2)
+            await anyio.sleep(0.3)
+            assert await b.lease(key, 0.2)  # stood still for the ttl: b takes it over
+            assert await a.holder(key) == "b" and not await a.renew(key) and await b.renew(key)
+        finally:
+            if not isinstance(bus, StubBus):
+                await bus.close()
+
+    anyio.run(main)

@@ -258,17 +258,19 @@ class Bus:
             entry = await self._while_leaderless(lambda: self.state.get(key))
             return (entry.value or b"").decode()
 
-    async def take_over(self, key: str, expected: str, owner: str) -> bool:
-        """Compare-and-set: hand ``key`` from holder ``expected`` to ``owner`` (a lease whose
-        holder went away); False when someone else moved it first."""
+    async def revision(self, key: str) -> tuple[str, int] | None:
+        """``(value, revision)`` of a state key; None when there is none."""
         try:
             entry = await self._while_leaderless(lambda: self.state.get(key))
         except nats.js.errors.KeyNotFoundError:
-            return await self.claim(key, owner) == owner
-        if (entry.value or b"").decode() != expected:
-            return False
+            return None
+        return (entry.value or b"").decode(), int(entry.revision or 0)
+
+    async def take_over(self, key: str, revision: int, owner: str) -> bool:
+        """Compare-and-set: ``key`` to ``owner`` if it still stands at ``revision``; False when it
+        moved first (renewed, or taken by someone else)."""
         try:
-            await self._while_leaderless(lambda: self.state.update(key, owner.encode(), last=entry.revision))
+            await self._while_leaderless(lambda: self.state.update(key, owner.encode(), last=revision))
             return True
         except nats.js.errors.KeyWrongLastSequenceError:
             # Someone else moved it, or our own attempt landed before a retry: the value tells.

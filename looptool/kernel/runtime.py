@@ -143,7 +143,8 @@ class BusLike(Protocol):
     async def put_artifact(self, name: str, data: bytes) -> ArtifactRef: ...
     async def get_artifact(self, ref: ArtifactRef) -> bytes: ...
     async def claim(self, key: str, owner: str) -> str: ...
-    async def take_over(self, key: str, expected: str, owner: str) -> bool: ...
+    async def revision(self, key: str) -> tuple[str, int] | None: ...
+    async def take_over(self, key: str, revision: int, owner: str) -> bool: ...
     async def value(self, key: str) -> str | None: ...
     async def put_value(self, key: str, value: str) -> None: ...
     def events(self, filter_subject: str) -> AsyncIterator[Event]: ...
@@ -189,6 +190,7 @@ class Context(Generic[S]):
         self.log = log
         self._resources: dict[Callable[..., Any], Any] = {}
         self._given = dict(resources or {})
+        self._leases: dict[str, tuple[int, float]] = {}  # key -> (revision seen, since when)
 
     def use(self, factory: Callable[[Context[S]], R]) -> R:
         """One instance of ``factory(ctx)`` per service process (model clients, caches, ledgers):
@@ -256,9 +258,33 @@ class Context(Generic[S]):
     async def holder(self, key: str) -> str | None:
         return await self.bus.value(key)
 
-    async def take_over(self, key: str, expected: str) -> bool:
-        """Compare-and-set a claim from a holder that went away to this replica."""
-        return await self.bus.take_over(key, expected, self.replica)
+    async def lease(self, key: str, ttl: float, finished: Callable[[], object] = lambda: False) -> bool:
+        """Whether this replica may do the once-only action under ``key``: it claims it, or takes
+        it over (compare-and-set on the key's revision) from a holder whose claim has not moved
+        for ``ttl`` seconds — no renewal (:meth:`renew`), no other taker — while the action is
+        still not ``finished``. Staleness is the key's revision standing still, as this replica
+        sees it: no clock is compared with another replica's."""
+        if await self.claim(key):
+            return True
+        seen = await self.bus.revision(key)
+        if seen is None:  # released meanwhile
+            return await self.claim(key)
+        holder, revision = seen
+        now = time.monotonic()
+        since = self._leases.get(key)
+        if since is None or since[0] != revision:
+            since = self._leases[key] = (revision, now)
+        if now - since[1] < ttl or finished():
+            return False
+        self.log.warning("taking over an unfinished action", key=key, holder=holder)
+        return await self.bus.take_over(key, revision, self.replica)
+
+    async def renew(self, key: str) -> bool:
+        """Show a held lease alive (its revision moves); False when this replica no longer holds it."""
+        seen = await self.bus.revision(key)
+        if seen is None or seen[0] != self.replica:
+            return False
+        return await self.bus.take_over(key, seen[1], self.replica)
 
     async def mark(self, key: str, value: str = "1") -> None:
         await self.bus.put_value(key, value)

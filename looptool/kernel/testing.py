@@ -51,6 +51,8 @@ class StubBus:
         self.raw: list[bytes] = []  # each log entry's bytes, as a consumer receives them
         self.artifacts: dict[str, bytes] = {}
         self.state: dict[str, str] = {}
+        self.revisions: dict[str, int] = {}
+        self._revision = 0
         self._msg_ids: set[str] = set()
         self.duplicates = 0
 
@@ -100,12 +102,17 @@ class StubBus:
         return self.artifacts[ref.name]
 
     async def claim(self, key: str, owner: str) -> str:
-        return self.state.setdefault(key, owner)
+        if key not in self.state:
+            await self.put_value(key, owner)
+        return self.state[key]
 
-    async def take_over(self, key: str, expected: str, owner: str) -> bool:
-        if self.state.get(key, expected) != expected:
+    async def revision(self, key: str) -> tuple[str, int] | None:
+        return (self.state[key], self.revisions[key]) if key in self.state else None
+
+    async def take_over(self, key: str, revision: int, owner: str) -> bool:
+        if self.revisions.get(key) != revision:
             return False
-        self.state[key] = owner
+        await self.put_value(key, owner)
         return True
 
     async def value(self, key: str) -> str | None:
@@ -113,6 +120,8 @@ class StubBus:
 
     async def put_value(self, key: str, value: str) -> None:
         self.state[key] = value
+        self._revision += 1  # one sequence for the bucket, as a KV stream numbers its messages
+        self.revisions[key] = self._revision
 
     async def events(self, filter_subject: str) -> AsyncIterator[Event]:
         for subject, event in list(self.log):

@@ -5,15 +5,14 @@ a restarted replica replays the log, so nothing is lost). When every sample of r
 outcome — errored included — it writes dataset r+1 (:func:`looptool.loop.curation.next_round`,
 the paper's Eq. 5) and emits ``dataset.ready``, or ``run.finished`` by the stop rule.
 
-Closing a round is claimed once (KV create). A standby replica takes the claim over when a
-round stays complete but unclosed for ``curator.lease`` seconds (its holder died mid-close);
+Closing a round is leased once (the kernel's ``ctx.lease``: a KV create; a standby replica takes
+it over when its revision stands still for ``curator.lease`` seconds while the round stays
+complete but unclosed — its holder died mid-close);
 publishing is deduplicated, so a takeover never doubles a dataset. A round without progress for
 ``curator.stall_after`` seconds is reported as ``round.stalled`` with what it waits for.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import anyio
 
@@ -51,7 +50,6 @@ class Curation:
         self.ledgers: dict[str, RunLedger] = {}
         self.lock = anyio.Lock()
         self.last_change: dict[tuple[str, int], tuple[int, float]] = {}  # (run, round) -> (applied, since)
-        self.first_refused: dict[str, float] = {}  # claim key -> when this replica first found it held
 
     def ledger(self, run: str) -> RunLedger:
         if run not in self.ledgers:
@@ -98,7 +96,7 @@ async def check_rounds(ctx: LoopContext) -> None:
 async def start_run(ctx: LoopContext, ledger: RunLedger, config: RunConfig) -> None:
     if ledger.round(0).dataset is not None:
         return
-    if await _claimed(ctx, ctx.use(Curation), keys.run_started_key(config.run), lambda: ledger.round(0).dataset):
+    if await ctx.lease(keys.run_started_key(config.run), ctx.settings.curator.lease, lambda: ledger.round(0).dataset):
         await _emit(ctx, config.run, curation.open_run(await _seed_pool(ctx, config), config))
 
 
@@ -107,7 +105,7 @@ async def close_round(ctx: LoopContext, state: Curation, ledger: RunLedger, roun
         return
     async with state.lock:
         key = keys.round_closed_key(ledger.run, round)
-        if not await _claimed(ctx, state, key, lambda: curation.closed(ledger, round)):
+        if not await ctx.lease(key, ctx.settings.curator.lease, lambda: curation.closed(ledger, round)):
             return
         assert ledger.request is not None
         pool = await _seed_pool(ctx, ledger.request.config) if curation.needs_pool(ledger) else []
@@ -138,20 +136,6 @@ async def report_stall(ctx: LoopContext, state: Curation, ledger: RunLedger, rou
                 progress=current.applied,
             )
         )
-
-
-async def _claimed(ctx: LoopContext, state: Curation, key: str, started: Callable[[], object]) -> bool:
-    """Whether this replica may do the once-only action under ``key``: it claims it, or takes it
-    over from a holder that has not finished it within the lease."""
-    if await ctx.claim(key):
-        return True
-    holder = await ctx.holder(key)
-    now = anyio.current_time()
-    first_seen = state.first_refused.setdefault(key, now)
-    if holder is None or now - first_seen < ctx.settings.curator.lease or started():
-        return False
-    ctx.log.warning("taking over an unfinished action", key=key, holder=holder)
-    return await ctx.take_over(key, holder)
 
 
 async def _emit(ctx: LoopContext, run: str, decided: curation.Next | curation.Finish) -> None:
