@@ -19,7 +19,7 @@ fi
 # break `import transformers` ("operator torchvision::nms does not exist"); nothing here uses them.
 .venv/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 # BFCL's data files and reference checker. --no-deps: it pins numpy 1.26 and dozens of model
-# SDKs that LoopTool never imports (see looptool/bfcl_reference.py).
+# SDKs that LoopTool never imports (see looptool/data/bfcl_reference.py).
 .venv/bin/python -m pip install --quiet --no-deps "bfcl-eval==2026.3.23"
 # BFCL v3's leaderboard code (the last release before V4 changed the overall's weights), apart
 # from the package LoopTool imports: the tests check LoopTool's v3 overall against it.
