@@ -460,3 +460,26 @@ def check_dirty_run(run: LoopRun, report: ImportReport, nats_url: str, secrets: 
     )
     assert listed.returncode == 0, listed.stderr
     assert len(listed.stdout.splitlines()) == 6 and "6 dead letter(s) in run poison" in listed.stderr
+
+
+def test_seed_data_synthesized_from_an_mcp_servers_tools_runs_a_loop(
+    nats_server, loop_vllm, tiny_model, world, tmp_path: Path
+) -> None:
+    """From an MCP server's tools alone: `synthesize` (the generator scripted), then a run on
+    that seed pool, every sample accounted for once."""
+    from test_synthesis import synthesized_from_the_server
+
+    from looptool.data.formats import write_samples
+
+    result = anyio.run(synthesized_from_the_server, 24, 5)
+    assert len(result.samples) >= 20, result.summary()
+    seed = tmp_path / "seed.jsonl"
+    write_samples(result.samples, seed)
+    env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
+    done = run_loop(nats_server.url, env, tmp_path / "topology", "loopsynth", seed, rounds=1)
+    ledger = done.ledger
+    assert done.exited == {} and ledger.finished is not None and ledger.finished.reason == "completed 1 round(s)"
+    outcomes = ledger.round(0).outcomes(_cut())
+    assert len(outcomes) == ledger.round(0).size == len(result.samples)
+    probed = [p.sample for p in ledger.round(0).probes.values() if p.sample is not None]
+    assert probed and all(s.lineage.origin == "synthesis" and s.meta["synthesis"]["stages"] for s in probed)

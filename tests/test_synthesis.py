@@ -288,3 +288,62 @@ def test_calls_run_against_the_api_an_openapi_document_describes(tmp_path: Path)
     assert found.ok and found.text == 'HTTP 200: {"name": "rex"}'
     assert not missing.ok and missing.text.startswith("HTTP 404")
     assert updated.ok and seen[-1] == ("PUT", "/v1/pets/a%2Fb?dryRun=true", b'{"name":"Rex"}')
+
+
+CITIES = [
+    "Bergen",
+    "Lisbon",
+    "Kyoto",
+    "Nairobi",
+    "Quito",
+    "Tallinn",
+    "Hobart",
+    "Reno",
+    "Lagos",
+    "Turku",
+    "Perth",
+    "Cusco",
+]
+FORECASTS = [
+    "What's the weather going to be like in {c} over the next {n} days?",
+    "{c}: forecast, {n} days please",
+    "I'm travelling to {c} soon. Give me a {n}-day outlook.",
+    "Could you check {c} for me ({n} days)?",
+]
+CONVERSIONS = [
+    "Turn {n} degrees C into Fahrenheit.",
+    "What is {n} C in F?",
+    "My thermometer says {n} C. Fahrenheit?",
+    "Convert {n} Celsius, please.",
+]
+
+
+def varied_generator() -> ScriptedModels:
+    """A generator that writes varied, right samples for the weather server's tools: as the user
+    it picks a city, a number and a phrasing from the request's seed; as the assistant it reads
+    them back into the call."""
+    import re
+
+    def answer(request: dict[str, Any]) -> Any:
+        prompt = request["messages"][-1]["content"]
+        if request.get("tools"):
+            number = int(re.search(r"\d+", prompt).group())  # type: ignore[union-attr]
+            city = next((c for c in CITIES if c in prompt), None)
+            if city is not None:
+                return [ToolCall("get_forecast", {"city": city, "days": number})]
+            return [ToolCall("convert_temperature", {"value": float(number), "unit": "C"})]
+        asked = json.loads(prompt.rsplit("<data>", 1)[1].split("</data>")[0])
+        seed = request["seed"]
+        if asked["target"] == ["get_forecast"]:
+            return FORECASTS[(seed // 3) % 4].format(c=CITIES[seed % len(CITIES)], n=2 + seed % 7)
+        return CONVERSIONS[(seed // 3) % 4].format(n=5 * (2 + seed % 7))
+
+    return ScriptedModels(answer)
+
+
+async def synthesized_from_the_server(count: int, seed: int) -> Any:
+    settings = SynthesisSettings(count=count, seed=seed, categories={"simple": 1.0})
+    async with McpTools(SERVER) as server:
+        tools = await server.tools()
+        client = varied_generator().get(ModelSettings(model="generator"))
+        return await synthesize(tools, client, "generator", settings, "mcp:weather", server.call)
