@@ -163,7 +163,8 @@ def test_synthesis_keeps_verified_samples_and_counts_every_rejection_by_stage() 
         requests[("irrelevance", "")]: "I can't book flights with these tools.",
     }
     models = scripted_roles(requests, answers)
-    settings = SynthesisSettings(count=40, seed=1, distractors=1)
+    shares = {"simple": 0.3, "multiple": 0.3, "parallel": 0.15, "parallel_multiple": 0.1, "irrelevance": 0.15}
+    settings = SynthesisSettings(count=40, seed=1, distractors=1, categories=shares)
     endpoint = ModelSettings(model="generator")
 
     async def main() -> Any:
@@ -347,3 +348,44 @@ async def synthesized_from_the_server(count: int, seed: int) -> Any:
         tools = await server.tools()
         client = varied_generator().get(ModelSettings(model="generator"))
         return await synthesize(tools, client, "generator", settings, "mcp:weather", server.call)
+
+
+def test_multi_turn_samples_run_their_first_calls_and_missing_values_are_asked_for() -> None:
+    """A multi-turn sample: the first request, its call run on the MCP server, the result, a
+    follow-up — the label answers the follow-up; a request missing a required value is a sample
+    whose right answer is to ask (no call)."""
+
+    def answer(request: dict[str, Any]) -> Any:
+        prompt = request["messages"][-1]["content"]
+        if request.get("tools"):
+            turns = request["messages"]
+            if prompt == "What's the forecast?":
+                return "Which city would you like the forecast for?"
+            if len(turns) == 1:
+                return [ToolCall("get_forecast", {"city": "Oslo", "days": 2})]
+            return [ToolCall("get_forecast", {"city": "Bergen", "days": 3})]
+        if "later in a conversation" in prompt:  # the follow-up prompt
+            assert "Oslo: sunny for 2 days" in prompt  # the real result is in the conversation
+            return "Thanks! And Bergen for 3 days?"
+        kind = json.loads(prompt.rsplit("<data>", 1)[1].split("</data>")[0])["kind"]
+        return "Forecast for Oslo for 2 days please" if kind == "multi_turn" else "What's the forecast?"
+
+    settings = SynthesisSettings(count=6, seed=2, categories={"multi_turn": 0.5, "missing_parameter": 0.5})
+
+    async def main() -> Any:
+        async with McpTools(SERVER) as server:
+            tools = [t for t in await server.tools() if t.function.name == "get_forecast"]
+            client = ScriptedModels(answer).get(ModelSettings(model="g"))
+            return await synthesize(tools, client, "g", settings, "mcp:weather", server.call)
+
+    result = anyio.run(main)
+    by_category = {s.meta["synthesis"]["category"]: s for s in result.samples}
+    assert set(by_category) == {"multi_turn", "missing_parameter"}, result.summary()
+    multi = by_category["multi_turn"]
+    assert [m.role for m in multi.messages] == ["user", "assistant", "tool", "user"]
+    assert multi.messages[2].content == "Oslo: sunny for 2 days"
+    assert multi.label == [ToolCall("get_forecast", {"city": "Bergen", "days": 3})]
+    assert multi.meta["synthesis"]["observations"] == ["Bergen: sunny for 3 days"]
+    asked = by_category["missing_parameter"]
+    assert asked.label == [] and asked.messages[-1].content == "What's the forecast?"
+    assert set(result.rejected) == {"dedup: duplicate"}

@@ -111,11 +111,13 @@ class SynthesisSettings(Section):
     # The share of each category among the attempts.
     categories: dict[str, float] = msgspec.field(
         default_factory=lambda: {
-            "simple": 0.3,
-            "multiple": 0.3,
+            "simple": 0.25,
+            "multiple": 0.25,
             "parallel": 0.15,
             "parallel_multiple": 0.1,
-            "irrelevance": 0.15,
+            "irrelevance": 0.1,
+            "missing_parameter": 0.05,
+            "multi_turn": 0.1,  # where calls run (an MCP server, an API); else simple
         }
     )
     distractors: int = 2  # extra tools offered with "multiple" and "parallel_multiple" requests

@@ -5,9 +5,12 @@ plays the **user** (a request of that category, in a persona's words; prompt
 ``prompts/synthesize-user-v1.md``) and then the **assistant** (the request with the tools offered
 natively; its calls are the label). Then the stages, each counted by reason when it rejects:
 
-1. **format** — the label fits the category (no call for irrelevance, several for parallel, the
-   target tools called) and passes its tools' schemas and the grounding rule (every value taken
-   from the request), the expander's own checks;
+1. **format** — the label fits the category (no call for irrelevance or a missing parameter,
+   several for parallel, the target tools called) and passes its tools' schemas and the grounding
+   rule (every value taken from the conversation), the expander's own checks. A multi-turn
+   sample is built in two exchanges: the first request, the assistant's calls (checked the same
+   way) run on the real tools, their results, the user's follow-up (prompt
+   ``prompts/synthesize-followup-v1.md``) — the label is the answer to that;
 2. **execution** — where the source can run calls (an MCP server), every call runs; an error
    result rejects the sample, the results are kept in ``meta["synthesis"]["observations"]``;
 3. **semantics** — a judge endpoint votes whether the calls answer the request (prompt
@@ -36,7 +39,7 @@ from looptool.loop.expansion import rejection_reason, seed_rng
 from looptool.loop.judging import data_block, load_prompt
 from looptool.loop.settings import JudgeSettings, SynthesisSettings
 
-CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance")
+CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "missing_parameter", "multi_turn")
 Executor = Callable[[ToolCall], Awaitable[CallOutcome]]
 
 
@@ -102,12 +105,18 @@ async def synthesize(
         category = rng.choices(list(weights), list(weights.values()))[0]
         if category == "parallel_multiple" and len(tools) < 2:
             category = "parallel"
+        if category == "multi_turn" and (execute is None or not settings.execute):
+            category = "simple"  # a multi-turn sample's observations come from running the calls
         targets, offered = _draw(tools, category, settings.distractors, rng)
         persona = rng.choice(settings.personas)
         request, calls = "", list[ToolCall]()
         try:
             request = await _user_request(client, model, settings, offered, targets, category, persona, attempt)
-            sample, calls = await _answer(client, model, settings, offered, request)
+            messages = [Message(role="user", content=request)]
+            if category == "multi_turn":
+                assert execute is not None
+                messages = await _first_exchange(client, model, settings, offered, targets, messages, execute, persona)
+            sample, calls = await _answer(client, model, settings, offered, messages)
             _check_format(sample, category, targets)
             observations = await _executed(execute, calls) if execute is not None and settings.execute else None
             votes = await _semantics(judge, sample) if judge is not None else None
@@ -150,7 +159,7 @@ def _draw(tools: list[ToolSpec], category: str, distractors: int, rng: Any) -> t
     if category == "irrelevance":
         return [], rng.sample(tools, min(len(tools), 1 + distractors))
     targets = rng.sample(tools, 2 if category == "parallel_multiple" else 1)
-    if category in ("simple", "parallel"):
+    if category in ("simple", "parallel", "missing_parameter", "multi_turn"):
         return targets, targets
     others = [t for t in tools if t not in targets]
     offered = targets + rng.sample(others, min(len(others), distractors))
@@ -188,10 +197,51 @@ async def _user_request(
     return text
 
 
+async def _first_exchange(
+    client: ModelClient,
+    model: str,
+    settings: SynthesisSettings,
+    offered: list[ToolSpec],
+    targets: list[ToolSpec],
+    messages: list[Message],
+    execute: Executor,
+    persona: str,
+) -> list[Message]:
+    """A multi-turn sample's earlier turns: the first request, the assistant's calls, what the
+    real tools returned, and the user's follow-up (prompt ``synthesize-followup-v1``)."""
+    first, calls = await _answer(client, model, settings, offered, messages)
+    try:
+        _check_format(first, "simple", targets)
+    except _Rejected as exc:
+        raise _Rejected("format", f"first turn: {exc.reason}") from None
+    results = await _executed(execute, calls)
+    messages = [*messages, Message(role="assistant", tool_calls=calls)]
+    messages += [Message(role="tool", content=result) for result in results]
+    data = {
+        "tools": [msgspec.to_builtins(t) for t in offered],
+        "persona": persona,
+        "target": [t.function.name for t in targets],
+        "conversation": [
+            {"role": m.role, "content": m.content, "calls": [msgspec.to_builtins(c) for c in m.tool_calls]}
+            for m in messages
+        ],
+    }
+    prompt = load_prompt("synthesize-followup-v1").safe_substitute(data=data_block(data))
+    response = await client.chat(
+        model,
+        messages=[{"role": "user", "content": prompt}],
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+    )
+    follow_up = (response.choices[0].message.content or "").strip().strip('"').strip()
+    if not follow_up:
+        raise _Rejected("user", "empty follow-up")
+    return [*messages, Message(role="user", content=follow_up)]
+
+
 async def _answer(
-    client: ModelClient, model: str, settings: SynthesisSettings, offered: list[ToolSpec], request: str
+    client: ModelClient, model: str, settings: SynthesisSettings, offered: list[ToolSpec], messages: list[Message]
 ) -> tuple[Sample, list[ToolCall]]:
-    messages = [Message(role="user", content=request)]
     prediction = await client.predict(
         Sample(id="s-synthesis", tools=offered, messages=messages), model, max_tokens=settings.max_tokens
     )
@@ -210,6 +260,8 @@ def _check_format(sample: Sample, category: str, targets: list[ToolSpec]) -> Non
         "multiple": len(names) == 1 and set(names) == wanted,
         "parallel": len(names) >= 2 and set(names) == wanted,
         "parallel_multiple": len(names) >= 2 and set(names) == wanted,
+        "missing_parameter": not names,  # the assistant asks for what is missing
+        "multi_turn": len(names) == 1 and set(names) == wanted,
     }[category]
     if not fits:
         raise _Rejected("format", f"calls {names or 'none'} do not fit {category}")
