@@ -17,10 +17,10 @@ from looptool.data.formats import encode_samples
 from looptool.data.lint import contamination
 from looptool.data.worlds.synthetic import build, write
 from looptool.kernel.bus import Bus
-from looptool.kernel.names import adapter_dir, training_file
 from looptool.llm.client import ModelClient, ModelSettings
 from looptool.loop.evaluation import load_eval_sets, single_turn
 from looptool.loop.events import DatasetReady, EvalCompleted, EvalShard, ModelReady, TrainProgress
+from looptool.loop.keys import adapter_dir, training_file
 from looptool.loop.settings import EvaluatorSettings, Settings, TrainerSettings
 from looptool.loop.training import train_round
 from looptool.services.evaluator import service as evaluator
