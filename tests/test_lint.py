@@ -32,8 +32,9 @@ def test_lint_runs_on_every_fixture(name: str, bfcl: dict) -> None:
     report = _lint(FIXTURES / name, bfcl)
     assert report.samples > 0 and sum(report.categories.values()) == report.samples
     assert report.contamination.eval_samples > 3000
-    if "card" in name:
-        assert report.rejected == {} and report.label_failures == 0 and report.contamination.contaminated == 0
+    if "card" in name:  # published layouts: every label sound, but the row written to call a tool not offered
+        failures = 1 if name == "toolace_llamafactory_card.json" else 0
+        assert report.rejected == {} and report.label_failures == failures and report.contamination.contaminated == 0
 
 
 def test_bfcl_data_is_contaminated_with_itself(bfcl: dict) -> None:
