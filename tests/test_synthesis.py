@@ -389,3 +389,27 @@ def test_multi_turn_samples_run_their_first_calls_and_missing_values_are_asked_f
     asked = by_category["missing_parameter"]
     assert asked.label == [] and asked.messages[-1].content == "What's the forecast?"
     assert set(result.rejected) == {"dedup: duplicate"}
+
+
+def test_a_request_the_generator_refuses_costs_that_attempt_only() -> None:
+    import httpx
+    import openai
+
+    def answer(request: dict[str, Any]) -> Any:
+        if request.get("tools"):
+            return [ToolCall("get_forecast", {"city": "Bergen", "days": 4})]
+        if request["seed"] % 2:  # every other request: the server's 400 for a prompt too long
+            response = httpx.Response(400, request=httpx.Request("POST", "http://generator/v1/chat/completions"))
+            raise openai.BadRequestError("maximum context length exceeded", response=response, body=None)
+        return "What's the forecast for Bergen for 4 days?"
+
+    settings = SynthesisSettings(count=4, seed=7, categories={"simple": 1.0})
+
+    async def main() -> Any:
+        tools = [t for t in await tools_of_the_server() if t.function.name == "get_forecast"]
+        return await synthesize(tools, ScriptedModels(answer).get(ModelSettings(model="g")), "g", settings, "test")
+
+    result = anyio.run(main)
+    refused = [reason for reason in result.rejected if reason.startswith("model: a request refused")]
+    assert len(result.samples) == 1 and refused and "maximum context length" in refused[0]
+    assert sum(result.rejected.values()) == 3  # 2 refused, 1 duplicate

@@ -34,7 +34,7 @@ import msgspec
 from looptool.data.dedup import NearDuplicateIndex
 from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
 from looptool.data.toolsources import CallOutcome
-from looptool.llm.client import ModelClient
+from looptool.llm.client import ModelClient, ModelRequestError
 from looptool.loop.expansion import rejection_reason, seed_rng
 from looptool.loop.judging import data_block, load_prompt
 from looptool.loop.settings import JudgeSettings, SynthesisSettings
@@ -122,10 +122,10 @@ async def synthesize(
             votes = await _semantics(judge, sample) if judge is not None else None
             if sample.id in seen or index.is_duplicate(sample):
                 raise _Rejected("dedup", "duplicate")
-        except _Rejected as exc:
-            reason = f"{exc.stage}: {exc.reason}"
-            rejected[reason] += 1
-            rejects.append({"attempt": attempt, "category": category, "stage": exc.stage, "reason": exc.reason,
+        except (_Rejected, ModelRequestError) as exc:  # a request the server refuses costs that attempt only
+            why = exc if isinstance(exc, _Rejected) else _Rejected("model", f"a request refused: {str(exc)[:120]}")
+            rejected[f"{why.stage}: {why.reason}"] += 1
+            rejects.append({"attempt": attempt, "category": category, "stage": why.stage, "reason": why.reason,
                             "request": request, "calls": msgspec.to_builtins(calls)})  # fmt: skip
             continue
         seen.add(sample.id)
