@@ -413,3 +413,23 @@ def test_a_request_the_generator_refuses_costs_that_attempt_only() -> None:
     refused = [reason for reason in result.rejected if reason.startswith("model: a request refused")]
     assert len(result.samples) == 1 and refused and "maximum context length" in refused[0]
     assert sum(result.rejected.values()) == 3  # 2 refused, 1 duplicate
+
+
+def test_a_tool_source_becomes_seed_data_where_a_run_reads_it(tmp_path: Path) -> None:
+    """What `looptool synthesize` and a run config's tool_source do: synthesize from the source
+    with the settings' endpoints, write the samples (and the rejected attempts) for the run."""
+    from looptool.app.seeding import seed_from_tools
+    from looptool.data.formats import import_file
+    from looptool.loop.runconfig import RunConfig
+    from looptool.loop.settings import Settings
+
+    settings = Settings()
+    settings.synthesis = SynthesisSettings(count=12, seed=4, categories={"simple": 1.0}, semantics=False)
+    out = tmp_path / "run.seed.jsonl"
+    result = anyio.run(seed_from_tools, f"mcp:{SERVER}", settings, out, varied_generator())
+    written = import_file(out, "auto")
+    assert [s.id for s in written.samples] == [s.id for s in result.samples] and written.errors == []
+    assert len(out.with_suffix(".rejects.jsonl").read_text().splitlines()) == 12 - len(result.samples)
+    assert RunConfig(run="r", tool_source=f"mcp:{SERVER}").tool_source  # a run config may name one
+    with pytest.raises(ToolSourceError, match="expected mcp:"):
+        anyio.run(seed_from_tools, "ftp:somewhere", settings, out)

@@ -268,6 +268,16 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         config = load_run_config(args.config_file)
     except RunConfigError as exc:
         raise CliError(str(exc)) from None
+    if config.tool_source and not config.seed_path and not args.resume:
+        from looptool.app.seeding import seed_from_tools
+        from looptool.data.toolsources import ToolSourceError
+
+        config.seed_path = str(Path(args.config_file).resolve().parent / f"{config.run}.seed.jsonl")
+        try:
+            synthesized = await seed_from_tools(config.tool_source, settings, config.seed_path)
+        except (ToolSourceError, FileNotFoundError) as exc:
+            raise CliError(str(exc)) from None
+        print(f"seed data: {synthesized.summary()} -> {config.seed_path}", file=sys.stderr)
     bus = await Bus.connect(settings.nats, name="looptool-run")
     try:
         try:
@@ -334,48 +344,25 @@ async def _export(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
-    from contextlib import AsyncExitStack
+    from looptool.app.seeding import seed_from_tools
+    from looptool.data.toolsources import ToolSourceError
 
-    from looptool.data.formats import write_samples
-    from looptool.data.toolsources import McpTools, OpenApiTools, ToolSourceError, file_tools, openapi_tools
-    from looptool.llm.client import ModelClient
-    from looptool.loop.synthesis import Judge, synthesize
-
-    config = settings.synthesis
     if args.count is not None:
-        config.count = args.count
+        settings.synthesis.count = args.count
     if args.seed is not None:
-        config.seed = args.seed
-    endpoint = settings.generator_model
-    client = ModelClient(endpoint)
-    judge_client = ModelClient(settings.judge_model) if config.semantics else None
-    judge = Judge(judge_client, settings.judge_model.model, settings.judge) if judge_client else None
-    async with AsyncExitStack() as stack:
-        try:
-            execute = None
-            if args.mcp:
-                server = await stack.enter_async_context(McpTools(args.mcp))
-                tools, source, execute = await server.tools(), f"mcp:{args.mcp}", server.call
-            elif args.openapi:
-                tools, source = openapi_tools(args.openapi), f"openapi:{args.openapi}"
-                if args.base_url:  # calls run against the API only where the user names it
-                    api = await stack.enter_async_context(OpenApiTools(args.openapi, args.base_url))
-                    execute = api.call
-            else:
-                tools, source = file_tools(args.tools), f"tools:{args.tools}"
-        except (ToolSourceError, FileNotFoundError) as exc:
-            raise CliError(str(exc)) from None
-        print(f"{len(tools)} tools from {source}", file=sys.stderr)
-        try:
-            result = await synthesize(tools, client, endpoint.model, config, source, execute, judge)
-        finally:
-            await client.close()
-            if judge_client is not None:
-                await judge_client.close()
-    write_samples(result.samples, args.out)
-    rejects = Path(args.out).with_suffix(".rejects.jsonl")
-    rejects.write_bytes(b"".join(_json.encode(r) + b"\n" for r in result.rejects))
+        settings.synthesis.seed = args.seed
+    if args.mcp:
+        source = f"mcp:{args.mcp}"
+    elif args.openapi:
+        source = f"openapi:{args.openapi}" + (f"@{args.base_url}" if args.base_url else "")
+    else:
+        source = f"tools:{args.tools}"
+    try:
+        result = await seed_from_tools(source, settings, args.out)
+    except (ToolSourceError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
     print(result.summary(), file=sys.stderr)
+    rejects = Path(args.out).with_suffix(".rejects.jsonl")
     print(f"{args.out} ({len(result.samples)} samples; rejected attempts in {rejects})")
 
 

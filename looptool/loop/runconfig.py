@@ -24,6 +24,10 @@ class PplCut(msgspec.Struct, frozen=True):
 class RunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     run: str
     seed_path: str = ""  # the seed dataset on the machine that runs `looptool run`
+    # Instead of seed data: a tool source `looptool run` synthesizes it from first (with the
+    # generator and judge endpoints and [synthesis]): "mcp:<command or URL>",
+    # "openapi:<file>[@<base URL>]" or "tools:<file>" (looptool.app.seeding).
+    tool_source: str = ""
     seed_format: str = "samples"  # "samples" (LoopTool JSONL) or an import format (xlam, openai, ...)
     seed_answers: str | None = None  # BFCL possible answers, for seed_format = "bfcl"
     seed_data: ArtifactRef | None = None  # filled in by `looptool run` after uploading the seed data
