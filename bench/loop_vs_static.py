@@ -221,7 +221,9 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=200)
     parser.add_argument("--test", type=int, default=150)
     parser.add_argument("--noise", type=float, default=0.15)
-    parser.add_argument("--fresh-floor", type=float, default=0.0, help="RunConfig.fresh_floor of the loop arms")
+    parser.add_argument(
+        "--fresh-floor", type=float, default=0.5, help="RunConfig.fresh_floor of the loop arms (the demo's: 0.5)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--workdir", default=".looptool/bench-loop")
