@@ -220,3 +220,19 @@ def test_killed_trainer_resumes_the_round_and_announces_it_once(
     assert (adapter / "adapter_model.safetensors").exists()
     assert "resuming the round from its last checkpoint" in (tmp_path / "second.log").read_text()
     assert not adapter.with_name(f"{adapter.name}.checkpoints").exists()  # cleaned up once the round is done
+
+
+def test_a_checkpoint_left_incomplete_by_a_kill_is_removed_and_the_one_before_resumed(tmp_path: Path) -> None:
+    """A trainer killed while saving leaves a checkpoint without its trainer state; resuming from
+    it failed every retry (seen in the suite: the round was dead-lettered)."""
+    from looptool.loop.training import last_complete_checkpoint
+
+    checkpoints = tmp_path / "adapter.checkpoints"
+    complete, partial = checkpoints / "checkpoint-2", checkpoints / "checkpoint-4"
+    for folder in (complete, partial):
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    (complete / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(checkpoints) == complete and not partial.exists()
+    (complete / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(checkpoints) is None and not complete.exists()  # the round starts over

@@ -278,6 +278,22 @@ class _Progress:
         return Callback()
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint a round can resume from. A trainer killed while saving leaves one
+    without its trainer state (the Trainer writes it after the weights and the optimizer): such a
+    checkpoint is removed and the one before it taken — resuming from it failed every retry and
+    lost the round."""
+    steps = {p: p.name.removeprefix("checkpoint-") for p in checkpoints.glob("checkpoint-*")}
+    found = sorted((p for p, step in steps.items() if step.isdigit()), key=lambda p: int(steps[p]))
+    for checkpoint in reversed(found):
+        weights = any(checkpoint.glob("*.safetensors")) or any(checkpoint.glob("*.bin"))
+        if (checkpoint / "trainer_state.json").is_file() and weights:
+            return checkpoint
+        log.warning("an incomplete checkpoint removed", checkpoint=str(checkpoint))
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
 def train_round(
     samples: list[Sample],
     settings: TrainerSettings,
@@ -297,7 +313,7 @@ def train_round(
     # Checkpoints live beside the adapter under a name of their own, so that a trainer killed
     # mid-round resumes from the last one instead of starting the round over.
     checkpoints = out.with_name(f"{out.name}.checkpoints")
-    resume = settings.checkpoint_steps > 0 and any(checkpoints.glob("checkpoint-*"))
+    resume = last_complete_checkpoint(checkpoints) if settings.checkpoint_steps > 0 else None
     model, tokenizer = _load_model(settings, previous_adapter)
     peft_config = None if previous_adapter else _lora_config(settings)
     skipped: dict[str, int] = {}
@@ -341,8 +357,8 @@ def train_round(
     trainer.add_callback(_Progress(on_progress, lambda: trainer.state.max_steps))
     start = time.perf_counter()
     if resume:
-        log.info("resuming the round from its last checkpoint", checkpoints=str(checkpoints))
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+        log.info("resuming the round from its last checkpoint", checkpoint=str(resume))
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
     tokens = _trained_tokens(trainer, result)
     trainer.model.save_pretrained(str(staging / "adapter"))
