@@ -61,3 +61,30 @@ def test_each_rounds_scores_reach_tensorboard_beside_the_losses(tmp_path: Path) 
     assert logged["eval/overall"] == [(0, 1.0), (1, 1.0)]
     assert logged["base/overall"] == [(0, 0.0)]
     assert "eval/simple_python" in logged
+
+
+def test_tensorboard_asked_for_without_the_package_stops_the_service_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the compose smoke test: the service image had no tensorboard, and the evaluator
+    failed a handler per round instead of saying so once."""
+    import builtins
+
+    from looptool.kernel.settings import SettingsError
+    from looptool.loop.settings import Settings
+    from looptool.services import trainer
+
+    real_import = builtins.__import__
+
+    def without_tensorboard(name: str, *args: object, **kwargs: object) -> object:
+        if name == "tensorboard" or name.startswith("tensorboard."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    settings = Settings()
+    settings.tracking.report_to = ["tensorboard"]
+    monkeypatch.setattr(builtins, "__import__", without_tensorboard)
+    for service in (evaluator.service, trainer.service):
+        assert service.check is not None
+        with pytest.raises(SettingsError, match="pip install 'looptool\\[tracking\\]'"):
+            service.check(settings)
+    settings.tracking.report_to = []
+    evaluator.service.check(settings)  # type: ignore[misc]

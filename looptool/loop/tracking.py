@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from looptool.kernel.settings import Section
+from looptool.kernel.settings import Section, SettingsError
 
 TENSORBOARD = "tensorboard"
 
@@ -34,6 +34,18 @@ class RoundTracking(msgspec.Struct, frozen=True):
     report_to: list[str]
     run_name: str
     tensorboard_dir: str
+
+
+def check_tracking(tracking: TrackingSettings) -> None:
+    """At a service's start: TensorBoard asked for and not installed is a clear error, not a
+    handler failing on every round."""
+    if TENSORBOARD in tracking.report_to:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise SettingsError(
+                "tracking.report_to has \"tensorboard\", which is not installed: pip install 'looptool[tracking]'"
+            ) from None
 
 
 def logs_dir(tracking: TrackingSettings, artifact_dir: str, run: str) -> Path:

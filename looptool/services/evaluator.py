@@ -28,7 +28,12 @@ from looptool.loop.evaluation import EvalItem, EvalSetError, evaluate, load_eval
 from looptool.loop.events import EvalCompleted, EvalShard, ModelReady
 from looptool.loop.settings import LoopContext
 
-service = Service("evaluator", "Held-out evaluation of every round's model", emits=(EvalShard, EvalCompleted))
+service = Service(
+    "evaluator",
+    "Held-out evaluation of every round's model",
+    emits=(EvalShard, EvalCompleted),
+    check=lambda settings: tracking.check_tracking(settings.tracking),
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -136,7 +141,10 @@ async def _complete(ctx: LoopContext, event: EvalShard, parts: list[str]) -> Non
     if tracking.TENSORBOARD in ctx.settings.tracking.report_to and await ctx.claim(tracked, owner=uuid.uuid4().hex):
         directory = tracking.logs_dir(ctx.settings.tracking, ctx.settings.artifact_dir, event.run)
         base = event.model == ctx.settings.model.model  # the base model, scored at round 0
-        tracking.log_scores(directory, event.round, scores, base=base)
+        try:  # the tracker is a view: a write that fails never fails the evaluation (it is logged)
+            tracking.log_scores(directory, event.round, scores, base=base)
+        except OSError as exc:
+            ctx.log.warning("scores not written to the tracker", directory=str(directory), error=repr(exc))
 
 
 def _jsonl(items: list[ScoredItem]) -> bytes:

@@ -26,7 +26,7 @@ from looptool.llm.client import ModelSettings
 from looptool.llm.serving import load_adapter
 from looptool.loop import keys, tracking
 from looptool.loop.events import DatasetReady, ModelReady, TrainProgress
-from looptool.loop.settings import LoopContext
+from looptool.loop.settings import LoopContext, Settings
 from looptool.loop.training import check_trainer_settings, train_round
 
 
@@ -44,11 +44,16 @@ class Backend:
         await load_adapter(endpoint, name, adapter)
 
 
+def _check(settings: Settings) -> None:
+    check_trainer_settings(settings.trainer)
+    tracking.check_tracking(settings.tracking)
+
+
 service = Service(
     "trainer",
     "Trains each round's dataset and announces the served adapter",
     emits=(TrainProgress, ModelReady),
-    check=lambda settings: check_trainer_settings(settings.trainer),
+    check=_check,
 )
 
 

@@ -120,10 +120,11 @@ step report report
 probes=$(compose ps -q probe | wc -l)
 restarts=$(compose ps -q | xargs docker inspect -f '{{.Name}} {{.RestartCount}}' | awk '$2 > 0')
 images=$(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^looptool-' | sort)
-python3 - "$work/report/report.json" "$out" "$engine" "$compose_version" "$probes" "$restarts" "$images" "${LOOPTOOL_SMOKE_NETWORK:-host}" \
+compose logs --no-color >"$work/services.log" 2>&1 || true  # what a failing check shows
+python3 - "$work/report/report.json" "$out" "$engine" "$compose_version" "$probes" "$restarts" "$images" "${LOOPTOOL_SMOKE_NETWORK:-host}" "$work/services.log" \
     "$(for k in "${!seconds[@]}"; do echo "$k=${seconds[$k]}"; done)" <<'PY'
 import json, sys
-report_path, out, engine, compose_version, probes, restarts, images, network, timings = sys.argv[1:]
+report_path, out, engine, compose_version, probes, restarts, images, network, services_log, timings = sys.argv[1:]
 report = json.load(open(report_path))
 (round0,) = report["rounds"]
 outcomes = {k: v for k, v in round0["outcomes"].items() if k != "expanded"}
@@ -157,5 +158,8 @@ text = json.dumps(result, indent=1)
 print(text)
 if out:
     open(out, "w").write(text + "\n")
+if problems:  # the services' own account of what failed
+    failed = [line for line in open(services_log, errors="replace") if "handler failed" in line or "dead-lettered" in line]
+    print("".join(failed[-20:]) or "no failing handler in the services' logs", file=sys.stderr)
 sys.exit(1 if problems else 0)
 PY
