@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from looptool.app.report import base_metrics
 from looptool.kernel.errors import LoopToolError
 from looptool.kernel.events import ArtifactRef
 from looptool.loop.events import DatasetReady
@@ -83,9 +84,6 @@ async def export_run(
     merged = None
     if merge:
         merged = str(merge_adapter(base, adapter, out / "merged"))
-    first = ledger.rounds.get(0)
-    trained = first.model.model if first is not None and first.model is not None else None
-    base_scores = next((e.metrics for name, e in first.evals.items() if name != trained), None) if first else None
     exported = Exported(
         run=ledger.run,
         round=chosen,
@@ -94,7 +92,7 @@ async def export_run(
         adapter=str(adapter),
         merged=merged,
         scores=[ledger.policy_metrics(r) for r in sorted(ledger.rounds) if ledger.round(r).model],
-        base_scores=base_scores,
+        base_scores=base_metrics(ledger),
         datasets={r: dict(d.composition) for r, d in _datasets(ledger)},
         config=msgspec.to_builtins(ledger.request.config) if ledger.request else None,
     )

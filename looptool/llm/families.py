@@ -11,7 +11,7 @@ tokens with loss (:func:`looptool.loop.training.prepare_sft`). So no ``{% genera
 training template is needed — TRL has none for Llama 3.1/3.2 — and the prompt trained on is the
 prompt served (``tests/test_families.py`` checks the token ids against vLLM's). The labelled
 turn is rendered from the message vLLM would render in a conversation — arguments as objects
-(:func:`looptool.llm.rendering.template_messages`) — and the family's own vLLM tool parser reads
+(:func:`looptool.llm.rendering.template_rendered`) — and the family's own vLLM tool parser reads
 it back into the label's calls.
 """
 

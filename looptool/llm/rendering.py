@@ -21,7 +21,15 @@ def rendered(sample: Sample, with_label: bool = False) -> tuple[list[dict[str, A
 def template_rendered(
     sample: Sample, with_label: bool = False
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """:func:`rendered` with :func:`template_messages`' messages: what the trainer renders."""
+    """``(messages, tools)`` as a chat template gets them when vLLM serves ``sample``:
+    :func:`rendered` with each call's arguments parsed back into an object, as vLLM does with
+    every assistant turn of a request before rendering (``_postprocess_messages`` in its
+    ``chat_utils``).
+
+    What the trainer renders, so that a label is trained in the text the served model writes
+    and reads: Qwen2.5's and Llama 3's templates ``tojson`` whatever they get, and a JSON
+    string there would teach the model to write its arguments as a quoted string.
+    """
     messages, tools = rendered(sample, with_label)
     return _as_objects(messages), tools
 
@@ -63,18 +71,6 @@ def _wire(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             unanswered = [call["id"] for call in calls]
         wire.append(message)
     return wire
-
-
-def template_messages(sample: Sample, with_label: bool = False) -> list[dict[str, Any]]:
-    """The messages a chat template gets when vLLM serves ``sample``: :func:`wire_messages`
-    with each call's arguments parsed back into an object, as vLLM does with every assistant
-    turn of a request before rendering (``_postprocess_messages`` in its ``chat_utils``).
-
-    What the trainer renders, so that a label is trained in the text the served model writes
-    and reads: Qwen2.5's and Llama 3's templates ``tojson`` whatever they get, and a JSON
-    string there would teach the model to write its arguments as a quoted string.
-    """
-    return _as_objects(wire_messages(sample, with_label))
 
 
 def _as_objects(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

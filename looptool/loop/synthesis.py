@@ -183,17 +183,33 @@ async def _user_request(
         "kind": category,
         "target": [t.function.name for t in targets],
     }
-    prompt = load_prompt(settings.prompt).safe_substitute(data=data_block(data))
-    response = await client.chat(
-        model,
-        messages=[{"role": "user", "content": prompt}],
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
-        seed=settings.seed * 100_003 + attempt,
+    return await _user_turn(
+        client, model, settings, settings.prompt, data, "empty request", seed=settings.seed * 100_003 + attempt
     )
+
+
+async def _user_turn(
+    client: ModelClient,
+    model: str,
+    settings: SynthesisSettings,
+    prompt: str,
+    data: dict[str, Any],
+    empty: str,
+    seed: int | None = None,
+) -> str:
+    """The generator playing the user: prompt ``prompt`` with ``data``, the reply's text as the
+    user's message (a reply with none rejects the attempt, ``empty`` saying which)."""
+    request: dict[str, Any] = {
+        "messages": [{"role": "user", "content": load_prompt(prompt).safe_substitute(data=data_block(data))}],
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens,
+    }
+    if seed is not None:
+        request["seed"] = seed
+    response = await client.chat(model, **request)
     text = (response.choices[0].message.content or "").strip().strip('"').strip()
     if not text:
-        raise _Rejected("user", "empty request")
+        raise _Rejected("user", empty)
     return text
 
 
@@ -226,16 +242,7 @@ async def _first_exchange(
             for m in messages
         ],
     }
-    prompt = load_prompt("synthesize-followup-v1").safe_substitute(data=data_block(data))
-    response = await client.chat(
-        model,
-        messages=[{"role": "user", "content": prompt}],
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
-    )
-    follow_up = (response.choices[0].message.content or "").strip().strip('"').strip()
-    if not follow_up:
-        raise _Rejected("user", "empty follow-up")
+    follow_up = await _user_turn(client, model, settings, "synthesize-followup-v1", data, "empty follow-up")
     return [*messages, Message(role="user", content=follow_up)]
 
 

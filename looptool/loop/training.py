@@ -1,7 +1,7 @@
 """Training a round: TRL (SFT or GRPO) with PEFT LoRA adapters, on LoopTool samples.
 
 Runs synchronously (the trainer service calls it in a worker thread). Data is rendered the way
-the serving vLLM renders requests (:func:`looptool.llm.rendering.template_messages`: the messages
+the serving vLLM renders requests (:func:`looptool.llm.rendering.template_rendered`: the messages
 as vLLM hands them to the chat template, tool-call arguments as objects), so that a model
 trained here sees at inference exactly the text it was trained on, and writes its calls as it
 was taught. Samples are tokenized here, from Python dicts, so Arrow never "unifies" differently
