@@ -22,7 +22,7 @@ from looptool.loop.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = shutil.which("docker-compose", path=str(Path(sys.executable).parent)) or shutil.which("docker-compose")
-MODEL_USERS = {"probe", "judge", "expander", "evaluator", "trainer", "trainer-cpu"}
+MODEL_USERS = {"probe", "judge", "expander", "evaluator", "synthesizer", "trainer", "trainer-cpu"}
 # Which container each service runs as, per profile: the trainer differs between cpu and gpu.
 CONTAINERS = {"cpu": [*(s for s in SERVICES if s != "trainer"), "trainer-cpu"], "gpu": list(SERVICES)}
 
@@ -131,8 +131,9 @@ def test_the_cli_and_the_evaluator_see_the_users_folder(profile) -> None:
         c: [v for v in s.get("volumes", []) if v["type"] == "bind" and v["target"] == "/work"]
         for c, s in compose["services"].items()
     }
-    assert {c for c, b in binds.items() if b} == {"cli", "evaluator"}
+    assert {c for c, b in binds.items() if b} == {"cli", "evaluator", "synthesizer"}
     assert binds["evaluator"][0]["read_only"] is True and not binds["cli"][0].get("read_only")
+    assert binds["synthesizer"][0]["read_only"] is True
     assert binds["cli"][0]["source"] == str(REPO / "work")
 
 

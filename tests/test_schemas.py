@@ -33,6 +33,12 @@ from looptool.loop.events import (
     RoundStalled,
     RunFinished,
     RunRequested,
+    SynthesisAttempt,
+    SynthesisFinished,
+    SynthesisJob,
+    SynthesisRequested,
+    SynthesisResult,
+    SynthesisTask,
     TrainProgress,
 )
 from looptool.loop.runconfig import PplCut, RunConfig
@@ -66,6 +72,7 @@ def one_of_each(run: str) -> list[Event]:
     sample = weather_sample()
     ref = ArtifactRef(bucket="b", name="n", size=3, sha256="ab")
     call = ToolCall(name="get_weather", arguments={"city": "Oslo", "days": [1, 2.5], "opts": {"a": None}})
+    job = SynthesisJob(source="mcp:weather", tools=ref, count=8, seed=1, execute="mcp:weather")
     events: list[Event] = [
         RunRequested(run=run, config=RunConfig(run=run, rounds=3, ppl_cut=PplCut("threshold", 2.5))),
         DatasetReady(run=run, round=1, dataset=ref, size=10, composition={"hard": 3}),
@@ -98,6 +105,14 @@ def one_of_each(run: str) -> list[Event]:
         RoundStalled(
             run=run, round=1, waiting={"judge": 2}, samples={"judge": ["s-1", "s-2"]}, idle_seconds=600.0, progress=41
         ),
+        SynthesisRequested(run=run, job=job),
+        SynthesisTask(run=run, job=job, attempt=3),
+        SynthesisResult(
+            run=run,
+            count=8,
+            outcome=SynthesisAttempt(attempt=3, category="simple", stage="format", reason="x", calls=[call]),
+        ),
+        SynthesisFinished(run=run, pool=ref, rejects=ref, kept=5, attempted=8, rejected={"format: x": 3}),
         ServiceHeartbeat(run=run, service="probe", replica="a", in_flight=2),
         ServiceError(run=run, service="probe", replica="a", error="boom", sample_id="s-1"),
         DeadLetter(

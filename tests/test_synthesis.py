@@ -195,6 +195,7 @@ def test_synthesis_keeps_verified_samples_and_counts_every_rejection_by_stage() 
         "execution": "pass",
         "semantics": "not checked",
         "dedup": "pass",
+        "contamination": "not checked",
     }
     assert simple.meta["synthesis"]["observations"] == ["Bergen: sunny for 4 days"]
     assert {r["stage"] for r in result.rejects} == {"execution", "format", "dedup"}
@@ -321,8 +322,8 @@ CONVERSIONS = [
 
 def varied_generator() -> ScriptedModels:
     """A generator that writes varied, right samples for the weather server's tools: as the user
-    it picks a city, a number and a phrasing from the request's seed; as the assistant it reads
-    them back into the call."""
+    it picks a city, a number and a phrasing from the request's seed (a multi-turn follow-up asks
+    for the next city); as the assistant it reads them back into the call."""
     import re
 
     def answer(request: dict[str, Any]) -> Any:
@@ -334,6 +335,12 @@ def varied_generator() -> ScriptedModels:
                 return [ToolCall("get_forecast", {"city": city, "days": number})]
             return [ToolCall("convert_temperature", {"value": float(number), "unit": "C"})]
         asked = json.loads(prompt.rsplit("<data>", 1)[1].split("</data>")[0])
+        if "conversation" in asked:  # the follow-up of a multi-turn sample: another city, after the first's
+            first = asked["conversation"][0]["content"]
+            city = next((c for c in CITIES if c in first), None)
+            if city is None:
+                return f"Thanks. And {len(first) % 7 * 5 + 10} C?"
+            return f"Thanks. And {CITIES[(CITIES.index(city) + 1) % len(CITIES)]} for {len(first) % 5 + 2} days?"
         seed = request["seed"]
         if asked["target"] == ["get_forecast"]:
             return FORECASTS[(seed // 3) % 4].format(c=CITIES[seed % len(CITIES)], n=2 + seed % 7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -268,18 +269,10 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
         config = load_run_config(args.config_file)
     except RunConfigError as exc:
         raise CliError(str(exc)) from None
-    if config.tool_source and not config.seed_path and not args.resume:
-        from looptool.app.seeding import seed_from_tools
-        from looptool.data.toolsources import ToolSourceError
-
-        config.seed_path = str(Path(args.config_file).resolve().parent / f"{config.run}.seed.jsonl")
-        try:
-            synthesized = await seed_from_tools(config.tool_source, settings, config.seed_path)
-        except (ToolSourceError, FileNotFoundError) as exc:
-            raise CliError(str(exc)) from None
-        print(f"seed data: {synthesized.summary()} -> {config.seed_path}", file=sys.stderr)
     bus = await Bus.connect(settings.nats, name="looptool-run")
     try:
+        if config.tool_source and not config.seed_path and not args.resume:
+            await _seed_from_tool_source(bus, config, Path(args.config_file), settings)
         try:
             await submit_run(bus, config, resume=args.resume)
         except (RunConfigError, ValueError, FileNotFoundError) as exc:
@@ -289,6 +282,26 @@ async def _run(args: argparse.Namespace, settings: Settings) -> None:
             await watch(bus, config.run)
     finally:
         await bus.close()
+
+
+async def _seed_from_tool_source(bus: Bus, config: Any, config_file: Path, settings: Settings) -> None:
+    """A run config's ``tool_source``: the synthesizer service makes ``<run>.seed.jsonl`` beside
+    the config (job ``<run>-seed``; a job of that name already requested is followed, not
+    repeated), and the run takes it as its seed data."""
+    from looptool.app.seeding import follow_synthesis, request_synthesis
+    from looptool.data.toolsources import ToolSourceError
+
+    job = f"{config.run}-seed"
+    config.seed_path = str(config_file.resolve().parent / f"{config.run}.seed.jsonl")
+    try:
+        count, seed = settings.synthesis.count, settings.synthesis.seed
+        await request_synthesis(bus, job, config.tool_source, count, seed, exist_ok=True)
+    except (ToolSourceError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"synthesis job {job} requested for the seed data", file=sys.stderr)
+    ledger = await follow_synthesis(bus, job, config.seed_path)
+    _warn_unrun_calls(ledger)
+    print(f"seed data: {ledger.status()} -> {config.seed_path}", file=sys.stderr)
 
 
 async def _watch(args: argparse.Namespace, settings: Settings) -> None:
@@ -344,7 +357,7 @@ async def _export(args: argparse.Namespace, settings: Settings) -> None:
 
 
 async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
-    from looptool.app.seeding import seed_from_tools
+    from looptool.app.seeding import follow_synthesis, request_synthesis, seed_from_tools
     from looptool.data.toolsources import ToolSourceError
 
     if args.count is not None:
@@ -357,13 +370,36 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
         source = f"openapi:{args.openapi}" + (f"@{args.base_url}" if args.base_url else "")
     else:
         source = f"tools:{args.tools}"
-    try:
-        result = await seed_from_tools(source, settings, args.out)
-    except (ToolSourceError, FileNotFoundError) as exc:
-        raise CliError(str(exc)) from None
-    print(result.summary(), file=sys.stderr)
     rejects = Path(args.out).with_suffix(".rejects.jsonl")
-    print(f"{args.out} ({len(result.samples)} samples; rejected attempts in {rejects})")
+    try:
+        if args.local:
+            result = await seed_from_tools(source, settings, args.out)
+            print(result.summary(), file=sys.stderr)
+            print(f"{args.out} ({len(result.samples)} samples; rejected attempts in {rejects})")
+            return
+        job = names.check_token("job", args.job or f"synth-{int(time.time())}")
+        bus = await Bus.connect(settings.nats, name="looptool-synthesize")
+        try:
+            await request_synthesis(bus, job, source, settings.synthesis.count, settings.synthesis.seed)
+            print(f"synthesis job {job} requested", file=sys.stderr)
+            ledger = await follow_synthesis(bus, job, args.out)
+        finally:
+            await bus.close()
+    except (ToolSourceError, FileNotFoundError, names.InvalidName) as exc:
+        raise CliError(str(exc)) from None
+    _warn_unrun_calls(ledger)
+    assert ledger.finished is not None
+    print(f"{args.out} ({ledger.finished.kept} samples; rejected attempts in {rejects})")
+
+
+def _warn_unrun_calls(ledger: Any) -> None:
+    request = ledger.request
+    if request is not None and request.execute and ledger.unrun_calls:
+        print(
+            f"warning: the synthesizer ran no calls (no execution stage, no multi-turn samples): add "
+            f"{request.execute!r} to its synthesis.allow_execution to run them",
+            file=sys.stderr,
+        )
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> None:
@@ -595,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="the seed pool (LoopTool samples, JSONL): `looptool run` takes it")
     synth.add_argument("--count", type=int, help="attempts (synthesis.count)")
     synth.add_argument("--seed", type=int, help="synthesis.seed")
+    synth.add_argument("--job", help="the job's name on the bus (default: synth-<time>)")
+    synth.add_argument(
+        "--local", action="store_true", help="synthesize in this process (no bus, no synthesizer service needed)"
+    )
     synth.set_defaults(func=lambda a, s: _run_async(_synthesize, a, s))
 
     export = commands.add_parser("export", help="package a run's best round: adapter, merged model, model card")

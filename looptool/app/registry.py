@@ -14,7 +14,7 @@ from looptool.kernel.runtime import Service
 ENTRY_POINTS = "looptool.services"
 # LoopTool's own, in the order `looptool up` starts them: the curator first (it opens rounds),
 # the model's users after the trainer.
-BUILT_IN = ("curator", "trainer", "evaluator", "probe", "judge", "expander")
+BUILT_IN = ("curator", "trainer", "evaluator", "probe", "judge", "expander", "synthesizer")
 
 
 class UnknownService(LoopToolError, LookupError):

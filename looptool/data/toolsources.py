@@ -116,10 +116,12 @@ class OpenApiTools:
     """Calls run against the API an OpenAPI document describes, at a base URL the user allows:
     an HTTP status of 400 or more is an error result. ``async with OpenApiTools(doc, url)``."""
 
-    def __init__(self, path: str | Path, base_url: str, timeout: float = 30.0) -> None:
+    def __init__(self, document: str | Path | list[Operation], base_url: str, timeout: float = 30.0) -> None:
+        """``document``: the OpenAPI document's path, or its operations (:func:`openapi_operations`)."""
         import httpx
 
-        self.operations = {operation.tool["name"]: operation for operation in openapi_operations(path)}
+        operations = document if isinstance(document, list) else openapi_operations(document)
+        self.operations = {operation.tool["name"]: operation for operation in operations}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout)
 
     async def __aenter__(self) -> OpenApiTools:

@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 
 from looptool.kernel import logs, names
 from looptool.kernel.bus import Bus
-from looptool.kernel.errors import PermanentError, PoisonMessage, describe
+from looptool.kernel.errors import PermanentError, PoisonMessage, describe, is_permanent
 from looptool.kernel.events import (
     ArtifactRef,
     DeadLetter,
@@ -508,7 +508,7 @@ class MessagePath:
         error = describe(exc)
         self.ctx.log.warning("handler failed", attempt=meta.num_delivered, error=error)
         await self._report_error(event, msg.subject, error)
-        if meta.num_delivered >= self.runtime.max_deliver or isinstance(exc, PermanentError):
+        if meta.num_delivered >= self.runtime.max_deliver or is_permanent(exc):
             await self._dead_letter(msg, error, event)
         else:
             backoff = self.runtime.backoff

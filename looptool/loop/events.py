@@ -172,6 +172,76 @@ class RoundStalled(Event, tag="round.stalled"):
         return f"{super().dedup_key()}:{self.progress}"
 
 
+class SynthesisJob(msgspec.Struct, kw_only=True):
+    """What a synthesis job makes samples from: its tools (resolved by whoever asked, so that a
+    bad spec is refused there, naming the place) and where their calls may run."""
+
+    source: str  # the tool source as the user named it: every sample's lineage
+    tools: ArtifactRef  # JSONL of ToolSpec
+    count: int  # attempts
+    seed: int
+    # Where calls run: "mcp:<command or URL>" or "openapi:<base URL>" ("": nowhere). The
+    # synthesizer starts or calls only what its own settings allow (synthesis.allow_execution).
+    execute: str = ""
+    operations: ArtifactRef | None = None  # an OpenAPI source's operations, to call the API
+
+
+class SynthesisRequested(Event, tag="synthesis.requested"):
+    """Seed data from tools: ``job.count`` attempts, shared by the synthesizer's replicas. The
+    event's run is the job's name."""
+
+    job: SynthesisJob
+
+
+class SynthesisTask(Event, tag="synthesis.task"):
+    job: SynthesisJob
+    attempt: int
+
+    def dedup_key(self) -> str:
+        return f"{super().dedup_key()}:{self.attempt}"
+
+    def work_item(self) -> str | None:
+        return f"attempt-{self.attempt}"
+
+
+class SynthesisAttempt(msgspec.Struct, kw_only=True):
+    """One attempt before de-duplication: the sample that passed format, execution and
+    semantics, or the stage and reason that rejected it (with what the generator wrote)."""
+
+    attempt: int
+    category: str
+    sample: Sample | None = None
+    stage: str = ""
+    reason: str = ""
+    request: str = ""
+    calls: list[ToolCall] = msgspec.field(default_factory=list)
+
+
+class SynthesisResult(Event, tag="synthesis.result"):
+    """Exactly one per attempt of a job (an attempt whose work failed for good is one too:
+    stage ``error``)."""
+
+    count: int  # the job's attempts, so that a reader knows when it has them all
+    outcome: SynthesisAttempt
+
+    def dedup_key(self) -> str:
+        return f"{super().dedup_key()}:{self.outcome.attempt}"
+
+    def work_item(self) -> str | None:
+        return f"attempt-{self.outcome.attempt}"
+
+
+class SynthesisFinished(Event, tag="synthesis.finished"):
+    """A job settled: the seed pool (LoopTool samples, JSONL; what ``looptool run`` takes) and
+    every rejected attempt, counted by ``stage: reason``."""
+
+    pool: ArtifactRef
+    rejects: ArtifactRef
+    kept: int
+    attempted: int
+    rejected: dict[str, int] = msgspec.field(default_factory=dict)
+
+
 AnyEvent: TypeAlias = Union[  # noqa: UP007
     RunRequested,
     DatasetReady,
@@ -185,6 +255,10 @@ AnyEvent: TypeAlias = Union[  # noqa: UP007
     EvalCompleted,
     RunFinished,
     RoundStalled,
+    SynthesisRequested,
+    SynthesisTask,
+    SynthesisResult,
+    SynthesisFinished,
     ServiceHeartbeat,
     ServiceError,
     DeadLetter,

@@ -37,11 +37,20 @@ def expansion_key(run: str, round: int, content_key: str) -> str:
     return f"expansions.{check_token('run', run)}.r{round}.{check_token('content key', content_key)}"
 
 
+def synthesis_settled_key(job: str) -> str:
+    return f"synthesized.{check_token('job', job)}"
+
+
 # --------------------------------------------------------------------------- artifacts
 
 
 def seed_artifact(run: str) -> str:
     return f"{check_token('run', run)}/seed.jsonl"
+
+
+def synthesis_artifact(job: str, part: str) -> str:
+    """A synthesis job's ``tools``, ``operations``, ``pool`` or ``rejects`` (JSONL)."""
+    return f"{check_token('job', job)}/synthesis/{check_token('part', part)}.jsonl"
 
 
 def dataset_artifact(run: str, round: int) -> str:

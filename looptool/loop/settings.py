@@ -135,6 +135,11 @@ class SynthesisSettings(Section):
     execute: bool = True  # run the calls where the source can (an MCP server)
     semantics: bool = True  # the judge endpoint ([judge_model], [judge] votes/quorum) checks each sample
     near_duplicate: float = 0.85
+    decontaminate: bool = True  # drop samples that leak into the evaluator's sets (evaluator.sets; lint's test)
+    # Where the synthesizer *service* may run a job's calls, exactly as a request names them:
+    # "mcp:<command line or URL>", "openapi:<base URL>". A request may name any command line,
+    # so the service starts only what its own settings list; other jobs run without execution.
+    allow_execution: list[str] = msgspec.field(default_factory=list)
 
 
 class Settings(KernelSettings):

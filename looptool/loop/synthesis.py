@@ -17,7 +17,13 @@ natively; its calls are the label). Then the stages, each counted by reason when
    ``prompts/synthesize-judge-v1.md``; ``judge.votes`` votes at ``judge.temperature``, a verdict
    needs ``judge.quorum``; a reply that does not fit the schema is retried ``judge.reply_retries``
    times, then a missing vote) — run when a judge is given;
-4. **de-duplication** — exact and near-duplicate samples (MinHash, as the expander) are dropped.
+4. **de-duplication** — exact and near-duplicate samples (MinHash, as the expander) are dropped;
+5. **contamination** — a sample that leaks into an eval set (``looptool lint``'s test: its
+   request matches an eval query, or it shares a tool and an n-gram with one) is dropped.
+
+Stages 1–3 are one attempt's (:func:`attempt`); 4 and 5 look at every attempt together, in
+attempt order (:func:`settle`), so that the synthesizer service's replicas, taking attempts in
+any order, settle a job as one process would.
 
 Every kept sample carries its lineage (origin ``synthesis``, the source, the tools, each stage's
 verdict, the judge's votes) in ``meta["synthesis"]``.
@@ -26,19 +32,30 @@ verdict, the judge's votes) in ``meta["synthesis"]``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal
 
 import msgspec
 
 from looptool.data.dedup import NearDuplicateIndex
+from looptool.data.lint import contamination
 from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
 from looptool.data.toolsources import CallOutcome
+from looptool.kernel.events import DeadLetter, Event, event_tag
 from looptool.llm.client import ModelClient, ModelRequestError
+from looptool.loop.events import (
+    SynthesisAttempt,
+    SynthesisFinished,
+    SynthesisJob,
+    SynthesisRequested,
+    SynthesisResult,
+    SynthesisTask,
+)
 from looptool.loop.expansion import rejection_reason, seed_rng
 from looptool.loop.judging import data_block, load_prompt
-from looptool.loop.settings import JudgeSettings, SynthesisSettings
+from looptool.loop.settings import JudgeSettings, Settings, SynthesisSettings
 
+SERVICE = "synthesizer"  # the service whose dead letters settle attempts
 CATEGORIES = ("simple", "multiple", "parallel", "parallel_multiple", "irrelevance", "missing_parameter", "multi_turn")
 Executor = Callable[[ToolCall], Awaitable[CallOutcome]]
 
@@ -86,72 +103,118 @@ async def synthesize(
     source: str,
     execute: Executor | None = None,
     judge: Judge | None = None,
+    evals: dict[str, list[Sample]] | None = None,
 ) -> Synthesized:
     """``settings.count`` attempts at samples over ``tools``, the generator ``model`` playing the
     user and the assistant; ``execute`` runs a call on the real tool (None: no execution stage);
-    ``judge`` votes on whether the calls answer the request (None: no semantic stage)."""
+    ``judge`` votes on whether the calls answer the request (None: no semantic stage); ``evals``
+    are the sets a sample must not leak into (None: no contamination stage). In process, one
+    attempt after another: the synthesizer service runs the same attempts on the bus."""
+    attempts = [
+        await attempt(index, tools, client, model, settings, source, execute, judge) for index in range(settings.count)
+    ]
+    return settle(attempts, settings.count, settings.near_duplicate, evals)
+
+
+async def attempt(
+    index: int,
+    tools: list[ToolSpec],
+    client: ModelClient,
+    model: str,
+    settings: SynthesisSettings,
+    source: str,
+    execute: Executor | None = None,
+    judge: Judge | None = None,
+) -> SynthesisAttempt:
+    """Attempt ``index`` (the seed and the index decide its category, tools and persona): the
+    role-play and the format, execution and semantic stages. De-duplication and contamination
+    look at every attempt together (:func:`settle`)."""
     if not tools:
         raise ValueError("no tools to synthesize for")
-    kept: list[Sample] = []
-    rejected: Counter[str] = Counter()
-    rejects: list[dict[str, Any]] = []
-    index = NearDuplicateIndex(settings.near_duplicate)
-    seen: set[str] = set()
     weights = {c: w for c, w in settings.categories.items() if c in CATEGORIES and w > 0}
     if not weights:
         raise ValueError(f"synthesis.categories: give a positive share to one of {', '.join(CATEGORIES)}")
-    for attempt in range(settings.count):
-        rng = seed_rng(settings.seed, attempt)
-        category = rng.choices(list(weights), list(weights.values()))[0]
-        if category == "parallel_multiple" and len(tools) < 2:
-            category = "parallel"
-        if category == "multi_turn" and (execute is None or not settings.execute):
-            category = "simple"  # a multi-turn sample's observations come from running the calls
-        targets, offered = _draw(tools, category, settings.distractors, rng)
-        persona = rng.choice(settings.personas)
-        request, calls = "", list[ToolCall]()
-        try:
-            request = await _user_request(client, model, settings, offered, targets, category, persona, attempt)
-            messages = [Message(role="user", content=request)]
-            if category == "multi_turn":
-                assert execute is not None
-                messages = await _first_exchange(client, model, settings, offered, targets, messages, execute, persona)
-            sample, calls = await _answer(client, model, settings, offered, messages)
-            _check_format(sample, category, targets)
-            observations = await _executed(execute, calls) if execute is not None and settings.execute else None
-            votes = await _semantics(judge, sample) if judge is not None else None
-            if sample.id in seen or index.is_duplicate(sample):
-                raise _Rejected("dedup", "duplicate")
-        except (_Rejected, ModelRequestError) as exc:  # a request the server refuses costs that attempt only
-            why = exc if isinstance(exc, _Rejected) else _Rejected("model", f"a request refused: {str(exc)[:120]}")
-            rejected[f"{why.stage}: {why.reason}"] += 1
-            rejects.append({"attempt": attempt, "category": category, "stage": why.stage, "reason": why.reason,
-                            "request": request, "calls": msgspec.to_builtins(calls)})  # fmt: skip
+    rng = seed_rng(settings.seed, index)
+    category = rng.choices(list(weights), list(weights.values()))[0]
+    if category == "parallel_multiple" and len(tools) < 2:
+        category = "parallel"
+    if category == "multi_turn" and (execute is None or not settings.execute):
+        category = "simple"  # a multi-turn sample's observations come from running the calls
+    targets, offered = _draw(tools, category, settings.distractors, rng)
+    persona = rng.choice(settings.personas)
+    request, calls = "", list[ToolCall]()
+    try:
+        request = await _user_request(client, model, settings, offered, targets, category, persona, index)
+        messages = [Message(role="user", content=request)]
+        if category == "multi_turn":
+            assert execute is not None
+            messages = await _first_exchange(client, model, settings, offered, targets, messages, execute, persona)
+        sample, calls = await _answer(client, model, settings, offered, messages)
+        _check_format(sample, category, targets)
+        observations = await _executed(execute, calls) if execute is not None and settings.execute else None
+        votes = await _semantics(judge, sample) if judge is not None else None
+    except (_Rejected, ModelRequestError) as exc:  # a request the server refuses costs that attempt only
+        why = exc if isinstance(exc, _Rejected) else _Rejected("model", f"a request refused: {str(exc)[:120]}")
+        return SynthesisAttempt(
+            attempt=index, category=category, stage=why.stage, reason=why.reason, request=request, calls=calls
+        )
+    stages = {"format": "pass", "execution": "pass" if observations is not None else "not run"}
+    stages["semantics"] = "pass" if votes is not None else "not checked"
+    provenance: dict[str, Any] = {
+        "source": source,
+        "category": category,
+        "tools": [t.function.name for t in offered],
+        "persona": persona,
+        "stages": stages,
+    }
+    if observations is not None:
+        provenance["observations"] = observations
+    if votes is not None:
+        provenance["votes"] = votes
+    sample = msgspec.structs.replace(
+        sample,
+        category=category,
+        lineage=Lineage(origin="synthesis", source=source, history=[f"attempt {index}: {category}"]),
+        meta={"synthesis": provenance},
+    )
+    return SynthesisAttempt(attempt=index, category=category, sample=sample, request=request, calls=calls)
+
+
+def settle(
+    attempts: Iterable[SynthesisAttempt],
+    count: int,
+    near_duplicate: float,
+    evals: dict[str, list[Sample]] | None = None,
+) -> Synthesized:
+    """The outcome of every attempt, in attempt order (so that replicas finishing in any order
+    settle alike): a verified sample is kept unless it repeats an earlier one, exactly or nearly
+    (``dedup``), or leaks into an eval set (``contamination``, lint's test)."""
+    ordered = sorted(attempts, key=lambda a: a.attempt)
+    verified = [a.sample for a in ordered if a.sample is not None]
+    dirty = set(contamination(verified, evals).contaminated_ids) if evals else set()
+    kept: list[Sample] = []
+    rejected: Counter[str] = Counter()
+    rejects: list[dict[str, Any]] = []
+    index = NearDuplicateIndex(near_duplicate)
+    seen: set[str] = set()
+    for one in ordered:
+        sample = one.sample
+        if sample is not None and (sample.id in seen or index.is_duplicate(sample)):
+            one, sample = msgspec.structs.replace(one, sample=None, stage="dedup", reason="duplicate"), None
+        elif sample is not None and sample.id in dirty:
+            one, sample = (
+                msgspec.structs.replace(one, sample=None, stage="contamination", reason="overlaps an eval set"),
+                None,
+            )
+        if sample is None:
+            rejected[f"{one.stage}: {one.reason}"] += 1
+            rejects.append({k: v for k, v in msgspec.to_builtins(one).items() if k != "sample"})
             continue
         seen.add(sample.id)
         index.add(sample)
-        stages = {"format": "pass", "execution": "pass" if observations is not None else "not run"}
-        stages |= {"semantics": "pass" if votes is not None else "not checked", "dedup": "pass"}
-        provenance: dict[str, Any] = {
-            "source": source,
-            "category": category,
-            "tools": [t.function.name for t in offered],
-            "persona": persona,
-            "stages": stages,
-        }
-        if observations is not None:
-            provenance["observations"] = observations
-        if votes is not None:
-            provenance["votes"] = votes
-        kept.append(
-            msgspec.structs.replace(
-                sample,
-                category=category,
-                lineage=Lineage(origin="synthesis", source=source, history=[f"attempt {attempt}: {category}"]),
-                meta={"synthesis": provenance},
-            )
-        )
-    return Synthesized(kept, dict(rejected), settings.count, rejects)
+        sample.meta["synthesis"]["stages"] |= {"dedup": "pass", "contamination": "pass" if evals else "not checked"}
+        kept.append(sample)
+    return Synthesized(kept, dict(rejected), count, rejects)
 
 
 def _draw(tools: list[ToolSpec], category: str, distractors: int, rng: Any) -> tuple[list[ToolSpec], list[ToolSpec]]:
@@ -326,3 +389,88 @@ async def _executed(execute: Executor, calls: list[ToolCall]) -> list[str]:
             raise _Rejected("execution", f"{call.name} returned an error")
         observations.append(outcome.text)
     return observations
+
+
+def decontamination_sets(settings: Settings) -> dict[str, list[Sample]] | None:
+    """The evaluator's sets a synthesized sample must not leak into (None: no such stage)."""
+    from looptool.loop.evaluation import load_eval_sets
+
+    if not settings.synthesis.decontaminate or not settings.evaluator.sets:
+        return None
+    return {"evaluator.sets": [item for item in load_eval_sets(settings.evaluator.sets) if isinstance(item, Sample)]}
+
+
+def settles_attempt(letter: DeadLetter) -> bool:
+    """Whether a dead letter is the synthesizer giving up on an attempt (its outcome)."""
+    return letter.service == SERVICE and letter.stage == event_tag(SynthesisTask)
+
+
+class JobLedger:
+    """A synthesis job folded from its events: the request, one outcome per attempt (results,
+    and the dead letters of attempts whose work failed for good), the finish. What the
+    synthesizer's replicas settle from and what ``looptool synthesize`` shows."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        self.request: SynthesisJob | None = None
+        self.count: int | None = None
+        self.outcomes: dict[int, SynthesisAttempt] = {}
+        self.repeats = 0  # a second outcome for an attempt: ignored, the first stands
+        self.unrun_calls = 0  # verified samples whose calls did not run (no execution stage)
+        self.finished: SynthesisFinished | None = None
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case SynthesisRequested(job=job):
+                self.request, self.count = job, job.count
+            case SynthesisResult(count=count, outcome=outcome):
+                self._outcome(count, outcome)
+            case DeadLetter() if settles_attempt(event):
+                try:
+                    task = msgspec.json.decode(event.data, type=SynthesisTask)
+                except msgspec.MsgspecError:  # a poison task names no attempt: nothing to settle
+                    return
+                failed = SynthesisAttempt(attempt=task.attempt, category="", stage="error", reason=event.error[:200])
+                self._outcome(task.job.count, failed)
+            case SynthesisFinished():
+                self.finished = event
+                self.outcomes.clear()  # settled: only the counts are needed from now on
+
+    def _outcome(self, count: int, outcome: SynthesisAttempt) -> None:
+        if self.finished is not None:
+            return
+        self.count = count
+        if outcome.attempt in self.outcomes:
+            self.repeats += 1
+        elif 0 <= outcome.attempt < count:
+            self.outcomes[outcome.attempt] = outcome
+            if outcome.sample is not None and _stage(outcome.sample, "execution") != "pass":
+                self.unrun_calls += 1
+
+    def complete(self) -> bool:
+        return self.finished is None and self.count is not None and len(self.outcomes) == self.count
+
+    def progress(self) -> Counter[str]:
+        """Outcomes so far: ``verified`` (before de-duplication) or ``stage: reason``."""
+        return Counter("verified" if o.sample is not None else f"{o.stage}: {o.reason}" for o in self.outcomes.values())
+
+    def status(self) -> str:
+        if self.finished is not None:
+            done = self.finished
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(done.rejected.items()))
+            return f"{self.job}: finished, {done.attempted} attempted: {done.kept} kept" + (
+                f", rejected {reasons}" if reasons else ""
+            )
+        if self.count is None:
+            return f"{self.job}: waiting for the synthesizer"
+        progress = self.progress()
+        verified = progress.pop("verified", 0)
+        rejected = ", ".join(f"{reason} {n}" for reason, n in progress.most_common())
+        return f"{self.job}: {len(self.outcomes)}/{self.count} attempted, {verified} verified" + (
+            f"; rejected {rejected}" if rejected else ""
+        )
+
+
+def _stage(sample: Sample, stage: str) -> str | None:
+    stages = sample.meta.get("synthesis", {}).get("stages", {})
+    return stages.get(stage) if isinstance(stages, dict) else None
