@@ -465,21 +465,46 @@ def check_dirty_run(run: LoopRun, report: ImportReport, nats_url: str, secrets: 
 def test_seed_data_synthesized_from_an_mcp_servers_tools_runs_a_loop(
     nats_server, loop_vllm, tiny_model, world, tmp_path: Path
 ) -> None:
-    """From an MCP server's tools alone: `synthesize` (the generator scripted), then a run on
-    that seed pool, every sample accounted for once."""
-    from test_synthesis import synthesized_from_the_server
+    """From an MCP server's tools alone: `looptool run` on a config naming the server as its
+    tool source — the synthesizer service makes the seed pool (the generator scripted, the
+    calls run on the server), then the loop runs on it, every sample accounted for once."""
+    from scripted_openai import ScriptedServer
+    from test_synthesis import SERVER, varied_generator
 
-    from looptool.data.formats import write_samples
+    with ScriptedServer(varied_generator().answer) as generator:
+        env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
+        env |= {
+            "LOOPTOOL_GENERATOR_MODEL__BASE_URL": generator.base_url,
+            "LOOPTOOL_SYNTHESIS__COUNT": "24",
+            "LOOPTOOL_SYNTHESIS__SEED": "5",
+            "LOOPTOOL_SYNTHESIS__CATEGORIES": '{"simple": 0.8, "multi_turn": 0.2}',
+            "LOOPTOOL_SYNTHESIS__SEMANTICS": "false",
+            "LOOPTOOL_SYNTHESIS__ALLOW_EXECUTION": msgspec.json.encode([f"mcp:{SERVER}"]).decode(),
+        }
+        config = tmp_path / "run.toml"
+        config.write_text(f'[run]\nrun = "loopsynth"\ntool_source = "mcp:{SERVER}"\nrounds = 1\nwait_for_eval = true\n')
+        with Topology(tmp_path / "topology", nats_url=nats_server.url, env=env, quiet=True) as topology:
+            user = subprocess.run(
+                [sys.executable, "-m", "looptool", "run", str(config)],
+                env={**os.environ, **env, "LOOPTOOL_NATS__URL": nats_server.url},
+                capture_output=True,
+                timeout=900,
+            )
+            assert user.returncode == 0, user.stderr.decode()[-3000:]
 
-    result = anyio.run(synthesized_from_the_server, 24, 5)
-    assert len(result.samples) >= 20, result.summary()
-    seed = tmp_path / "seed.jsonl"
-    write_samples(result.samples, seed)
-    env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
-    done = run_loop(nats_server.url, env, tmp_path / "topology", "loopsynth", seed, rounds=1)
-    ledger = done.ledger
-    assert done.exited == {} and ledger.finished is not None and ledger.finished.reason == "completed 1 round(s)"
+            async def folded() -> RunLedger:
+                bus = await Bus.connect(topology.client_settings())
+                try:
+                    return await fold_run(bus, "loopsynth")
+                finally:
+                    await bus.close()
+
+            ledger = anyio.run(folded)
+    seed = import_file(tmp_path / "loopsynth.seed.jsonl", "auto").samples
+    assert len(seed) >= 18 and "synthesis job loopsynth-seed requested" in user.stderr.decode()
+    assert ledger.finished is not None and ledger.finished.reason == "completed 1 round(s)"
     outcomes = ledger.round(0).outcomes(_cut())
-    assert len(outcomes) == ledger.round(0).size == len(result.samples)
+    assert len(outcomes) == ledger.round(0).size == len(seed)
     probed = [p.sample for p in ledger.round(0).probes.values() if p.sample is not None]
     assert probed and all(s.lineage.origin == "synthesis" and s.meta["synthesis"]["stages"] for s in probed)
+    assert any(s.meta["synthesis"]["category"] == "multi_turn" for s in probed)  # its first call ran

@@ -123,7 +123,8 @@ def test_synthesis_with_a_weak_generator_counts_its_garbage_and_never_crashes(
         "LOOPTOOL_JUDGE__QUORUM": "1",
         "LOOPTOOL_JUDGE__MAX_TOKENS": "64",
     }
-    command = [sys.executable, "-m", "looptool", "synthesize", "--mcp", server, "--out", str(out), "--count", "8"]
+    command = [sys.executable, "-m", "looptool", "synthesize", "--local", "--mcp", server, "--out", str(out)]
+    command += ["--count", "8"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 tools from mcp:" in done.stderr and "8 attempted: " in done.stderr

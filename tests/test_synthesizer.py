@@ -179,6 +179,9 @@ def test_synthesize_on_a_secure_bus_survives_a_killed_replica(tmp_path: Path) ->
             at_kill = len(anyio.run(log).outcomes)
             stdout, stderr = user.communicate(timeout=400)
             job = anyio.run(log)
+            watched = subprocess.run(  # a late watcher replays the job's progress
+                [sys.executable, "-m", "looptool", "watch", "killed"], env=user_env, capture_output=True, timeout=120
+            )
     assert user.returncode == 0, stderr.decode()[-3000:]
     assert 6 <= at_kill < count
     written = import_file(out, "auto")
@@ -186,5 +189,5 @@ def test_synthesize_on_a_secure_bus_survives_a_killed_replica(tmp_path: Path) ->
     rejects = out.with_suffix(".rejects.jsonl").read_text().splitlines()
     assert len(written.samples) + len(rejects) == count
     assert f"{len(expected.samples)} samples" in stdout.decode()
-    assert "finished, 30 attempted" in stderr.decode()
+    assert "finished, 30 attempted" in stderr.decode() and "finished, 30 attempted" in watched.stderr.decode()
     assert job.finished is not None and job.finished.attempted == count and job.finished.kept == len(written.samples)

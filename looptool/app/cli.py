@@ -305,11 +305,16 @@ async def _seed_from_tool_source(bus: Bus, config: Any, config_file: Path, setti
 
 
 async def _watch(args: argparse.Namespace, settings: Settings) -> None:
-    from looptool.app.watch import watch
+    from looptool.app.watch import watch, watch_synthesis
+    from looptool.loop.events import SynthesisRequested
 
     bus = await Bus.connect(settings.nats, name="looptool-watch")
     try:
-        await watch(bus, names.check_token("run", args.run), until_finished=not args.forever)
+        run = names.check_token("run", args.run)
+        async for _ in bus.events(names.for_type(SynthesisRequested, run)):
+            await watch_synthesis(bus, run)  # a synthesis job, not a run
+            return
+        await watch(bus, run, until_finished=not args.forever)
     finally:
         await bus.close()
 
@@ -608,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=lambda a, s: _run_async(_run, a, s))
 
-    watch = commands.add_parser("watch", help="live progress of a run (replays from the start)")
+    watch = commands.add_parser("watch", help="live progress of a run or a synthesis job (replays from the start)")
     watch.add_argument("run")
     watch.add_argument("--forever", action="store_true", help="keep watching after the run finishes")
     watch.set_defaults(func=lambda a, s: _run_async(_watch, a, s))

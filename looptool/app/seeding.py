@@ -13,10 +13,9 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import anyio
 import msgspec
 
-from looptool.app.runs import run_events
+from looptool.app.watch import watch_synthesis
 from looptool.data.formats import write_samples
 from looptool.data.samples import ToolSpec
 from looptool.data.toolsources import (
@@ -128,19 +127,10 @@ async def request_synthesis(
     return request
 
 
-async def follow_synthesis(bus: Bus, job: str, out: str | Path, interval: float = 5.0) -> JobLedger:
+async def follow_synthesis(bus: Bus, job: str, out: str | Path) -> JobLedger:
     """Show a job's progress until it finishes, then write its seed pool to ``out`` and the
     rejected attempts to ``<out>.rejects.jsonl``."""
-    ledger = JobLedger(job)
-    last = 0.0
-    async for event in run_events(bus, job, follow=True):
-        ledger.apply(event)
-        now = anyio.current_time()
-        if now - last >= interval or ledger.finished is not None:
-            print(ledger.status(), file=sys.stderr)
-            last = now
-        if ledger.finished is not None:
-            break
+    ledger = await watch_synthesis(bus, job)
     assert ledger.finished is not None
     Path(out).write_bytes(await bus.get_artifact(ledger.finished.pool))
     Path(out).with_suffix(".rejects.jsonl").write_bytes(await bus.get_artifact(ledger.finished.rejects))

@@ -1,6 +1,9 @@
-"""``looptool watch``: a live view of a run, folded from its event stream (late starts replay)."""
+"""``looptool watch``: a live view of a run or a synthesis job, folded from its event stream
+(late starts replay)."""
 
 from __future__ import annotations
+
+import sys
 
 import anyio
 from rich.console import Console, Group
@@ -14,6 +17,7 @@ from looptool.kernel.bus import Bus
 from looptool.loop.events import DatasetReady, RunFinished
 from looptool.loop.ledger import RoundLedger, RunLedger
 from looptool.loop.runconfig import PplCut
+from looptool.loop.synthesis import JobLedger
 
 
 def _bar(done: int, total: int) -> Group | str:
@@ -126,4 +130,20 @@ async def watch(
         if until_finished and isinstance(event, RunFinished):
             break
     console.print(render(ledger))
+    return ledger
+
+
+async def watch_synthesis(bus: Bus, job: str, interval: float = 5.0) -> JobLedger:
+    """Follow a synthesis job until it settles: a status line every ``interval`` seconds and at
+    the end, on stderr (stdout stays for what a command writes)."""
+    ledger = JobLedger(job)
+    last = 0.0
+    async for event in run_events(bus, job, follow=True):
+        ledger.apply(event)
+        now = anyio.current_time()
+        if now - last >= interval or ledger.finished is not None:
+            print(ledger.status(), file=sys.stderr, flush=True)
+            last = now
+        if ledger.finished is not None:
+            break
     return ledger
