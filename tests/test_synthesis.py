@@ -440,3 +440,38 @@ def test_a_tool_source_becomes_seed_data_where_a_run_reads_it(tmp_path: Path) ->
     assert RunConfig(run="r", tool_source=f"mcp:{SERVER}").tool_source  # a run config may name one
     with pytest.raises(ToolSourceError, match="expected mcp:"):
         anyio.run(seed_from_tools, "ftp:somewhere", settings, out)
+
+
+def test_a_sample_that_leaks_into_an_eval_set_is_dropped_and_counted() -> None:
+    """The contamination stage is lint's test against the evaluator's sets: a synthesized
+    request that an eval item asks too is dropped; an eval set about other things drops nothing."""
+    from looptool.data.samples import FunctionSpec, Message, Sample, ToolSpec
+    from looptool.loop.events import SynthesisAttempt
+    from looptool.loop.synthesis import settle
+
+    result = anyio.run(synthesized_from_the_server, 12, 4)
+    attempts = [SynthesisAttempt(attempt=i, category="simple", sample=s) for i, s in enumerate(result.samples)]
+    leaked = result.samples[3]
+    other_tool = ToolSpec(FunctionSpec("book_table", "Book a restaurant table."))
+    eval_item = Sample(id="e-1", tools=[other_tool], messages=leaked.messages, label=[])
+    unrelated = Sample(id="e-2", tools=[other_tool], messages=[Message(role="user", content="Book a table for two.")])
+
+    dirty = settle(attempts, len(attempts), 0.85, {"bfcl:simple": [eval_item]})
+    assert leaked.id not in {s.id for s in dirty.samples}
+    assert dirty.rejected["contamination: overlaps an eval set"] >= 1
+    assert len(dirty.samples) + sum(dirty.rejected.values()) == len(attempts)
+    assert all(s.meta["synthesis"]["stages"]["contamination"] == "pass" for s in dirty.samples)
+    clean = settle(attempts, len(attempts), 0.85, {"bfcl:simple": [unrelated]})
+    assert [s.id for s in clean.samples] == [s.id for s in result.samples]
+
+
+def test_settings_without_a_category_are_refused_before_the_synthesizer_starts() -> None:
+    from looptool.kernel.settings import SettingsError
+    from looptool.loop.settings import Settings
+    from looptool.services import synthesizer
+
+    settings = Settings()
+    settings.synthesis.categories = {"simple": 0.0, "no_such_kind": 1.0}
+    assert synthesizer.service.check is not None
+    with pytest.raises(SettingsError, match="synthesis.categories"):
+        synthesizer.service.check(settings)

@@ -42,6 +42,7 @@ from looptool.data.lint import contamination
 from looptool.data.samples import Lineage, Message, Sample, ToolCall, ToolSpec, sample_id
 from looptool.data.toolsources import CallOutcome
 from looptool.kernel.events import DeadLetter, Event, event_tag
+from looptool.kernel.settings import SettingsError
 from looptool.llm.client import ModelClient, ModelRequestError
 from looptool.loop.events import (
     SynthesisAttempt,
@@ -131,9 +132,7 @@ async def attempt(
     look at every attempt together (:func:`settle`)."""
     if not tools:
         raise ValueError("no tools to synthesize for")
-    weights = {c: w for c, w in settings.categories.items() if c in CATEGORIES and w > 0}
-    if not weights:
-        raise ValueError(f"synthesis.categories: give a positive share to one of {', '.join(CATEGORIES)}")
+    weights = category_weights(settings)
     rng = seed_rng(settings.seed, index)
     category = rng.choices(list(weights), list(weights.values()))[0]
     if category == "parallel_multiple" and len(tools) < 2:
@@ -178,6 +177,19 @@ async def attempt(
         meta={"synthesis": provenance},
     )
     return SynthesisAttempt(attempt=index, category=category, sample=sample, request=request, calls=calls)
+
+
+def category_weights(settings: SynthesisSettings) -> dict[str, float]:
+    """The categories to draw from, by share; none is a settings error (refused at a start)."""
+    weights = {c: w for c, w in settings.categories.items() if c in CATEGORIES and w > 0}
+    if not weights:
+        raise SettingsError(f"synthesis.categories: give a positive share to one of {', '.join(CATEGORIES)}")
+    return weights
+
+
+def check_settings(settings: SynthesisSettings) -> None:
+    """At the synthesizer's start: settings no attempt could use are refused there."""
+    category_weights(settings)
 
 
 def settle(

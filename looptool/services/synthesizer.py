@@ -41,6 +41,7 @@ service = Service(
     synthesis.SERVICE,
     "Seed data from tools: one synthesis.result per attempt, synthesis.finished per job",
     emits=(SynthesisTask, SynthesisResult, SynthesisFinished),
+    check=lambda settings: synthesis.check_settings(settings.synthesis),
 )
 
 
