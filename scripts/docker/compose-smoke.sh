@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The compose smoke test: build the images, bring the cpu profile up, put SmolLM2 into the models
 # volume, run a one-round loop over the synthetic world with the probe scaled to 2 replicas, check
-# that every sample of the round has one outcome and the report, tear down.
+# that every sample of the round has one outcome and the report, have the synthesizer settle a
+# small job from a tool file, tear down.
 #
 #   bash scripts/docker/compose-smoke.sh [--out bench/results/compose_smoke.json]
 #
@@ -106,6 +107,14 @@ TOML
 up() { compose up -d --no-build --wait --wait-timeout 900; }
 scale() { compose up -d --no-build --no-recreate --wait --wait-timeout 300 --scale probe=2; }
 run_loop() { compose run --rm -T cli looptool run /work/run.toml >"$work/run.log" 2>&1 || { cat "$work/run.log" >&2; exit 1; }; }
+synthesize() { # seed data from a tool file, by the synthesizer service (SmolLM2 as generator and judge)
+    cat >"$work/tools.json" <<'JSON'
+[{"type": "function", "function": {"name": "get_weather", "description": "The current weather in a city.",
+  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+JSON
+    compose run --rm -T cli looptool synthesize --tools /work/tools.json --out /work/synth.jsonl --count 4 \
+        --job "smoke-synth-$(date +%s)" >"$work/synth.log" 2>&1 || { cat "$work/synth.log" >&2; exit 1; }
+}
 report() { compose run --rm -T cli looptool report "$(sed -n 's/^run = "\(.*\)"/\1/p' "$work/run.toml")" --out /work/report >/dev/null; }
 
 step images base_images
@@ -116,15 +125,16 @@ step up up
 step scale scale
 step run run_loop
 step report report
+step synthesize synthesize
 
 probes=$(compose ps -q probe | wc -l)
 restarts=$(compose ps -q | xargs docker inspect -f '{{.Name}} {{.RestartCount}}' | awk '$2 > 0')
 images=$(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^looptool-' | sort)
 compose logs --no-color >"$work/services.log" 2>&1 || true  # what a failing check shows
-python3 - "$work/report/report.json" "$out" "$engine" "$compose_version" "$probes" "$restarts" "$images" "${LOOPTOOL_SMOKE_NETWORK:-host}" "$work/services.log" \
+python3 - "$work/report/report.json" "$out" "$engine" "$compose_version" "$probes" "$restarts" "$images" "${LOOPTOOL_SMOKE_NETWORK:-host}" "$work/services.log" "$work/synth.log" \
     "$(for k in "${!seconds[@]}"; do echo "$k=${seconds[$k]}"; done)" <<'PY'
 import json, sys
-report_path, out, engine, compose_version, probes, restarts, images, network, services_log, timings = sys.argv[1:]
+report_path, out, engine, compose_version, probes, restarts, images, network, services_log, synth_log, timings = sys.argv[1:]
 report = json.load(open(report_path))
 (round0,) = report["rounds"]
 outcomes = {k: v for k, v in round0["outcomes"].items() if k != "expanded"}
@@ -141,8 +151,11 @@ if int(probes) != 2:
     problems.append(f"{probes} probe replicas running, 2 asked for")
 if restarts.strip():
     problems.append(f"containers restarted: {restarts.strip()}")
+synthesis = open(synth_log).read()
+if "finished, 4 attempted" not in synthesis:
+    problems.append(f"synthesis job: {synthesis[-500:]}")
 result = {
-    "what": "scripts/docker/compose-smoke.sh: the cpu profile in containers, SmolLM2-135M-Instruct, one round of 40 samples over the synthetic world, the probe at 2 replicas",
+    "what": "scripts/docker/compose-smoke.sh: the cpu profile in containers, SmolLM2-135M-Instruct, one round of 40 samples over the synthetic world, the probe at 2 replicas; then a 4-attempt synthesis job from a tool file by the synthesizer service",
     "command": "bash scripts/docker/compose-smoke.sh" + (f" --out {out}" if out else ""),
     "docker_engine": engine,
     "compose": compose_version,
@@ -151,6 +164,7 @@ result = {
     "images": dict(line.split() for line in images.splitlines()),
     "run": {"status": report["status"], "samples": round0["samples"], "outcomes": round0["outcomes"],
             "base_overall": report["base_overall"], "overall": round0["overall"]},
+    "synthesis": [line for line in synthesis.splitlines() if "finished" in line or "samples;" in line],
     "problems": problems,
 }
 result["seconds"]["total"] = sum(result["seconds"].values())
