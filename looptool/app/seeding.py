@@ -29,6 +29,7 @@ from looptool.data.toolsources import (
 from looptool.kernel import names
 from looptool.kernel.bus import Bus
 from looptool.kernel.names import check_token
+from looptool.kernel.settings import SettingsError
 from looptool.llm.client import ModelClients
 from looptool.loop import keys
 from looptool.loop.events import SynthesisJob, SynthesisRequested
@@ -102,6 +103,8 @@ async def request_synthesis(
     job name already in the log is refused (its events would mix) unless ``exist_ok``: then the
     stored request stands."""
     check_token("job", job)
+    if count < 1:
+        raise SettingsError(f"synthesis.count is {count}: a job needs at least one attempt")
     async for previous in bus.events(names.for_type(SynthesisRequested, job)):
         if exist_ok and isinstance(previous, SynthesisRequested):
             return previous
@@ -118,10 +121,10 @@ async def request_synthesis(
         encoded = b"".join(_encoder.encode(op) + b"\n" for op in openapi_operations(document))
         operations = await bus.put_artifact(keys.synthesis_artifact(job, "operations"), encoded)
     encoded_tools = b"".join(_encoder.encode(tool) + b"\n" for tool in tools)
-    spec_ref = await bus.put_artifact(keys.synthesis_artifact(job, "tools"), encoded_tools)
+    tools_ref = await bus.put_artifact(keys.synthesis_artifact(job, "tools"), encoded_tools)
     request = SynthesisRequested(
         run=job,
-        job=SynthesisJob(source=source, tools=spec_ref, count=count, seed=seed, execute=execute, operations=operations),
+        job=SynthesisJob(source=source, tools=tools_ref, count=count, seed=seed, execute=execute, operations=operations),
     )
     await bus.publish(request)
     return request
