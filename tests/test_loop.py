@@ -469,37 +469,13 @@ def test_seed_data_synthesized_from_an_mcp_servers_tools_runs_a_loop(
     tool source — the synthesizer service makes the seed pool (the generator scripted, the
     calls run on the server), then the loop runs on it, every sample accounted for once."""
     from scripted_openai import ScriptedServer
-    from test_synthesis import SERVER, varied_generator
+    from test_synthesis import run_from_the_server, synthesis_env, varied_generator
 
     with ScriptedServer(varied_generator().answer) as generator:
         env = service_env(loop_vllm.base_url, tiny_model, world, tmp_path / "artifacts")
-        env |= {
-            "LOOPTOOL_GENERATOR_MODEL__BASE_URL": generator.base_url,
-            "LOOPTOOL_SYNTHESIS__COUNT": "24",
-            "LOOPTOOL_SYNTHESIS__SEED": "5",
-            "LOOPTOOL_SYNTHESIS__CATEGORIES": '{"simple": 0.8, "multi_turn": 0.2}',
-            "LOOPTOOL_SYNTHESIS__SEMANTICS": "false",
-            "LOOPTOOL_SYNTHESIS__ALLOW_EXECUTION": msgspec.json.encode([f"mcp:{SERVER}"]).decode(),
-        }
-        config = tmp_path / "run.toml"
-        config.write_text(f'[run]\nrun = "loopsynth"\ntool_source = "mcp:{SERVER}"\nrounds = 1\nwait_for_eval = true\n')
+        env |= synthesis_env(generator.base_url)
         with Topology(tmp_path / "topology", nats_url=nats_server.url, env=env, quiet=True) as topology:
-            user = subprocess.run(
-                [sys.executable, "-m", "looptool", "run", str(config)],
-                env={**os.environ, **env, "LOOPTOOL_NATS__URL": nats_server.url},
-                capture_output=True,
-                timeout=900,
-            )
-            assert user.returncode == 0, user.stderr.decode()[-3000:]
-
-            async def folded() -> RunLedger:
-                bus = await Bus.connect(topology.client_settings())
-                try:
-                    return await fold_run(bus, "loopsynth")
-                finally:
-                    await bus.close()
-
-            ledger = anyio.run(folded)
+            user, ledger = run_from_the_server("loopsynth", tmp_path, env, topology.client_settings())
     seed = import_file(tmp_path / "loopsynth.seed.jsonl", "auto").samples
     assert len(seed) >= 18 and "synthesis job loopsynth-seed requested" in user.stderr.decode()
     assert ledger.finished is not None and ledger.finished.reason == "completed 1 round(s)"

@@ -142,61 +142,31 @@ def test_a_loop_on_smollm2_from_an_mcp_servers_tools_alone(served: VllmServer, t
     scripted: SmolLM2 cannot play the roles, see the test above), the calls running on the
     server; SmolLM2 is trained on it, probed, judged and scored on held-out requests to the same
     tools. Every sample ends in one outcome and carries its synthesis lineage."""
-    import os
-    import subprocess
-    import sys
-
-    import msgspec
     from scripted_openai import ScriptedServer
-    from test_synthesis import SERVER, synthesized_from_the_server, varied_generator
+    from test_synthesis import run_from_the_server, synthesis_env, synthesized_from_the_server, varied_generator
 
-    from looptool.app.runs import fold_run
     from looptool.app.up import Topology
     from looptool.data.formats import import_file, write_samples
-    from looptool.kernel.bus import Bus
 
     held_out = tmp_path / "held_out.jsonl"  # the same tools, other requests (another seed)
     write_samples(anyio.run(synthesized_from_the_server, 16, 99).samples, held_out)
     with ScriptedServer(varied_generator().answer) as generator:
         env = demo_env(served.model_dir, [str(held_out)], tmp_path / "artifacts")
-        for section, model in (("MODEL", "policy"), ("JUDGE_MODEL", "policy")):
+        for section in ("MODEL", "JUDGE_MODEL"):
             env |= {f"LOOPTOOL_{section}__BASE_URL": served.base_url, f"LOOPTOOL_{section}__API_KEY": VLLM_API_KEY}
-            env[f"LOOPTOOL_{section}__MODEL"] = model
-        env |= {
-            "LOOPTOOL_GENERATOR_MODEL__BASE_URL": generator.base_url,
-            "LOOPTOOL_SYNTHESIS__COUNT": "24",
-            "LOOPTOOL_SYNTHESIS__SEED": "5",
-            "LOOPTOOL_SYNTHESIS__CATEGORIES": '{"simple": 0.8, "multi_turn": 0.2}',
-            "LOOPTOOL_SYNTHESIS__SEMANTICS": "false",
-            "LOOPTOOL_SYNTHESIS__ALLOW_EXECUTION": msgspec.json.encode([f"mcp:{SERVER}"]).decode(),
+            env[f"LOOPTOOL_{section}__MODEL"] = "policy"
+        env |= synthesis_env(generator.base_url) | {
             # The held-out set asks the same tools by design (a team's own): lint's rule (a shared
             # tool and any shared 8-gram) would drop the scripted generator's templated requests.
             "LOOPTOOL_SYNTHESIS__DECONTAMINATE": "false",
             "LOOPTOOL_TRACKING__REPORT_TO": "[]",
         }
-        config = tmp_path / "run.toml"
-        config.write_text(f'[run]\nrun = "smolsynth"\ntool_source = "mcp:{SERVER}"\nrounds = 1\nwait_for_eval = true\n')
         with Topology(tmp_path / "topology", env=env, quiet=True) as topology:
-            cli = topology.client_settings()
-            user_env = {**os.environ, **env, "LOOPTOOL_NATS__URL": cli.url}
-            user_env["LOOPTOOL_NATS__CREDENTIALS_DIR"] = cli.credentials_dir or ""
-            user = subprocess.run(
-                [sys.executable, "-m", "looptool", "run", str(config)], env=user_env, capture_output=True, timeout=1500
-            )
-            assert user.returncode == 0, user.stderr.decode()[-3000:]
-
-            async def folded() -> object:
-                bus = await Bus.connect(cli)
-                try:
-                    return await fold_run(bus, "smolsynth")
-                finally:
-                    await bus.close()
-
-            ledger = anyio.run(folded)
+            _user, ledger = run_from_the_server("smolsynth", tmp_path, env, topology.client_settings())
     seed = import_file(tmp_path / "smolsynth.seed.jsonl", "auto").samples
     assert len(seed) >= 18
-    assert ledger.finished is not None and ledger.finished.reason == "completed 1 round(s)"  # type: ignore[attr-defined]
-    round0 = ledger.round(0)  # type: ignore[attr-defined]
+    assert ledger.finished is not None and ledger.finished.reason == "completed 1 round(s)"
+    round0 = ledger.round(0)
     assert len(round0.probes) == round0.size == len(seed)
     assert all(p.sample.lineage.origin == "synthesis" for p in round0.probes.values())
     scores = {name: e.metrics["overall"] for name, e in round0.evals.items()}

@@ -475,3 +475,46 @@ def test_settings_without_a_category_are_refused_before_the_synthesizer_starts()
     assert synthesizer.service.check is not None
     with pytest.raises(SettingsError, match="synthesis.categories"):
         synthesizer.service.check(settings)
+
+
+def synthesis_env(generator_url: str) -> dict[str, str]:
+    """The synthesizer service's settings in the loop tests: the scripted generator at
+    ``generator_url``, 24 attempts, the weather server's calls allowed."""
+    return {
+        "LOOPTOOL_GENERATOR_MODEL__BASE_URL": generator_url,
+        "LOOPTOOL_SYNTHESIS__COUNT": "24",
+        "LOOPTOOL_SYNTHESIS__SEED": "5",
+        "LOOPTOOL_SYNTHESIS__CATEGORIES": '{"simple": 0.8, "multi_turn": 0.2}',
+        "LOOPTOOL_SYNTHESIS__SEMANTICS": "false",
+        "LOOPTOOL_SYNTHESIS__ALLOW_EXECUTION": json.dumps([f"mcp:{SERVER}"]),
+    }
+
+
+def run_from_the_server(run: str, workdir: Path, env: dict[str, str], cli: Any) -> tuple[Any, Any]:
+    """`looptool run` on a config naming only the weather server as its tool source, as a user
+    types it (``cli``: the bus settings of the CLI's identity); the CLI's result and the run's
+    ledger as the log stands after it."""
+    import os
+    import subprocess
+
+    from looptool.app.runs import fold_run
+    from looptool.kernel.bus import Bus
+
+    config = workdir / "run.toml"
+    config.write_text(f'[run]\nrun = "{run}"\ntool_source = "mcp:{SERVER}"\nrounds = 1\nwait_for_eval = true\n')
+    user_env = {**os.environ, **env, "LOOPTOOL_NATS__URL": cli.url}
+    if cli.credentials_dir:
+        user_env["LOOPTOOL_NATS__CREDENTIALS_DIR"] = cli.credentials_dir
+    user = subprocess.run(
+        [sys.executable, "-m", "looptool", "run", str(config)], env=user_env, capture_output=True, timeout=1500
+    )
+    assert user.returncode == 0, user.stderr.decode()[-3000:]
+
+    async def folded() -> Any:
+        bus = await Bus.connect(cli)
+        try:
+            return await fold_run(bus, run)
+        finally:
+            await bus.close()
+
+    return user, anyio.run(folded)
