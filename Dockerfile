@@ -20,7 +20,7 @@ COPY looptool ./looptool
 COPY schemas ./schemas
 # bfcl-eval: BFCL's data, reference checker and decoder, without its pins of dozens of model SDKs
 # (the bfcl extra holds what those parts import).
-RUN pip install ".[bfcl,tracking]" && pip install --no-deps "bfcl-eval==2026.3.23"
+RUN pip install ".[bfcl,tracking,synthesis]" && pip install --no-deps "bfcl-eval==2026.3.23"
 WORKDIR /work
 CMD ["looptool", "--help"]
 

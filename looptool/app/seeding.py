@@ -124,7 +124,9 @@ async def request_synthesis(
     tools_ref = await bus.put_artifact(keys.synthesis_artifact(job, "tools"), encoded_tools)
     request = SynthesisRequested(
         run=job,
-        job=SynthesisJob(source=source, tools=tools_ref, count=count, seed=seed, execute=execute, operations=operations),
+        job=SynthesisJob(
+            source=source, tools=tools_ref, count=count, seed=seed, execute=execute, operations=operations
+        ),
     )
     await bus.publish(request)
     return request

@@ -45,11 +45,19 @@ class CallOutcome(msgspec.Struct, frozen=True):
 # --------------------------------------------------------------------------- MCP
 
 
+def _mcp() -> Any:
+    try:
+        import mcp
+    except ImportError:
+        raise ToolSourceError("MCP servers need the mcp SDK: pip install 'looptool[synthesis]'") from None
+    return mcp
+
+
 def mcp_server(spec: str) -> Any:
     """What ``mcp.Client`` connects to: a URL as is, anything else a command line (stdio)."""
     if spec.startswith(("http://", "https://")):
         return spec
-    from mcp import StdioServerParameters
+    StdioServerParameters = _mcp().StdioServerParameters
 
     command = shlex.split(spec)
     if not command:
@@ -61,10 +69,8 @@ class McpTools:
     """A connected MCP server: its tools, and calls run on it. ``async with McpTools(spec)``."""
 
     def __init__(self, spec: str) -> None:
-        from mcp import Client
-
         self.spec = spec
-        self._client = Client(mcp_server(spec))
+        self._client = _mcp().Client(mcp_server(spec))
 
     async def __aenter__(self) -> McpTools:
         await self._client.__aenter__()
@@ -244,7 +250,9 @@ def _load_document(path: Path) -> Any:
     try:
         import yaml  # type: ignore[import-untyped]
     except ImportError:
-        raise ToolSourceError(f"{path}: not JSON, and reading YAML needs pyyaml") from None
+        raise ToolSourceError(
+            f"{path}: not JSON, and reading YAML needs pyyaml: pip install 'looptool[synthesis]'"
+        ) from None
     try:
         return yaml.safe_load(data)
     except yaml.YAMLError as exc:
