@@ -146,10 +146,11 @@ def test_a_loop_on_smollm2_from_an_mcp_servers_tools_alone(served: VllmServer, t
     from test_synthesis import run_from_the_server, synthesis_env, synthesized_from_the_server, varied_generator
 
     from looptool.app.up import Topology
-    from looptool.data.formats import import_file, write_samples
+    from looptool.data.formats import export_jsonl, import_file
 
-    held_out = tmp_path / "held_out.jsonl"  # the same tools, other requests (another seed)
-    write_samples(anyio.run(synthesized_from_the_server, 16, 99).samples, held_out)
+    held_out = tmp_path / "held_out" / "BFCL_v4_simple.json"  # the same tools, other requests (another seed)
+    held_out.parent.mkdir()
+    export_jsonl(anyio.run(synthesized_from_the_server, 16, 99).samples, held_out, "bfcl")
     with ScriptedServer(varied_generator().answer) as generator:
         env = demo_env(served.model_dir, [str(held_out)], tmp_path / "artifacts")
         for section in ("MODEL", "JUDGE_MODEL"):
