@@ -193,14 +193,15 @@ def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]
 
     table: dict[str, Any] = {}
     for arm in arms:
-        finals = [s["arms"][arm]["rounds"][-1] for s in per_seed if arm in s["arms"]]
-        if not finals:
+        measured = [s["arms"][arm]["rounds"] for s in per_seed if arm in s["arms"]]  # an arm run on some seeds
+        if not measured:
             continue
+        finals = [rounds[-1] for rounds in measured]
         categories = sorted({k for f in finals for k in f})
         table[arm] = {key: stats([f.get(key, 0.0) for f in finals]) for key in categories}
+        table[arm]["seeds"] = len(measured)  # type: ignore[assignment]
         table[arm]["overall_by_round"] = [
-            stats([s["arms"][arm]["rounds"][r]["overall"] for s in per_seed])
-            for r in range(len(per_seed[0]["arms"][arm]["rounds"]))
+            stats([rounds[r]["overall"] for rounds in measured]) for r in range(len(measured[0]))
         ]
     base = [s["arms"][a]["base"]["overall"] for s in per_seed for a in s["arms"] if "base" in s["arms"][a]][:1]
     summary: dict[str, Any] = {"table": table, "base_overall": base[0] if base else None}
