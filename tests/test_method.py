@@ -627,3 +627,38 @@ def test_closing_a_round_is_a_pure_decision() -> None:
         ledger.apply(probe(sample.id, "mastered", round=1))
     assert not curation.closable(ledger, 0) and curation.closable(ledger, 1)
     assert curation.close(ledger, 1, pool) == curation.Finish(1, "completed 2 round(s)")
+
+
+def test_a_run_that_waits_for_evaluations_ends_when_one_fails_for_good() -> None:
+    """Found by a SmolLM2 run whose eval set the evaluator could not read: the round's evaluation
+    was dead-lettered and, with wait_for_eval, the round waited for it forever. Now the run ends
+    naming it; a failed evaluation of the base model alone does not end it."""
+    from looptool.kernel.events import encode_event
+    from looptool.loop.events import EvalShard
+
+    pool = seed_samples(4, noise=0.0)
+    ledger = RunLedger("r")
+    ledger.apply(RunRequested(run="r", config=RunConfig(run="r", rounds=3, wait_for_eval=True, round_size=2)))
+    ledger.apply(msgspec.structs.replace(dataset(2), sample_ids=[s.id for s in pool[:2]]))
+    ledger.apply(ModelReady(run="r", model="r-r0"))
+    for sample in pool[:2]:
+        ledger.apply(probe(sample.id, "mastered"))
+    assert not curation.closable(ledger, 0)  # complete, but its evaluation is not in
+
+    def shard_letter(model: str) -> DeadLetter:
+        shard = EvalShard(run="r", model=model, shard=0, shards=1)
+        return DeadLetter(run="r", service="evaluator", subject="s", stream_seq=9, num_delivered=3,
+                          error="EvalSetError: eval.json: no such file\ntrace", data=encode_event(shard),
+                          stage="eval.shard")  # fmt: skip
+
+    ledger.apply(shard_letter("base-model"))  # the base model's part: the round's own may still come
+    assert not curation.closable(ledger, 0)
+    ledger.apply(shard_letter("r-r0"))
+    assert curation.closable(ledger, 0)
+    assert "round 0 evaluation failed — EvalSetError: eval.json: no such file" in [str(t) for t in problems(ledger)]
+    assert curation.close(ledger, 0, pool) == curation.Finish(
+        0,
+        "round 0's evaluation failed for good, and the run waits for evaluations: EvalSetError: eval.json: no such file",
+    )
+    ledger.apply(EvalCompleted(run="r", model="r-r0", metrics={"overall": 0.5}, n_items=2))  # a late one
+    assert isinstance(curation.close(ledger, 0, pool), curation.Next)  # it is used: the run goes on

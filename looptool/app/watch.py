@@ -75,6 +75,8 @@ def problems(ledger: RunLedger) -> list[Text]:
     for r, rl in sorted(ledger.rounds.items()):
         for reason, n in sorted(rl.errored_by_reason().items()):
             lines.append(Text(f"round {r} errored {n}× — {reason}", style="yellow"))
+        if rl.eval_failed is not None:
+            lines.append(Text(f"round {r} evaluation failed — {rl.eval_failed}", style="yellow"))
         stall = rl.stalled()
         if stall is not None:
             waiting = ", ".join(f"{stage} {n}" for stage, n in stall.waiting.items())

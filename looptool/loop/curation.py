@@ -173,10 +173,14 @@ def closable(ledger: RunLedger, round: int) -> bool:
     if ledger.request is None or ledger.finished is not None:
         return False
     config = ledger.request.config
-    waits_for_eval = config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
-    if not ledger.round(round).complete() or (waits_for_eval and ledger.overall(round) is None):
+    waits = waits_for_eval(config) and ledger.overall(round) is None and ledger.round(round).eval_failed is None
+    if not ledger.round(round).complete() or waits:
         return False
     return not closed(ledger, round)
+
+
+def waits_for_eval(config: RunConfig) -> bool:
+    return config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
 
 
 def closed(ledger: RunLedger, round: int) -> bool:
@@ -194,6 +198,9 @@ def close(ledger: RunLedger, round: int, pool: Sequence[Sample]) -> Next | Finis
     that dataset is empty."""
     assert ledger.request is not None, "a round closes only in a requested run"
     config = ledger.request.config
+    failed = ledger.round(round).eval_failed
+    if waits_for_eval(config) and ledger.overall(round) is None and failed is not None:
+        return Finish(round, f"round {round}'s evaluation failed for good, and the run waits for evaluations: {failed}")
     scores = [ledger.overall(r) for r in range(round + 1)]
     reason = stop_reason(scores, config, round) or regression_reason(
         ledger.eval_history(round), config.regression_margin

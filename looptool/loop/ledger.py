@@ -24,10 +24,11 @@ from typing import Literal
 import msgspec
 
 from looptool.data.samples import Sample
-from looptool.kernel.events import DeadLetter, Event, ServiceError, event_tag
+from looptool.kernel.events import DeadLetter, Event, ServiceError, decode_event, event_tag
 from looptool.loop.events import (
     DatasetReady,
     EvalCompleted,
+    EvalShard,
     ExpandResult,
     JudgeVerdict,
     ModelReady,
@@ -48,6 +49,8 @@ OUTCOMES: tuple[Outcome, ...] = ("kept", "dropped", "hard", "corrected", "discar
 # gives it its real outcome, which then wins).
 WORK_STAGES = {"probe.task": "probe", "probe.result": "judge", "judge.verdict": "expand"}
 WORKERS = {"probe": "probe", "judge": "judge", "expand": "expander"}
+EVALUATOR = "evaluator"
+EVAL_STAGES = frozenset({"model.ready", "eval.shard"})  # what the evaluator consumes
 
 
 class Errored(msgspec.Struct, frozen=True):
@@ -65,6 +68,9 @@ class RoundLedger:
         self.expansions: dict[str, ExpandResult] = {}
         self.errored: dict[str, dict[str, Errored]] = {stage: {} for stage in WORKERS}  # stage -> id -> why
         self.evals: dict[str, EvalCompleted] = {}
+        # Why the evaluator gave up on this round's evaluation (its first line), if it did: a run
+        # that waits for evaluations must then end instead of waiting for one that never comes.
+        self.eval_failed: str | None = None
         self.losses: list[tuple[int, float]] = []
         self.total_steps = 0
         self.applied = 0  # events that changed this round: progress, for stall detection
@@ -265,6 +271,20 @@ def _settles_work(letter: DeadLetter) -> bool:
     return stage is not None and letter.sample_id is not None and letter.service == WORKERS[stage]
 
 
+def _fails_evaluation(letter: DeadLetter, round: RoundLedger | None) -> bool:
+    """Whether a letter is the evaluator giving up on the round's model's evaluation: its start
+    (``model.ready``) or a part of it (``eval.shard``) for that model — not the base model's."""
+    if letter.service != EVALUATOR or letter.stage not in EVAL_STAGES or round is None:
+        return False
+    if letter.stage == "model.ready":
+        return True
+    try:
+        shard = decode_event(letter.data)
+    except Exception:  # a part that names no model: nothing to tell
+        return False
+    return isinstance(shard, EvalShard) and round.model is not None and shard.model == round.model.model
+
+
 def _sample_of(event: Event) -> str | None:
     """The sample of the round's dataset that an event is work on (None: round-level)."""
     if isinstance(event, DeadLetter):
@@ -321,6 +341,9 @@ class RunLedger:
                 return None
             case DeadLetter() if not _settles_work(event):
                 self.dead_letters += 1  # a message no sample's outcome waits for
+                if _fails_evaluation(event, self.rounds.get(event.round)):
+                    failed = self.round(event.round)
+                    failed.eval_failed = failed.eval_failed or (event.error.splitlines() or [""])[0][:200]
                 return None
         round = event.round
         if round < 0 or (self.request is not None and round >= self.request.config.rounds):
