@@ -13,10 +13,8 @@ import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import msgspec
-
 from looptool.app.watch import watch_synthesis
-from looptool.data.formats import write_samples
+from looptool.data.formats import encode_jsonl, write_samples
 from looptool.data.samples import ToolSpec
 from looptool.data.toolsources import (
     McpTools,
@@ -37,7 +35,6 @@ from looptool.loop.settings import Settings
 from looptool.loop.synthesis import Executor, JobLedger, Judge, Synthesized, decontamination_sets, synthesize
 
 KINDS = ("mcp", "openapi", "tools")
-_encoder = msgspec.json.Encoder()
 
 
 def parse_source(source: str) -> tuple[str, str]:
@@ -91,7 +88,7 @@ async def seed_from_tools(
         if owned:
             await clients.close()
     write_samples(result.samples, out)
-    Path(out).with_suffix(".rejects.jsonl").write_bytes(b"".join(_encoder.encode(r) + b"\n" for r in result.rejects))
+    Path(out).with_suffix(".rejects.jsonl").write_bytes(encode_jsonl(result.rejects))
     return result
 
 
@@ -118,10 +115,9 @@ async def request_synthesis(
     elif kind == "openapi" and "@" in spec:
         document, _, base_url = spec.partition("@")
         execute = f"openapi:{base_url}"
-        encoded = b"".join(_encoder.encode(op) + b"\n" for op in openapi_operations(document))
+        encoded = encode_jsonl(openapi_operations(document))
         operations = await bus.put_artifact(keys.synthesis_artifact(job, "operations"), encoded)
-    encoded_tools = b"".join(_encoder.encode(tool) + b"\n" for tool in tools)
-    tools_ref = await bus.put_artifact(keys.synthesis_artifact(job, "tools"), encoded_tools)
+    tools_ref = await bus.put_artifact(keys.synthesis_artifact(job, "tools"), encode_jsonl(tools))
     request = SynthesisRequested(
         run=job,
         job=SynthesisJob(

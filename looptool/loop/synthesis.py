@@ -68,7 +68,7 @@ class Synthesized(msgspec.Struct):
     rejects: list[dict[str, Any]]  # each rejected attempt: category, stage, reason, request, calls
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
+        reasons = _listed(sorted(self.rejected.items()))
         return (
             f"{self.attempted} attempted: {len(self.samples)} kept, {self.attempted - len(self.samples)} rejected"
             + (f" ({reasons})" if reasons else "")
@@ -469,7 +469,7 @@ class JobLedger:
     def status(self) -> str:
         if self.finished is not None:
             done = self.finished
-            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(done.rejected.items()))
+            reasons = _listed(sorted(done.rejected.items()))
             return f"{self.job}: finished, {done.attempted} attempted: {done.kept} kept" + (
                 f", rejected {reasons}" if reasons else ""
             )
@@ -477,7 +477,7 @@ class JobLedger:
             return f"{self.job}: waiting for the synthesizer"
         progress = self.progress()
         verified = progress.pop("verified", 0)
-        rejected = ", ".join(f"{reason} {n}" for reason, n in progress.most_common())
+        rejected = _listed(progress.most_common())
         return f"{self.job}: {len(self.outcomes)}/{self.count} attempted, {verified} verified" + (
             f"; rejected {rejected}" if rejected else ""
         )
@@ -486,3 +486,8 @@ class JobLedger:
 def _stage(sample: Sample, stage: str) -> str | None:
     stages = sample.meta.get("synthesis", {}).get("stages", {})
     return stages.get(stage) if isinstance(stages, dict) else None
+
+
+def _listed(counts: Iterable[tuple[str, int]]) -> str:
+    """Rejection reasons with their counts, as the summaries print them."""
+    return ", ".join(f"{reason} {n}" for reason, n in counts)

@@ -15,6 +15,7 @@ import uuid
 
 import msgspec
 
+from looptool.data.formats import encode_jsonl
 from looptool.data.lint import Contamination, contamination
 from looptool.data.samples import Sample
 from looptool.data.scoring import ScoredItem
@@ -101,7 +102,7 @@ async def score_shard(ctx: LoopContext, event: EvalShard) -> None:
         policy = ctx.use(ModelClients).get(ctx.settings.model)
         scored = await evaluate(policy, event.model, items, ctx.settings.evaluator.max_tokens, _user(ctx))
         ref = await ctx.put_artifact(
-            keys.eval_artifact(event.run, event.round, event.model, event.shard), _jsonl(scored)
+            keys.eval_artifact(event.run, event.round, event.model, event.shard), encode_jsonl(scored)
         )
         ctx.log.info("eval shard scored", model=event.model, shard=event.shard, items=len(scored))
         part = _encoder.encode(ref).decode()
@@ -117,7 +118,7 @@ async def _complete(ctx: LoopContext, event: EvalShard, parts: list[str]) -> Non
     items: list[ScoredItem] = []
     for part in parts:
         items += await ctx.load(msgspec.json.decode(part, type=ArtifactRef), ScoredItem)
-    details = await ctx.put_artifact(keys.eval_artifact(event.run, event.round, event.model), _jsonl(items))
+    details = await ctx.put_artifact(keys.eval_artifact(event.run, event.round, event.model), encode_jsonl(items))
     scores = metrics(items)
     await ctx.publish(
         EvalCompleted(
@@ -145,7 +146,3 @@ async def _complete(ctx: LoopContext, event: EvalShard, parts: list[str]) -> Non
             tracking.log_scores(directory, event.round, scores, base=base)
         except OSError as exc:
             ctx.log.warning("scores not written to the tracker", directory=str(directory), error=repr(exc))
-
-
-def _jsonl(items: list[ScoredItem]) -> bytes:
-    return b"".join(_encoder.encode(item) + b"\n" for item in items)

@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 import anyio
 import msgspec
 
-from looptool.data.formats import encode_samples
+from looptool.data.formats import encode_jsonl, encode_samples
 from looptool.data.samples import ToolSpec
 from looptool.data.toolsources import McpTools, OpenApiTools, Operation
 from looptool.kernel.events import DeadLetter, Event
@@ -122,9 +122,7 @@ async def settle(ctx: LoopContext, ledger: synthesis.JobLedger) -> None:
             return
         job = ledger.job
         pool = await ctx.put_artifact(keys.synthesis_artifact(job, "pool"), encode_samples(result.samples))
-        rejects = await ctx.put_artifact(
-            keys.synthesis_artifact(job, "rejects"), b"".join(msgspec.json.encode(r) + b"\n" for r in result.rejects)
-        )
+        rejects = await ctx.put_artifact(keys.synthesis_artifact(job, "rejects"), encode_jsonl(result.rejects))
         await ctx.publish(
             SynthesisFinished(
                 run=job,

@@ -149,8 +149,13 @@ def write_samples(samples: Iterable[Sample], path: str | Path) -> int:
     return count
 
 
+def encode_jsonl(items: Iterable[Any]) -> bytes:
+    """Any msgspec-encodable items as JSONL: an artifact's bytes (datasets, scores, tools)."""
+    return b"".join(_encoder.encode(item) + b"\n" for item in items)
+
+
 def encode_samples(samples: Iterable[Sample]) -> bytes:
-    return b"".join(_encoder.encode(sample) + b"\n" for sample in samples)
+    return encode_jsonl(samples)
 
 
 def decode_samples(data: bytes, origin: str = "<bytes>") -> list[Sample]:
