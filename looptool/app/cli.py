@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -21,6 +21,9 @@ from looptool.kernel.logs import configure_logging
 from looptool.kernel.settings import SettingsError
 from looptool.loop import events as _loop_events  # noqa: F401  (registers the loop's event types)
 from looptool.loop.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without the synthesis stack
+    from looptool.loop.synthesis import JobLedger
 
 _json = msgspec.json.Encoder()
 
@@ -397,7 +400,7 @@ async def _synthesize(args: argparse.Namespace, settings: Settings) -> None:
     print(f"{args.out} ({ledger.finished.kept} samples; rejected attempts in {rejects})")
 
 
-def _warn_unrun_calls(ledger: Any) -> None:
+def _warn_unrun_calls(ledger: JobLedger) -> None:
     request = ledger.request
     if request is not None and request.execute and ledger.unrun_calls:
         print(

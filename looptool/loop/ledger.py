@@ -131,9 +131,7 @@ class RoundLedger:
         stage = WORK_STAGES[letter.stage]
         if letter.sample_id in self.errored[stage]:
             return
-        self.errored[stage][letter.sample_id] = Errored(
-            stage, letter.error.splitlines()[0][:200] if letter.error else ""
-        )
+        self.errored[stage][letter.sample_id] = Errored(stage, _first_line(letter.error))
         self.applied += 1
         if stage == "probe":
             self._probed.add(letter.sample_id)
@@ -271,10 +269,15 @@ def _settles_work(letter: DeadLetter) -> bool:
     return stage is not None and letter.sample_id is not None and letter.service == WORKERS[stage]
 
 
-def _fails_evaluation(letter: DeadLetter, round: RoundLedger | None) -> bool:
+def _first_line(error: str) -> str:
+    """What a dead letter's error says, for a ledger: its first line, at most 200 characters."""
+    return error.splitlines()[0][:200] if error else ""
+
+
+def _fails_evaluation(letter: DeadLetter, round: RoundLedger) -> bool:
     """Whether a letter is the evaluator giving up on the round's model's evaluation: its start
     (``model.ready``) or a part of it (``eval.shard``) for that model — not the base model's."""
-    if letter.service != EVALUATOR or letter.stage not in EVAL_STAGES or round is None:
+    if letter.service != EVALUATOR or letter.stage not in EVAL_STAGES:
         return False
     if letter.stage == "model.ready":
         return True
@@ -341,9 +344,9 @@ class RunLedger:
                 return None
             case DeadLetter() if not _settles_work(event):
                 self.dead_letters += 1  # a message no sample's outcome waits for
-                if _fails_evaluation(event, self.rounds.get(event.round)):
-                    failed = self.round(event.round)
-                    failed.eval_failed = failed.eval_failed or (event.error.splitlines() or [""])[0][:200]
+                current = self.rounds.get(event.round)
+                if current is not None and _fails_evaluation(event, current):
+                    current.eval_failed = current.eval_failed or _first_line(event.error)
                 return None
         round = event.round
         if round < 0 or (self.request is not None and round >= self.request.config.rounds):
