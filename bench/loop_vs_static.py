@@ -185,11 +185,14 @@ def one_seed(workdir: Path, args: argparse.Namespace, seed: int) -> dict[str, An
 
 
 def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]:
-    def stats(values: list[float]) -> dict[str, float]:
+    def stats(values: list[float]) -> dict[str, float | None]:
         return {
             "mean": round(statistics.mean(values), 4),
-            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+            "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,  # one seed has no spread
         }
+
+    def final(seed: dict[str, Any], arm: str) -> float:
+        return float(seed["arms"][arm]["rounds"][-1]["overall"])
 
     table: dict[str, Any] = {}
     for arm in arms:
@@ -199,20 +202,23 @@ def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]
         finals = [rounds[-1] for rounds in measured]
         categories = sorted({k for f in finals for k in f})
         table[arm] = {key: stats([f.get(key, 0.0) for f in finals]) for key in categories}
-        table[arm]["seeds"] = len(measured)  # type: ignore[assignment]
+        table[arm]["seeds"] = len(measured)
         table[arm]["overall_by_round"] = [
             stats([rounds[r]["overall"] for rounds in measured]) for r in range(len(measured[0]))
         ]
+        if arm != "full":
+            # Paired: an arm against the full loop on the seeds (worlds) both ran.
+            paired = [final(s, "full") - final(s, arm) for s in per_seed if arm in s["arms"] and "full" in s["arms"]]
+            if paired:
+                table[arm]["full_minus_arm"] = stats(paired) | {"per_seed": [round(d, 4) for d in paired]}
     base = [s["arms"][a]["base"]["overall"] for s in per_seed for a in s["arms"] if "base" in s["arms"][a]][:1]
     summary: dict[str, Any] = {"table": table, "base_overall": base[0] if base else None}
-    if "full" in table and "static" in table:
-        deltas = [
-            s["arms"]["full"]["rounds"][-1]["overall"] - s["arms"]["static"]["rounds"][-1]["overall"] for s in per_seed
-        ]
-        summary["full_minus_static"] = stats(deltas) | {"per_seed": [round(d, 4) for d in deltas]}
-        spread = max(table["full"]["overall"]["sd"], table["static"]["overall"]["sd"])
+    if "full_minus_arm" in table.get("static", {}):
+        deltas = table["static"]["full_minus_arm"]
+        summary["full_minus_static"] = deltas
+        spread = max(table["full"]["overall"]["sd"] or 0.0, table["static"]["overall"]["sd"] or 0.0)
         summary["seed_sd"] = spread
-        summary["full_beats_static_beyond_seed_sd"] = statistics.mean(deltas) > spread
+        summary["full_beats_static_beyond_seed_sd"] = deltas["mean"] > spread
     return summary
 
 
