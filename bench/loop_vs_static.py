@@ -207,15 +207,17 @@ def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]
         table[arm]["overall_by_round"] = [
             stats([rounds[r]["overall"] for rounds in measured]) for r in range(len(measured[0]))
         ]
-        if arm != "full":
-            # Paired: an arm against the full loop on the seeds (worlds) both ran.
-            paired = [final(s, "full") - final(s, arm) for s in per_seed if arm in s["arms"] and "full" in s["arms"]]
-            if paired:
-                table[arm]["full_minus_arm"] = stats(paired) | {"per_seed": [round(d, 4) for d in paired]}
+        # Paired: the arm's final overall minus the full loop's and static's, on the seeds (worlds) both ran.
+        table[arm]["minus"] = {}
+        for other in ("full", "static"):
+            both = [s for s in per_seed if other != arm and {arm, other} <= s["arms"].keys()]
+            if both:
+                deltas = {s["seed"]: round(final(s, arm) - final(s, other), 4) for s in both}
+                table[arm]["minus"][other] = stats(list(deltas.values())) | {"per_seed": deltas}
     base = [s["arms"][a]["base"]["overall"] for s in per_seed for a in s["arms"] if "base" in s["arms"][a]][:1]
     summary: dict[str, Any] = {"table": table, "base_overall": base[0] if base else None}
-    if "full_minus_arm" in table.get("static", {}):
-        deltas = table["static"]["full_minus_arm"]
+    if "static" in table.get("full", {}).get("minus", {}):
+        deltas = table["full"]["minus"]["static"]
         summary["full_minus_static"] = deltas
         spread = max(table["full"]["overall"]["sd"] or 0.0, table["static"]["overall"]["sd"] or 0.0)
         summary["seed_sd"] = spread
