@@ -214,8 +214,9 @@ def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]
             if both:
                 deltas = {s["seed"]: round(final(s, arm) - final(s, other), 4) for s in both}
                 table[arm]["minus"][other] = stats(list(deltas.values())) | {"per_seed": deltas}
-    base = [s["arms"][a]["base"]["overall"] for s in per_seed for a in s["arms"] if "base" in s["arms"][a]][:1]
-    summary: dict[str, Any] = {"table": table, "base_overall": base[0] if base else None}
+    # Every loop arm of a seed starts from the same base model on the same split: one base a seed.
+    base = [next(a["base"]["overall"] for a in s["arms"].values() if "base" in a) for s in per_seed]
+    summary: dict[str, Any] = {"table": table, "base_overall": stats(base) if base else None}
     if "static" in table.get("full", {}).get("minus", {}):
         deltas = table["full"]["minus"]["static"]
         summary["full_minus_static"] = deltas
