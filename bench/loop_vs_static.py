@@ -215,7 +215,8 @@ def summarise(per_seed: list[dict[str, Any]], arms: list[str]) -> dict[str, Any]
                 deltas = {s["seed"]: round(final(s, arm) - final(s, other), 4) for s in both}
                 table[arm]["minus"][other] = stats(list(deltas.values())) | {"per_seed": deltas}
     # Every loop arm of a seed starts from the same base model on the same split: one base a seed.
-    base = [next(a["base"]["overall"] for a in s["arms"].values() if "base" in a) for s in per_seed]
+    bases = [next((a["base"]["overall"] for a in s["arms"].values() if "base" in a), None) for s in per_seed]
+    base = [b for b in bases if b is not None]  # a seed run with static alone has no loop arm's base
     summary: dict[str, Any] = {"table": table, "base_overall": stats(base) if base else None}
     if "static" in table.get("full", {}).get("minus", {}):
         deltas = table["full"]["minus"]["static"]
