@@ -169,18 +169,22 @@ def open_run(pool: Sequence[Sample], config: RunConfig) -> Next | Finish:
 
 def closable(ledger: RunLedger, round: int) -> bool:
     """Whether round ``round`` can be closed now: every sample has its outcome, its evaluation is
-    in where the run waits for one, and neither the next dataset nor the run's end exists."""
+    in (or failed for good) where the run waits for one, and neither the next dataset nor the
+    run's end exists."""
     if ledger.request is None or ledger.finished is not None:
         return False
-    config = ledger.request.config
-    waits = waits_for_eval(config) and ledger.overall(round) is None and ledger.round(round).eval_failed is None
+    waits = missing_eval(ledger, round) and ledger.round(round).eval_failed is None
     if not ledger.round(round).complete() or waits:
         return False
     return not closed(ledger, round)
 
 
-def waits_for_eval(config: RunConfig) -> bool:
-    return config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
+def missing_eval(ledger: RunLedger, round: int) -> bool:
+    """Whether the run waits for evaluations and round ``round``'s is not in."""
+    assert ledger.request is not None
+    config = ledger.request.config
+    waits = config.wait_for_eval or config.patience > 0 or config.regression_margin > 0
+    return waits and ledger.overall(round) is None
 
 
 def closed(ledger: RunLedger, round: int) -> bool:
@@ -199,7 +203,7 @@ def close(ledger: RunLedger, round: int, pool: Sequence[Sample]) -> Next | Finis
     assert ledger.request is not None, "a round closes only in a requested run"
     config = ledger.request.config
     failed = ledger.round(round).eval_failed
-    if waits_for_eval(config) and ledger.overall(round) is None and failed is not None:
+    if failed is not None and missing_eval(ledger, round):
         return Finish(round, f"round {round}'s evaluation failed for good, and the run waits for evaluations: {failed}")
     scores = [ledger.overall(r) for r in range(round + 1)]
     reason = stop_reason(scores, config, round) or regression_reason(
